@@ -1,0 +1,61 @@
+"""deepstart: train, understand and ship an image classifier on your own data.
+
+Example:
+    >>> from deepstart import Learner, create_model, load_dataset
+    >>> data = load_dataset("shapes")
+    >>> model = create_model("vgg_small", in_channels=data.channels,
+    ...                      num_classes=data.num_classes, input_size=data.size)
+    >>> learn = Learner(data, model)
+    >>> learn.fit_one_cycle(5, lr_max=3e-3)
+    >>> learn.evaluate()["accuracy"]
+"""
+
+from deepstart.bundle import SavedModel, load_model, save_model
+from deepstart.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from deepstart.data.catalog import list_datasets, load_dataset
+from deepstart.data.dataset import Batches, DataError, Dataset, ImageSet, Preprocess
+from deepstart.errors import ConfigError, DeepstartError
+from deepstart.models.registry import (
+    ModelError,
+    ModelInfo,
+    create_model,
+    list_models,
+    register_model,
+)
+from deepstart.train.callbacks import Callback, CancelBatch, CancelEpoch, CancelFit
+from deepstart.train.learner import Learner
+from deepstart.train.runner import evaluate_run, train_run
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Batches",
+    "Callback",
+    "CancelBatch",
+    "CancelEpoch",
+    "CancelFit",
+    "ConfigError",
+    "DataConfig",
+    "DataError",
+    "Dataset",
+    "DeepstartError",
+    "ImageSet",
+    "Learner",
+    "ModelConfig",
+    "ModelError",
+    "ModelInfo",
+    "Preprocess",
+    "RunConfig",
+    "SavedModel",
+    "TrainConfig",
+    "__version__",
+    "create_model",
+    "evaluate_run",
+    "list_datasets",
+    "list_models",
+    "load_dataset",
+    "load_model",
+    "register_model",
+    "save_model",
+    "train_run",
+]

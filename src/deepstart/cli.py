@@ -1,0 +1,300 @@
+"""The command line: subcommands map flags onto config dataclasses and call the library.
+
+deepstart train --data shapes --model vgg_small --epochs 5
+deepstart data list | data show NAME | data make shapes --out DIR
+deepstart models
+deepstart evaluate RUN_DIR [--data NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from deepstart.config import OPTIMIZERS, SCHEDULES, DataConfig, ModelConfig, RunConfig, TrainConfig
+from deepstart.errors import DeepstartError
+
+
+def _size(text: str) -> tuple[int, int]:
+    parts = text.lower().replace("x", ",").split(",")
+    try:
+        nums = [int(p) for p in parts if p]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}") from None
+    if len(nums) == 1:
+        return nums[0], nums[0]
+    if len(nums) == 2:
+        return nums[0], nums[1]
+    raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}")
+
+
+def _value(text: str) -> Any:
+    """A KEY=VALUE value: JSON when it parses (numbers, lists, true), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        if "," in text:
+            return [_value(t) for t in text.split(",")]
+        return text
+
+
+def _pairs(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise DeepstartError(f"{flag} wants KEY=VALUE, got {item!r}")
+        key, val = item.split("=", 1)
+        out[key.strip().replace("-", "_")] = _value(val.strip())
+    return out
+
+
+def _add_data_args(p: argparse.ArgumentParser, *, required: bool) -> None:
+    p.add_argument("--data", required=required, help="dataset name (deepstart data list) or path")
+    p.add_argument("--data-dir", help="directory searched first for the dataset's files")
+    p.add_argument("--valid-pct", type=float, default=0.1, help="share of train held out (0.1)")
+    p.add_argument("--size", type=_size, help="resize images to N or HxW")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="convert to 1 or 3 channels")
+    p.add_argument("--resize", default="squish", choices=("squish", "crop", "pad"))
+    p.add_argument(
+        "--data-opt",
+        action="append",
+        metavar="KEY=VALUE",
+        help="source option, e.g. n_train=6000 or classes=circle,star (repeatable)",
+    )
+
+
+def _data_config(a: argparse.Namespace) -> DataConfig:
+    return DataConfig(
+        name=a.data,
+        data_dir=a.data_dir,
+        valid_pct=a.valid_pct,
+        size=a.size,
+        channels=a.channels,
+        resize=a.resize,
+        options=_pairs(a.data_opt, "--data-opt"),
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deepstart",
+        description="Train, understand and ship an image classifier on your own data.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    t = sub.add_parser("train", help="train a model; writes a run directory")
+    _add_data_args(t, required=False)
+    t.set_defaults(data="shapes")
+    t.add_argument("--model", default="vgg_small", help="registry name (deepstart models)")
+    t.add_argument(
+        "--model-opt", action="append", metavar="KEY=VALUE", help="model option, e.g. hidden=512"
+    )
+    t.add_argument("--epochs", type=int, default=5)
+    t.add_argument("--lr", type=float, default=1e-3, help="peak LR for one_cycle (1e-3)")
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--opt", default="adamw", choices=OPTIMIZERS)
+    t.add_argument("--wd", type=float, default=0.01, help="weight decay (0.01)")
+    t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum / Adam beta1")
+    t.add_argument("--nesterov", action="store_true", help="Nesterov momentum for sgd")
+    t.add_argument("--schedule", default="one_cycle", choices=SCHEDULES)
+    t.add_argument("--pct-start", type=float, default=0.25, help="one_cycle warm-up share")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    t.add_argument("--out", default="runs", help="parent of the run directory (runs)")
+    t.add_argument("--no-checkpoint", action="store_true", help="do not write checkpoints")
+    t.add_argument(
+        "--progress",
+        default="auto",
+        choices=("auto", "rich", "plain", "none"),
+        help="live bar (rich), lines only (plain); auto picks by terminal",
+    )
+    t.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("data", help="list, inspect and make datasets")
+    dsub = d.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    dl = dsub.add_parser("list", help="the datasets deepstart knows and where they are found")
+    dl.add_argument("--data-dir", help="also look here")
+    dl.set_defaults(func=cmd_data_list)
+    ds = dsub.add_parser("show", help="split sizes, classes, mean/std and a PNG sample grid")
+    ds.add_argument("name", help="dataset name or folder path")
+    ds.add_argument("--out", help="PNG path for the sample grid (default <name>-samples.png)")
+    ds.add_argument("--per-class", type=int, default=8)
+    ds.add_argument("--seed", type=int, default=0)
+    _add_data_args(ds, required=False)
+    ds.set_defaults(func=cmd_data_show)
+    dm = dsub.add_parser("make", help="write a generated dataset as class folders of PNGs")
+    dm.add_argument("kind", choices=("shapes",))
+    dm.add_argument("--out", required=True, help="directory to write train/ and test/ into")
+    dm.add_argument("--n-train", type=int, default=3000)
+    dm.add_argument("--n-test", type=int, default=600)
+    dm.add_argument("--size", type=int, default=32)
+    dm.add_argument("--classes", default="circle,square,triangle", help="comma-separated")
+    dm.add_argument("--channels", type=int, choices=(1, 3), default=1)
+    dm.add_argument("--seed", type=int, default=0)
+    dm.set_defaults(func=cmd_data_make)
+
+    m = sub.add_parser("models", help="the model registry with parameter counts")
+    m.add_argument("--channels", type=int, default=None, help="count for this many channels")
+    m.add_argument("--classes", type=int, default=None, help="count for this many classes")
+    m.add_argument("--size", type=_size, default=None, help="count for this input size")
+    m.set_defaults(func=cmd_models)
+
+    e = sub.add_parser("evaluate", help="score a run's model: accuracy, loss, per class")
+    e.add_argument("run_dir", help="a run directory written by deepstart train")
+    _add_data_args(e, required=False)
+    e.add_argument("--split", default="test", choices=("test", "valid", "train"))
+    e.add_argument("--device", default="auto")
+    e.add_argument("--json", action="store_true", help="print the result as JSON")
+    e.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from deepstart.train.runner import train_run
+
+    cfg = RunConfig(
+        data=_data_config(a),
+        model=ModelConfig(a.model, _pairs(a.model_opt, "--model-opt")),
+        train=TrainConfig(
+            epochs=a.epochs,
+            lr=a.lr,
+            batch_size=a.batch_size,
+            opt=a.opt,
+            wd=a.wd,
+            momentum=a.momentum,
+            nesterov=a.nesterov,
+            schedule=a.schedule,
+            pct_start=a.pct_start,
+            seed=a.seed,
+            device=a.device,
+            out=a.out,
+            checkpoint=not a.no_checkpoint,
+            progress=a.progress,
+        ),
+    )
+    train_run(cfg)
+    return 0
+
+
+def cmd_data_list(a: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from deepstart.data.catalog import list_datasets, locate
+
+    table = Table(title="datasets")
+    for col in ("name", "description", "found"):
+        table.add_column(col)
+    for info in list_datasets():
+        table.add_row(info.name, info.description, locate(info.name, a.data_dir))
+    Console().print(table)
+    print("looked in: --data-dir, $DEEPSTART_DATA, then the cache; see docs/datasets.md")
+    return 0
+
+
+def cmd_data_show(a: argparse.Namespace) -> int:
+    from deepstart.data.catalog import load_dataset
+    from deepstart.interpret.plots import sample_grid
+    from deepstart.train.runner import describe
+
+    data = load_dataset(
+        a.name if a.data is None else a.data,
+        data_dir=a.data_dir,
+        valid_pct=a.valid_pct,
+        seed=a.seed,
+        size=a.size,
+        channels=a.channels,
+        resize=a.resize,
+        **_pairs(a.data_opt, "--data-opt"),
+    )
+    print(describe(data))
+    for note in data.notes:
+        print(f"  note: {note}")
+    summary = data.summary()
+    width = max(len(c) for c in data.classes)
+    print(f"{'class':<{width}}  " + "  ".join(f"{s:>6}" for s in summary["class_counts"]))
+    for i, name in enumerate(data.classes):
+        counts = "  ".join(f"{v[i]:>6}" for v in summary["class_counts"].values())
+        print(f"{name:<{width}}  {counts}")
+    out = Path(a.out or f"{Path(data.name).name}-samples.png")
+    sample_grid(data.train, out, per_class=a.per_class, seed=a.seed, title=data.name)
+    print(f"sample grid: {out}")
+    return 0
+
+
+def cmd_data_make(a: argparse.Namespace) -> int:
+    from deepstart.data.shapes import write_shapes_folder
+
+    classes = tuple(c.strip() for c in a.classes.split(",") if c.strip())
+    out = write_shapes_folder(
+        a.out,
+        n_train=a.n_train,
+        n_test=a.n_test,
+        size=a.size,
+        classes=classes,
+        seed=a.seed,
+        channels=a.channels,
+    )
+    print(f"wrote {a.n_train} train + {a.n_test} test PNGs of {', '.join(classes)} to {out}")
+    print(f"train on it: deepstart train --data folder --data-dir {out}")
+    return 0
+
+
+def cmd_models(a: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from deepstart.models.registry import count_parameters, create_model, list_models
+
+    table = Table(title="models")
+    for col in ("name", "family", "input", "parameters", "description"):
+        table.add_column(col, justify="right" if col == "parameters" else "left")
+    for info in list_models():
+        c = a.channels or info.in_channels
+        size = a.size or info.input_size
+        k = a.classes or info.num_classes
+        try:
+            model = create_model(info.name, in_channels=c, num_classes=k, input_size=size)
+            n = f"{count_parameters(model):,}"
+        except DeepstartError as e:
+            n = f"n/a ({e})"
+        shape = f"{c}x{size[0]}x{size[1]}, {k} classes"
+        table.add_row(info.name, info.family, shape, n, info.description)
+    Console().print(table)
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from deepstart.train.runner import evaluate_run, format_eval
+
+    data = _data_config(a) if a.data else None
+    res = evaluate_run(a.run_dir, data=data, split=a.split, device=a.device)
+    if a.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    print(format_eval(res))
+    width = max(len(p["class"]) for p in res["per_class"])
+    for p in res["per_class"]:
+        print(f"  {p['class']:<{width}}  {p['accuracy']:.4f}  ({p['n']} images)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DeepstartError as e:
+        print(f"deepstart: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("deepstart: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""The dataset catalogue: ``load_dataset(name)`` and ``list_datasets()``.
+
+Each source module only decodes files into ImageSets; here they become a :class:`Dataset`
+with train / valid / test splits, training-split mean and std, and (when asked) a common size
+and channel count.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deepstart.data.dataset import DataError, Dataset, ImageSet, Preprocess, make_dataset
+from deepstart.data.dataset import conform_images as _conform
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A catalogue entry.
+
+    Attributes:
+        name: what ``--data`` takes.
+        description: one line for ``deepstart data list``.
+        where: where its files are looked for, for humans.
+        local: whether it needs no files at all (generated).
+    """
+
+    name: str
+    description: str
+    where: str
+    local: bool = False
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in [
+        DatasetInfo(
+            "shapes",
+            "circles, squares, triangles (and more) drawn with scikit-image; generated",
+            "generated in memory, deterministic by seed",
+            local=True,
+        ),
+        DatasetInfo("mnist", "handwritten digits, 28x28 grey, 60k/10k", "IDX files: mnist/"),
+        DatasetInfo(
+            "fashion_mnist",
+            "Zalando clothing pictures, 28x28 grey, 60k/10k",
+            "IDX files: fashion-mnist/",
+        ),
+        DatasetInfo(
+            "kmnist", "Kuzushiji (cursive Japanese) characters, 28x28 grey", "IDX files: kmnist/"
+        ),
+        DatasetInfo(
+            "cifar10", "10 object classes, 32x32 RGB, 50k/10k", "cifar-10-binary.tar.gz: cifar10/"
+        ),
+        DatasetInfo(
+            "folder",
+            "your images: class sub-folders, optional train/ valid/ test/ splits",
+            "--data-dir DIR (or a .zip / .tar.gz of it), or --data DIR",
+        ),
+    ]
+}
+
+
+def list_datasets() -> list[DatasetInfo]:
+    """The catalogue, in a stable order."""
+    return list(DATASETS.values())
+
+
+def _source(name: str, data_dir: str | None, seed: int, download: bool, options: dict) -> tuple:
+    """(train, valid or None, test or None, notes) from the named source."""
+    if name == "shapes":
+        from deepstart.data.shapes import load_shapes
+
+        train, test = load_shapes(seed=options.pop("seed", seed), **options)
+        return train, None, test, []
+    if name in ("mnist", "fashion_mnist", "kmnist"):
+        from deepstart.data.mnist import load_mnist
+
+        train, test = load_mnist(name, data_dir=data_dir, download=download)
+        return train, None, test, []
+    if name == "cifar10":
+        from deepstart.data.cifar10 import load_cifar10
+
+        train, test = load_cifar10(data_dir=data_dir, download=download)
+        return train, None, test, []
+    if name == "folder":
+        from deepstart.data.folder import load_folder
+
+        path = options.pop("path", None) or data_dir
+        if not path:
+            raise DataError("folder needs a directory: --data-dir DIR (or --data DIR)")
+        fd = load_folder(path, **options)
+        notes = [f"skipped {len(fd.skipped)} unreadable files"] if fd.skipped else []
+        return fd.train, fd.valid, fd.test, notes
+    known = ", ".join(DATASETS)
+    raise DataError(f"unknown dataset {name!r}; known datasets: {known} (or a folder path)")
+
+
+def load_dataset(
+    name: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    valid_pct: float = 0.1,
+    seed: int = 0,
+    size: int | tuple[int, int] | None = None,
+    channels: int | None = None,
+    resize: str = "squish",
+    download: bool = True,
+    **options: Any,
+) -> Dataset:
+    """Load a dataset by name into memory, split and described.
+
+    Args:
+        name: "shapes", "mnist", "fashion_mnist", "kmnist", "cifar10", "folder", or the path
+            of an image folder.
+        data_dir: directory searched first for the files (then ``$DEEPSTART_DATA``, then
+            the cache); for "folder", the folder itself.
+        valid_pct: share of train held out for validation when there is no valid split;
+            0 scores the test split every epoch.
+        seed: seeds the split (and generated data such as shapes).
+        size, channels, resize: bring every split to this size / channel count.
+        download: fetch missing public datasets into the cache.
+        **options: source settings, e.g. ``n_train=3000, classes=("circle", "star")`` for
+            shapes.
+
+    Example:
+        >>> data = load_dataset("mnist", data_dir="../shared/data/mnist")
+        >>> len(data.train), len(data.valid), len(data.test)
+        (54000, 6000, 10000)
+    """
+    options = dict(options)
+    if name not in DATASETS and Path(name).exists():
+        options["path"], name = str(name), "folder"
+    if isinstance(size, int):
+        size = (size, size)
+    data_dir_s = str(data_dir) if data_dir is not None else None
+    if name == "shapes" and size is not None:
+        if size[0] != size[1]:
+            raise DataError(f"shapes are square; got size {size}")
+        options.setdefault("size", size[0])
+        size = None
+    if name == "folder":
+        options.setdefault("size", size)
+        options.setdefault("channels", channels)
+        options.setdefault("resize", resize)
+    train, valid, test, notes = _source(name, data_dir_s, seed, download, options)
+    if size is not None or channels is not None:
+        target = Preprocess(
+            size=tuple(size) if size is not None else train.size,
+            channels=channels or train.channels,
+            mean=(0.0,),
+            std=(1.0,),
+            resize=resize,
+        )
+        train, valid, test = (_conform_opt(s, target) for s in (train, valid, test))
+    data = make_dataset(
+        name, train, test, valid=valid, valid_pct=valid_pct, seed=seed, resize=resize
+    )
+    data.notes[:0] = notes
+    return data
+
+
+def _conform_opt(s: ImageSet | None, target: Preprocess) -> ImageSet | None:
+    return None if s is None else _conform(s, target)
+
+
+_MNIST_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+_SUBDIRS = {
+    "mnist": ("mnist", "MNIST"),
+    "fashion_mnist": ("fashion-mnist", "fashion_mnist", "FashionMNIST"),
+    "kmnist": ("kmnist", "KMNIST"),
+    "cifar10": ("cifar10", "cifar-10", "CIFAR10"),
+}
+
+
+def locate(name: str, data_dir: str | os.PathLike | None = None) -> str:
+    """Where ``name``'s files would be read from, for ``deepstart data list``."""
+    from deepstart.data.cache import find_files
+
+    if name == "shapes":
+        return "generated"
+    if name == "folder":
+        return "your directory"
+    if name == "cifar10":
+        found = find_files(["cifar-10-binary.tar.gz"], _SUBDIRS[name], data_dir) or find_files(
+            ["cifar-10-batches-bin/test_batch.bin"], _SUBDIRS[name], data_dir
+        )
+    else:
+        found = find_files(_MNIST_FILES, _SUBDIRS[name], data_dir)
+    return str(found) if found else "not found: downloads into the cache on first use"

@@ -1,0 +1,210 @@
+"""The model registry: ``@register_model`` builders, ``create_model`` and ``list_models``.
+
+Every registered builder has the signature
+``builder(*, in_channels: int, num_classes: int, input_size: tuple[int, int], **kwargs)``
+and returns a module with the shared interface of :class:`Classifier`: ``features(x)``,
+``head(f)`` and ``reset_head(num_classes)``, so freezing, Grad-CAM and feature caching work
+the same for every model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from deepstart.errors import DeepstartError
+
+
+class ModelError(DeepstartError, ValueError):
+    """An unknown model name or arguments a model cannot take."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the registry knows about a model before building it.
+
+    Attributes:
+        name: registry name, e.g. ``"mnist_cnn"``.
+        builder: the function that builds it.
+        description: one line for ``deepstart models``.
+        family: module family ("basic", "cnn", ...).
+        input_size: the ``(H, W)`` it was designed for (it accepts others).
+        in_channels: the channel count it was designed for.
+        num_classes: the class count it was designed for.
+        head: attribute name of the head module (what ``reset_head`` replaces).
+        defaults: keyword arguments the builder uses unless told otherwise.
+    """
+
+    name: str
+    builder: Callable[..., nn.Module]
+    description: str = ""
+    family: str = ""
+    input_size: tuple[int, int] = (28, 28)
+    in_channels: int = 1
+    num_classes: int = 10
+    head: str = "classifier"
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(
+    name: str | None = None,
+    *,
+    description: str = "",
+    input_size: tuple[int, int] = (28, 28),
+    in_channels: int = 1,
+    num_classes: int = 10,
+    head: str = "classifier",
+    **defaults: Any,
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a model builder under ``name`` (default: the function's name).
+
+    Example:
+        >>> @register_model(description="one linear layer")
+        ... def logreg(*, in_channels, num_classes, input_size): ...
+    """
+
+    def decorate(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        key = name or fn.__name__
+        if key in _REGISTRY:
+            raise ModelError(f"model {key!r} is registered twice")
+        family = fn.__module__.rsplit(".", 1)[-1]
+        doc = description or (fn.__doc__ or "").strip().split("\n")[0]
+        _REGISTRY[key] = ModelInfo(
+            key, fn, doc, family, input_size, in_channels, num_classes, head, dict(defaults)
+        )
+        return fn
+
+    return decorate
+
+
+def _ensure_loaded() -> None:
+    # The families register themselves on import; importing them here (not at package import)
+    # keeps `import deepstart` light.
+    from deepstart.models import basic, cnn  # noqa: F401
+
+
+def list_models() -> list[ModelInfo]:
+    """All registered models, sorted by name."""
+    _ensure_loaded()
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def get_model_info(name: str) -> ModelInfo:
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise ModelError(f"unknown model {name!r}; known models: {known}") from None
+
+
+def create_model(
+    name: str,
+    *,
+    in_channels: int | None = None,
+    num_classes: int | None = None,
+    input_size: tuple[int, int] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a registered model for the given input and class count.
+
+    The arguments are recorded on the model as ``model.arch`` (a JSON-able dict), which is
+    what the run directory and bundle store to rebuild it.
+
+    Example:
+        >>> model = create_model("mnist_cnn", in_channels=1, num_classes=10, input_size=(28, 28))
+        >>> model(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+    info = get_model_info(name)
+    args = {
+        "in_channels": int(in_channels if in_channels is not None else info.in_channels),
+        "num_classes": int(num_classes if num_classes is not None else info.num_classes),
+        "input_size": tuple(int(s) for s in (input_size or info.input_size)),
+    }
+    extra = {**info.defaults, **kwargs}
+    try:
+        model = info.builder(**args, **extra)
+    except TypeError as e:
+        raise ModelError(f"model {name!r} cannot take these arguments: {e}") from None
+    model.arch = {
+        "name": name,
+        "in_channels": args["in_channels"],
+        "num_classes": args["num_classes"],
+        "input_size": list(args["input_size"]),
+        "kwargs": {k: _jsonable(v) for k, v in extra.items()},
+    }
+    return model
+
+
+def create_model_from_arch(arch: dict) -> nn.Module:
+    """Rebuild a model from the ``model.arch`` dict that ``create_model`` recorded."""
+    return create_model(
+        arch["name"],
+        in_channels=arch["in_channels"],
+        num_classes=arch["num_classes"],
+        input_size=tuple(arch["input_size"]),
+        **arch.get("kwargs", {}),
+    )
+
+
+def _jsonable(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+class Classifier(nn.Module):
+    """The shared interface: ``forward(x) == head(features(x))``.
+
+    ``features`` returns the body's output: the last feature map ``(N, C, h, w)`` for conv nets
+    (what Grad-CAM looks at), ``(N, D)`` for dense nets. ``head`` maps it to logits
+    ``(N, num_classes)``; ``self.classifier`` is the head module, whose last ``nn.Linear``
+    ``reset_head`` replaces.
+    """
+
+    body: nn.Module
+    classifier: nn.Module
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def head(self, f: torch.Tensor) -> torch.Tensor:
+        return self.classifier(f)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def reset_head(self, num_classes: int) -> None:
+        """Replace the last linear layer with a fresh one for ``num_classes`` outputs."""
+        replace_last_linear(self.classifier, num_classes)
+        if hasattr(self, "arch"):
+            self.arch = {**self.arch, "num_classes": int(num_classes)}
+
+
+def replace_last_linear(module: nn.Module, num_classes: int) -> None:
+    """Swap the last ``nn.Linear`` inside ``module`` for a new one with ``num_classes`` outputs."""
+    parent, key, last = None, None, None
+    for mod_name, mod in module.named_modules():
+        if isinstance(mod, nn.Linear):
+            key, last = mod_name, mod
+    if last is None or key is None:
+        raise ModelError("head has no nn.Linear to replace")
+    if key == "":
+        raise ModelError("head is itself a Linear; wrap it in a module to reset it")
+    path = key.split(".")
+    parent = module
+    for p in path[:-1]:
+        parent = getattr(parent, p)
+    new = nn.Linear(last.in_features, num_classes, bias=last.bias is not None)
+    new = new.to(device=last.weight.device, dtype=last.weight.dtype)
+    setattr(parent, path[-1], new)

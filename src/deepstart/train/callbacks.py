@@ -1,0 +1,268 @@
+"""Callbacks: everything optional about training, as reactions to the Learner's events.
+
+A callback defines methods named after events (``before_fit``, ``after_batch``, ...); the
+Learner calls them in ``order``. It can stop work by raising ``CancelBatch``,
+``CancelEpoch`` or ``CancelFit``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from deepstart.data.cache import atomic_write
+
+if TYPE_CHECKING:
+    from deepstart.train.learner import Learner
+
+
+class CancelBatch(Exception):
+    """Skip the rest of this batch."""
+
+
+class CancelEpoch(Exception):
+    """Skip the rest of this epoch."""
+
+
+class CancelFit(Exception):
+    """Stop training now (``after_fit`` still runs)."""
+
+
+class Callback:
+    """Base class. ``self.learn`` is set when the callback is added to a Learner."""
+
+    order: int = 0
+    learn: Learner
+
+
+class ParamScheduler(Callback):
+    """Sets the LR (and momentum) before every training batch from a schedule of progress."""
+
+    order = -10
+
+    def __init__(
+        self, lr: Callable[[float], float], momentum: Callable[[float], float] | None = None
+    ) -> None:
+        self.lr_sched, self.mom_sched = lr, momentum
+
+    def _set(self, pct: float) -> None:
+        self.learn.set_hyper("lr", self.lr_sched(pct))
+        if self.mom_sched is not None:
+            self.learn.set_hyper("momentum", self.mom_sched(pct))
+
+    def before_fit(self) -> None:
+        self._set(self.learn.train_iter / max(self.learn.total_iters, 1))
+
+    def before_batch(self) -> None:
+        if self.learn.training:
+            self._set(self.learn.train_iter / max(self.learn.total_iters, 1))
+
+
+class Recorder(Callback):
+    """Keeps per-batch losses and LRs and one row of metrics per epoch.
+
+    ``history`` rows hold: epoch (1-based), train_loss, valid_loss, valid_bits, accuracy, lr,
+    seconds. With ``path`` each row is also appended to a JSON-lines file as it is made.
+    """
+
+    order = 10
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.history: list[dict[str, Any]] = []
+        self.batch_losses: list[float] = []
+        self.batch_lrs: list[float] = []
+
+    def before_fit(self) -> None:
+        self.fit_start = time.perf_counter()
+
+    def before_epoch(self) -> None:
+        self.epoch_start = time.perf_counter()
+        # Losses stay on the device until the epoch ends: one host sync per epoch, not per batch.
+        self._losses: list[torch.Tensor] = []
+        self._sizes: list[int] = []
+
+    def after_batch(self) -> None:
+        learn = self.learn
+        if not learn.training or learn.loss is None:
+            return
+        self._losses.append(learn.loss.detach())
+        self._sizes.append(len(learn.yb))
+        self.batch_lrs.append(float(learn.opt.param_groups[0]["lr"]))
+
+    def after_train(self) -> None:
+        if self._losses:
+            losses = torch.stack(self._losses).float().cpu().tolist()
+            self.batch_losses.extend(losses)
+            self.train_loss = sum(v * n for v, n in zip(losses, self._sizes)) / sum(self._sizes)
+        else:
+            self.train_loss = math.nan
+
+    def smooth_loss(self) -> float:
+        """Loss of the last batch, for a progress bar (costs a host sync)."""
+        return float(self._losses[-1]) if getattr(self, "_losses", None) else math.nan
+
+    def after_epoch(self) -> None:
+        learn = self.learn
+        row = {
+            "epoch": learn.epoch + 1,
+            "train_loss": round(self.train_loss, 6),
+            "valid_loss": round(learn.metrics["valid_loss"], 6),
+            "valid_bits": round(learn.metrics["valid_loss"] / math.log(2), 6),
+            "accuracy": round(learn.metrics["accuracy"], 6),
+            "lr": float(learn.opt.param_groups[0]["lr"]),
+            "seconds": round(time.perf_counter() - self.epoch_start, 3),
+        }
+        learn.metrics.update(row)
+        self.history.append(row)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def _fmt_row(row: dict[str, Any], n_epochs: int) -> str:
+    return (
+        f"{row['epoch']:>3}/{n_epochs:<3} {row['train_loss']:>10.4f} {row['valid_loss']:>10.4f}"
+        f" {row['valid_bits']:>10.3f} {row['accuracy']:>9.4f} {row['lr']:>9.2e}"
+        f" {row['seconds']:>7.1f}s"
+    )
+
+
+HEADER = (
+    f"{'epoch':>7} {'train_loss':>10} {'valid_loss':>10} {'valid_bits':>10} {'accuracy':>9}"
+    f" {'lr':>9} {'time':>8}"
+)
+
+
+class Progress(Callback):
+    """A Keras-like line per epoch, under a live progress bar in a terminal.
+
+    ``mode``: "rich" (live bar), "plain" (lines only, for CI and log files), "none", or
+    "auto" (rich when stdout is a terminal).
+    """
+
+    order = 20
+
+    def __init__(self, mode: str = "auto", stream: Any = None) -> None:
+        self.stream = stream or sys.stdout
+        if mode == "auto":
+            mode = "rich" if getattr(self.stream, "isatty", lambda: False)() else "plain"
+        self.mode = mode
+        self._bar = None
+
+    def _print(self, text: str) -> None:
+        if self.mode == "none":
+            return
+        if self._bar is not None:
+            self._bar.console.print(text, highlight=False, markup=False)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def before_fit(self) -> None:
+        k = self.learn.num_classes
+        if self.mode == "rich":
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as RichProgress
+
+            self._bar = RichProgress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=Console(file=self.stream),
+                transient=True,
+            )
+            self._bar.start()
+        chance = math.log2(k) if k > 1 else 0.0
+        self._print(
+            f"loss in nats; valid_bits = nats / ln 2; chance level for {k} classes = "
+            f"log2({k}) = {chance:.3f} bits"
+        )
+        self._print(HEADER)
+
+    def before_train(self) -> None:
+        if self._bar is not None:
+            desc = f"epoch {self.learn.epoch + 1}/{self.learn.n_epochs}"
+            self._task = self._bar.add_task(desc, total=self.learn.n_iter, loss="-")
+
+    def after_batch(self) -> None:
+        if self._bar is not None and self.learn.training:
+            i = self.learn.iter
+            fields = {}
+            if i % 10 == 0 or i == self.learn.n_iter - 1:
+                fields["loss"] = f"{self.learn.recorder.smooth_loss():.4f}"
+            self._bar.update(self._task, advance=1, **fields)
+
+    def before_validate(self) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, description=f"{self._bar.tasks[-1].description} valid")
+
+    def after_epoch(self) -> None:
+        if self._bar is not None:
+            self._bar.remove_task(self._task)
+        self._print(_fmt_row(self.learn.recorder.history[-1], self.learn.n_epochs))
+
+    def after_fit(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+class Checkpoint(Callback):
+    """Saves ``last.pt`` every epoch and ``best.pt`` when ``monitor`` improves, atomically.
+
+    Files hold plain tensors and containers (loadable with ``torch.load(weights_only=True)``):
+    model and optimizer state, the epoch reached and the metrics so far.
+    """
+
+    order = 30
+
+    def __init__(self, directory: str | Path, monitor: str = "valid_loss", mode: str = "min"):
+        self.dir = Path(directory)
+        self.monitor, self.mode = monitor, mode
+        self.best = math.inf if mode == "min" else -math.inf
+
+    def _state(self) -> dict[str, Any]:
+        learn = self.learn
+        return {
+            "model": learn.model.state_dict(),
+            "opt": learn.opt.state_dict() if learn.opt is not None else {},
+            "epoch": learn.epoch + 1,
+            "history": json.dumps(learn.recorder.history),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def after_epoch(self) -> None:
+        state = self._state()
+        with atomic_write(self.dir / "last.pt") as f:
+            torch.save(state, f)
+        value = self.learn.metrics.get(self.monitor)
+        if value is None or not math.isfinite(value):
+            return
+        better = value < self.best if self.mode == "min" else value > self.best
+        if better:
+            self.best = value
+            with atomic_write(self.dir / "best.pt") as f:
+                torch.save(state, f)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint without unpickling code."""
+    return torch.load(path, map_location="cpu", weights_only=True)

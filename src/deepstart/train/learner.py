@@ -1,0 +1,405 @@
+"""The Learner: a model, its data, an optimizer and one plain ``fit`` loop with named events.
+
+Everything optional (progress, logging, checkpoints, LR schedules) is a callback that
+reacts to the events; control flow uses the small exceptions ``CancelFit``, ``CancelEpoch``
+and ``CancelBatch``.
+
+Example:
+    >>> data = load_dataset("shapes", size=(16, 16))
+    >>> model = create_model("vgg_small", in_channels=1, num_classes=3, input_size=(16, 16))
+    >>> learn = Learner(data, model)
+    >>> learn.fit_one_cycle(3, lr_max=3e-3)
+    >>> learn.evaluate()["accuracy"]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepstart.data.dataset import Batches, Dataset, ImageSet, Preprocess, conform_images
+from deepstart.errors import ConfigError
+from deepstart.train.callbacks import (
+    Callback,
+    CancelBatch,
+    CancelEpoch,
+    CancelFit,
+    ParamScheduler,
+    Recorder,
+)
+from deepstart.train.schedule import ScheduleSpec
+
+# The events, in the order one epoch raises them (validation sits inside the epoch).
+EVENTS = (
+    "before_fit",
+    "before_epoch",
+    "before_train",
+    "before_batch",
+    "after_pred",
+    "after_loss",
+    "after_backward",
+    "after_step",
+    "after_batch",
+    "after_train",
+    "before_validate",
+    "after_validate",
+    "after_epoch",
+    "after_fit",
+    "after_cancel_batch",
+    "after_cancel_epoch",
+    "after_cancel_fit",
+)
+
+
+def default_device() -> torch.device:
+    """CUDA if present, else Apple's MPS, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return default_device()
+    return torch.device(device)
+
+
+def make_optimizer(
+    name: str,
+    params: Iterable[Any],
+    *,
+    lr: float,
+    wd: float = 0.0,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+) -> torch.optim.Optimizer:
+    """Build an optimizer by name: ``sgd`` (momentum, Nesterov), ``adam`` or ``adamw``.
+
+    ``wd`` is decoupled weight decay for ``adamw`` and L2 for the others, as in PyTorch.
+    """
+    if name == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0, weight_decay=wd
+        )
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(momentum, 0.999), weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=(momentum, 0.999), weight_decay=wd)
+    raise ConfigError(f"unknown optimizer {name!r}; use sgd, adam or adamw")
+
+
+class Learner:
+    """Trains ``model`` on ``data`` (a :class:`Dataset`).
+
+    Args:
+        data: the dataset; its train split is shuffled per epoch, valid is scored per epoch.
+        model: any module mapping ``(N, C, H, W)`` floats to ``(N, K)`` logits.
+        loss_func: defaults to cross-entropy.
+        opt: "sgd", "adam" or "adamw".
+        lr: default learning rate for ``fit`` (the peak for ``fit_one_cycle``).
+        wd, momentum, nesterov: optimizer settings (momentum is Adam's beta1).
+        batch_size: training batch size; evaluation uses twice it.
+        device: "auto", "cpu", "cuda", "mps" or a ``torch.device``.
+        callbacks: extra callbacks; a :class:`Recorder` is always present.
+        seed: seeds the shuffle of every epoch (and nothing global).
+        preprocess: how images are normalised (and resized for evaluate/predict); defaults to
+            the dataset's own, computed on its training split. A loaded model passes its own.
+    """
+
+    def __init__(
+        self,
+        data: Dataset,
+        model: nn.Module,
+        *,
+        loss_func: nn.Module | None = None,
+        opt: str = "adamw",
+        lr: float = 1e-3,
+        wd: float = 0.01,
+        momentum: float = 0.9,
+        nesterov: bool = False,
+        batch_size: int = 128,
+        device: str | torch.device | None = "auto",
+        callbacks: Sequence[Callback] = (),
+        seed: int = 0,
+        preprocess: Preprocess | None = None,
+    ) -> None:
+        self.data = data
+        self.preprocess = preprocess if preprocess is not None else data.preprocess
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
+        self.loss_func = loss_func if loss_func is not None else nn.CrossEntropyLoss()
+        self.opt_name, self.lr, self.wd = opt, float(lr), float(wd)
+        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.opt: torch.optim.Optimizer | None = None
+        self.callbacks: list[Callback] = []
+        self.recorder = Recorder()
+        self.add_callbacks([self.recorder, *callbacks])
+        self.epoch, self.n_epochs = 0, 0
+        self.iter, self.n_iter = 0, 0  # batch within the epoch
+        self.train_iter, self.total_iters = 0, 0  # batch over the whole fit
+        self.training = False
+        self.metrics: dict[str, Any] = {}
+        self.xb = self.yb = self.pred = self.loss = None
+
+    # -- callbacks -------------------------------------------------------------------------
+    def add_callbacks(self, cbs: Iterable[Callback]) -> None:
+        for cb in cbs:
+            cb.learn = self
+            self.callbacks.append(cb)
+        self.callbacks.sort(key=lambda c: c.order)
+
+    def remove_callback(self, cb: Callback) -> None:
+        self.callbacks.remove(cb)
+
+    def __call__(self, event: str) -> None:
+        for cb in list(self.callbacks):
+            handler = getattr(cb, event, None)
+            if handler is not None:
+                handler()
+
+    def get_callback(self, kind: type) -> Any:
+        return next((cb for cb in self.callbacks if isinstance(cb, kind)), None)
+
+    # -- data ------------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+    def batches(self, split: ImageSet, *, train: bool = False) -> Batches:
+        """Batches of ``split`` on this learner's device, normalised by the train stats."""
+        return Batches(
+            split,
+            self.batch_size if train else self.batch_size * 2,
+            device=self.device,
+            mean=self.preprocess.mean,
+            std=self.preprocess.std,
+            shuffle=train,
+            # A last batch of 1 breaks BatchNorm and adds a noisy step: drop the remainder.
+            drop_last=train and len(split) > self.batch_size,
+            seed=self.seed,
+        )
+
+    def create_opt(self) -> None:
+        self.opt = make_optimizer(
+            self.opt_name,
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=self.lr,
+            wd=self.wd,
+            momentum=self.momentum,
+            nesterov=self.nesterov,
+        )
+
+    def set_hyper(self, name: str, value: float) -> None:
+        """Set ``lr`` or ``momentum`` on every param group (momentum is beta1 for Adam)."""
+        assert self.opt is not None
+        for group in self.opt.param_groups:
+            if name == "momentum" and "betas" in group:
+                group["betas"] = (value, group["betas"][1])
+            elif name in group:
+                group[name] = value
+
+    # -- the loop --------------------------------------------------------------------------
+    def fit(
+        self,
+        epochs: int,
+        lr: float | None = None,
+        *,
+        schedule: ScheduleSpec | str = "constant",
+        callbacks: Sequence[Callback] = (),
+        start_epoch: int = 0,
+    ) -> None:
+        """Train for ``epochs`` epochs; ``schedule`` shapes the LR (constant by default)."""
+        if epochs < 1:
+            raise ConfigError(f"epochs must be at least 1, got {epochs}")
+        if lr is not None:
+            self.lr = float(lr)
+        if isinstance(schedule, str):
+            schedule = ScheduleSpec(kind=schedule)
+        if self.opt is None:
+            self.create_opt()
+        sched = ParamScheduler(schedule.lr(self.lr), schedule.momentum(self._moms()))
+        extra = [sched, *callbacks]
+        self.add_callbacks(extra)
+        self.n_epochs = epochs
+        self.train_dl = self.batches(self.data.train, train=True)
+        self.valid_dl = self.batches(self.data.valid)
+        self.total_iters = epochs * len(self.train_dl)
+        self.train_iter = start_epoch * len(self.train_dl)
+        try:
+            self("before_fit")
+            for epoch in range(start_epoch, epochs):
+                self.epoch = epoch
+                try:
+                    self._do_epoch()
+                except CancelEpoch:
+                    self("after_cancel_epoch")
+        except CancelFit:
+            self("after_cancel_fit")
+        finally:
+            self("after_fit")
+            for cb in extra:
+                self.remove_callback(cb)
+
+    def fit_one_cycle(
+        self,
+        epochs: int,
+        lr_max: float | None = None,
+        *,
+        pct_start: float = 0.25,
+        div: float = 25.0,
+        final_div: float = 1e5,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
+        """fastai's one-cycle policy: LR from ``lr_max/div`` up to ``lr_max`` over the first
+        ``pct_start`` of training, then down to ``lr_max/final_div``; momentum the other way.
+        """
+        spec = ScheduleSpec("one_cycle", pct_start=pct_start, div=div, final_div=final_div)
+        self.fit(epochs, lr_max, schedule=spec, callbacks=callbacks)
+
+    def _moms(self) -> tuple[float, float, float]:
+        # fastai's (0.95, 0.85, 0.95), capped by the momentum the user asked for.
+        top = max(self.momentum, 0.85)
+        return (top, 0.85 if top > 0.85 else top, top)
+
+    def _do_epoch(self) -> None:
+        self("before_epoch")
+        self._train_epoch()
+        self._validate()
+        self("after_epoch")
+
+    def _train_epoch(self) -> None:
+        self.training = True
+        self.model.train()
+        self.train_dl.set_epoch(self.epoch)
+        self.n_iter = len(self.train_dl)
+        self("before_train")
+        for i, (xb, yb) in enumerate(self.train_dl):
+            self.iter = i
+            self._one_batch(xb, yb)
+            self.train_iter += 1
+        self("after_train")
+
+    def _one_batch(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
+        self.xb, self.yb = xb, yb
+        try:
+            self("before_batch")
+            self.pred = self.model(self.xb)
+            self("after_pred")
+            self.loss = self.loss_func(self.pred, self.yb)
+            self("after_loss")
+            if self.training:
+                self.loss.backward()
+                self("after_backward")
+                assert self.opt is not None
+                self.opt.step()
+                self("after_step")
+                self.opt.zero_grad(set_to_none=True)
+        except CancelBatch:
+            self("after_cancel_batch")
+        finally:
+            self("after_batch")
+
+    @torch.no_grad()
+    def _validate(self) -> None:
+        self.training = False
+        self.model.eval()
+        self("before_validate")
+        out = self._score(self.valid_dl)
+        self.metrics = {"valid_loss": out["loss"], "accuracy": out["accuracy"]}
+        self("after_validate")
+
+    @torch.no_grad()
+    def _score(self, dl: Batches) -> dict[str, Any]:
+        """Loss, accuracy and the per-item predictions of ``dl`` in eval mode."""
+        was_training = self.model.training
+        self.model.eval()
+        total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        preds, targets, probs = [], [], []
+        for xb, yb in dl:
+            logits = self.model(xb).float()
+            total_loss += F.cross_entropy(logits, yb, reduction="sum").double()
+            p = logits.softmax(dim=1)
+            probs.append(p.cpu())
+            preds.append(p.argmax(dim=1).cpu())
+            targets.append(yb.cpu())
+        self.model.train(was_training)
+        n = max(dl.num_items, 1)
+        pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.int64)
+        target = torch.cat(targets) if targets else torch.zeros(0, dtype=torch.int64)
+        return {
+            "loss": float(total_loss) / n,
+            "accuracy": float((pred == target).double().mean()) if len(target) else math.nan,
+            "pred": pred,
+            "target": target,
+            "probs": torch.cat(probs) if probs else torch.zeros(0, self.num_classes),
+        }
+
+    # -- using the model -------------------------------------------------------------------
+    def evaluate(self, split: str | ImageSet = "test") -> dict[str, Any]:
+        """Loss, accuracy (overall and per class) on a split ("test", "valid", "train") or
+        on an ImageSet; falls back to valid when the dataset has no test split.
+
+        Example:
+            >>> learn.evaluate()["accuracy"]
+            0.995
+        """
+        images = self._split(split)
+        images = conform_images(images, self.preprocess)
+        out = self._score(self.batches(images))
+        k = self.num_classes
+        per_class = []
+        for c in range(k):
+            mask = out["target"] == c
+            n_c = int(mask.sum())
+            acc = float((out["pred"][mask] == c).double().mean()) if n_c else math.nan
+            per_class.append({"class": self.data.classes[c], "n": n_c, "accuracy": acc})
+        return {
+            "split": split if isinstance(split, str) else "custom",
+            "n": len(images),
+            "loss": out["loss"],
+            "loss_bits": out["loss"] / math.log(2),
+            "chance_bits": math.log2(k) if k > 1 else 0.0,
+            "accuracy": out["accuracy"],
+            "per_class": per_class,
+        }
+
+    def _split(self, split: str | ImageSet) -> ImageSet:
+        if isinstance(split, ImageSet):
+            return split
+        if split == "test":
+            return self.data.test if self.data.test is not None else self.data.valid
+        if split in ("valid", "train"):
+            return getattr(self.data, split)
+        raise ConfigError(f"unknown split {split!r}; use train, valid or test")
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor | np.ndarray | ImageSet) -> torch.Tensor:
+        """Class probabilities ``(N, K)`` for uint8 images shaped ``(N, C, H, W)``,
+        ``(N, H, W)`` or ``(N, H, W, C)``; other sizes and channel counts are converted the
+        way the training data was.
+
+        Example:
+            >>> probs = learn.predict(data.test.images[:8])
+            >>> [data.classes[i] for i in probs.argmax(1)]
+        """
+        if not isinstance(images, ImageSet):
+            x = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images)
+            if x.dtype != torch.uint8:
+                raise ConfigError(f"predict wants uint8 images (0-255), got {x.dtype}")
+            if x.ndim == 3:
+                x = x[:, None]
+            elif x.ndim == 4 and x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3, 4):
+                x = x.permute(0, 3, 1, 2)
+            images = ImageSet(x[:, :3].contiguous(), torch.zeros(len(x)), list(self.data.classes))
+        images = conform_images(images, self.preprocess)
+        return self._score(self.batches(images))["probs"]

@@ -1,0 +1,252 @@
+"""A whole run from a config: data, model, training, test score and the run directory.
+
+This is what ``deepstart train`` and ``deepstart evaluate`` call; the same steps are open
+to Python users who want to change one of them.
+
+Run directory ``runs/<time>-<data>-<model>/``:
+    config.json     the resolved RunConfig, dataset summary, model arch, versions
+    metrics.jsonl   one line per epoch (epoch, train_loss, valid_loss, accuracy, lr, seconds)
+    checkpoints/    last.pt and best.pt (tensors only: torch.load(weights_only=True))
+    model.safetensors + model.json   the final model, its classes and preprocessing
+    results.json    final test metrics
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+
+from deepstart.bundle import load_model, save_model
+from deepstart.config import DataConfig, RunConfig
+from deepstart.data.cache import atomic_write
+from deepstart.data.catalog import load_dataset
+from deepstart.data.dataset import DataError, Dataset
+from deepstart.models.registry import count_parameters, create_model
+from deepstart.train.callbacks import Callback, Checkpoint, Progress
+from deepstart.train.learner import Learner, resolve_device
+from deepstart.train.schedule import ScheduleSpec
+
+
+@dataclass
+class RunResult:
+    """What a finished run leaves: its directory, per-epoch history and test metrics."""
+
+    run_dir: Path
+    history: list[dict[str, Any]]
+    test: dict[str, Any] | None
+    learner: Learner
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so a CPU run repeats bit for bit."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def new_run_dir(out: str | Path, data_name: str, model_name: str) -> Path:
+    """A fresh ``<out>/<YYYYmmdd-HHMMSS>-<data>-<model>`` directory (suffixed if taken)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(out) / f"{stamp}-{Path(data_name).name}-{model_name}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = base.with_name(f"{base.name}-{i}")
+    path.mkdir(parents=True)
+    return path
+
+
+def load_data(cfg: DataConfig, seed: int) -> Dataset:
+    return load_dataset(
+        cfg.name,
+        data_dir=cfg.data_dir,
+        valid_pct=cfg.valid_pct,
+        seed=seed,
+        size=cfg.size,
+        channels=cfg.channels,
+        resize=cfg.resize,
+        **cfg.options,
+    )
+
+
+def _say(text: str, stream: TextIO | None) -> None:
+    if stream is not None:
+        print(text, file=stream, flush=True)
+
+
+def describe(data: Dataset) -> str:
+    splits = ", ".join(f"{k} {v}" for k, v in data.summary()["splits"].items())
+    h, w = data.size
+    return (
+        f"data {data.name}: {splits}; {data.num_classes} classes; {data.channels}x{h}x{w}; "
+        f"mean {_fmt_list(data.mean)} std {_fmt_list(data.std)}"
+    )
+
+
+def _fmt_list(xs: list[float]) -> str:
+    return "[" + ", ".join(f"{x:.3f}" for x in xs) + "]"
+
+
+def format_eval(res: dict[str, Any]) -> str:
+    return (
+        f"{res['split']} accuracy {res['accuracy']:.4f} on {res['n']} images; loss "
+        f"{res['loss']:.4f} nats = {res['loss_bits']:.3f} bits (chance {res['chance_bits']:.3f})"
+    )
+
+
+def train_run(
+    cfg: RunConfig,
+    *,
+    callbacks: list[Callback] | None = None,
+    stream: TextIO | None = sys.stdout,
+) -> RunResult:
+    """Load the data, build the model, train, score the test split and write the run dir.
+
+    Example:
+        >>> res = train_run(RunConfig(data=DataConfig("shapes"), model=ModelConfig("vgg_small")))
+        >>> res.test["accuracy"]
+    """
+    tc = cfg.train
+    seed_everything(tc.seed)
+    data = load_data(cfg.data, tc.seed)
+    _say(describe(data), stream)
+    for note in data.notes:
+        _say(f"  note: {note}", stream)
+    torch.manual_seed(tc.seed)  # model init does not depend on how much data loading drew
+    model = create_model(
+        cfg.model.name,
+        in_channels=data.channels,
+        num_classes=data.num_classes,
+        input_size=data.size,
+        **cfg.model.options,
+    )
+    device = resolve_device(tc.device)
+    run_dir = new_run_dir(tc.out, cfg.data.name, cfg.model.name)
+    n_params = count_parameters(model)
+    _say(f"model {cfg.model.name}: {n_params:,} parameters; device {device}", stream)
+    _write_json(
+        run_dir / "config.json",
+        {
+            **cfg.to_dict(),
+            "resolved": {
+                "dataset": data.summary(),
+                "arch": model.arch,
+                "parameters": n_params,
+                "preprocess": data.preprocess.to_dict(),
+                "device": str(device),
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        },
+    )
+    cbs: list[Callback] = [Progress(tc.progress if stream is not None else "none", stream)]
+    if tc.checkpoint:
+        cbs.append(Checkpoint(run_dir / "checkpoints"))
+    learn = Learner(
+        data,
+        model,
+        opt=tc.opt,
+        lr=tc.lr,
+        wd=tc.wd,
+        momentum=tc.momentum,
+        nesterov=tc.nesterov,
+        batch_size=tc.batch_size,
+        device=device,
+        callbacks=[*cbs, *(callbacks or [])],
+        seed=tc.seed,
+    )
+    learn.recorder.path = run_dir / "metrics.jsonl"
+    start = time.perf_counter()
+    if tc.schedule == "one_cycle":
+        learn.fit_one_cycle(tc.epochs, tc.lr, pct_start=tc.pct_start)
+    else:
+        learn.fit(tc.epochs, tc.lr, schedule=ScheduleSpec(kind=tc.schedule))
+    train_seconds = time.perf_counter() - start
+    test = learn.evaluate("test") if data.test is not None else None
+    if test is not None:
+        _say(format_eval(test), stream)
+    save_model(
+        learn.model,
+        run_dir,
+        classes=data.classes,
+        preprocess=data.preprocess,
+        extra={"dataset": data.name, "test": _brief(test)},
+    )
+    _write_json(
+        run_dir / "results.json",
+        {"test": test, "train_seconds": round(train_seconds, 3), "epochs": tc.epochs},
+    )
+    _say(f"run directory: {run_dir}", stream)
+    return RunResult(run_dir, learn.recorder.history, test, learn)
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    data: DataConfig | None = None,
+    split: str = "test",
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Score a run's saved model on a split of a dataset, through the model's own
+    preprocessing (the training normalisation, size and channels), not the new data's.
+
+    ``data`` defaults to the dataset the run trained on (same seed, so the same split).
+    """
+    run_dir = Path(run_dir)
+    saved = load_model(run_dir, device="cpu")
+    seed, cfg_data = 0, None
+    if (run_dir / "config.json").is_file():
+        cfg = RunConfig.from_dict(
+            {
+                k: v
+                for k, v in json.loads((run_dir / "config.json").read_text()).items()
+                if k in ("data", "model", "train")
+            }
+        )
+        seed, cfg_data = cfg.train.seed, cfg.data
+    data_cfg = data or cfg_data
+    if data_cfg is None:
+        raise DataError(f"{run_dir}: no config.json; say which data to evaluate on (--data)")
+    dataset = load_data(data_cfg, seed)
+    if dataset.classes != saved.classes:
+        raise DataError(
+            f"dataset classes {dataset.classes} differ from the model's {saved.classes}"
+        )
+    learn = Learner(dataset, saved.model, device=device, preprocess=saved.preprocess, seed=seed)
+    return learn.evaluate(split)
+
+
+def _brief(res: dict[str, Any] | None) -> dict[str, Any] | None:
+    if res is None:
+        return None
+    return {k: res[k] for k in ("split", "n", "loss", "accuracy")}
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=2, default=_json_default)
+        f.write("\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if dataclasses.is_dataclass(o):
+        return dataclasses.asdict(o)
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(f"cannot write {type(o).__name__} to JSON")

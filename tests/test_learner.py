@@ -1,0 +1,150 @@
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from deepstart.bundle import load_model, save_model
+from deepstart.models.registry import create_model
+from deepstart.train.callbacks import Callback, CancelFit, Checkpoint, load_checkpoint
+from deepstart.train.learner import EVENTS, Learner
+from deepstart.train.schedule import one_cycle
+
+
+def _model(data, name="vgg_small", **kw):
+    torch.manual_seed(0)
+    return create_model(
+        name, in_channels=data.channels, num_classes=data.num_classes, input_size=data.size, **kw
+    )
+
+
+class EventLog(Callback):
+    def __init__(self):
+        self.events = []
+
+    def __getattr__(self, name):
+        if name in EVENTS:
+            return lambda: self.events.append(name)
+        raise AttributeError(name)
+
+
+def test_event_order(toy_data):
+    log = EventLog()
+    learn = Learner(toy_data, _model(toy_data, "logreg"), batch_size=64, callbacks=[log])
+    learn.fit(2, 1e-2)
+    n_batches = len(toy_data.train) // 64
+    per_batch = [
+        "before_batch",
+        "after_pred",
+        "after_loss",
+        "after_backward",
+        "after_step",
+        "after_batch",
+    ]
+    epoch = [
+        "before_epoch",
+        "before_train",
+        *per_batch * n_batches,
+        "after_train",
+        "before_validate",
+        "after_validate",
+        "after_epoch",
+    ]
+    assert log.events == ["before_fit", *epoch, *epoch, "after_fit"]
+
+
+def test_cancel_fit_stops_and_still_runs_after_fit(toy_data):
+    class StopAfterOne(Callback):
+        order = 100  # after the Recorder has written the epoch's row
+
+        def after_epoch(self):
+            raise CancelFit
+
+    log = EventLog()
+    learn = Learner(toy_data, _model(toy_data, "logreg"), callbacks=[StopAfterOne(), log])
+    learn.fit(5, 1e-2)
+    assert len(learn.recorder.history) == 1
+    assert log.events[-2:] == ["after_cancel_fit", "after_fit"]
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam", "adamw"])
+def test_converges_and_changes_weights(toy_data, opt):
+    model = _model(toy_data)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    learn = Learner(toy_data, model, opt=opt, batch_size=32, seed=1)
+    learn.fit_one_cycle(4, 0.05 if opt == "sgd" else 3e-3)
+    h = learn.recorder.history
+    assert h[-1]["train_loss"] < h[0]["train_loss"]
+    assert h[-1]["valid_loss"] < math.log(3) / 2
+    assert learn.evaluate()["accuracy"] >= 0.95
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert any("weight" in k for k in changed)
+
+
+def test_one_cycle_lr_follows_schedule(toy_data):
+    learn = Learner(toy_data, _model(toy_data, "logreg"), batch_size=32)
+    learn.fit_one_cycle(2, 0.01, pct_start=0.25)
+    lrs = learn.recorder.batch_lrs
+    n = len(lrs)
+    expected = one_cycle(0.01, pct_start=0.25)
+    assert lrs == pytest.approx([expected(i / n) for i in range(n)])
+    assert lrs[0] == pytest.approx(0.01 / 25)
+
+
+def test_same_seed_is_bit_for_bit(toy_data):
+    def run():
+        torch.manual_seed(0)
+        model = _model(toy_data, "mnist_cnn")  # has dropout: uses the global RNG
+        learn = Learner(toy_data, model, batch_size=32, seed=3)
+        learn.fit_one_cycle(2, 3e-3)
+        return model.state_dict(), learn.recorder.history
+
+    (s1, h1), (s2, h2) = run(), run()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert [r["train_loss"] for r in h1] == [r["train_loss"] for r in h2]
+
+
+def test_evaluate_per_class_and_bits(toy_data):
+    learn = Learner(toy_data, _model(toy_data), batch_size=32)
+    learn.fit_one_cycle(2, 3e-3)
+    res = learn.evaluate("test")
+    assert res["n"] == len(toy_data.test)
+    assert sum(p["n"] for p in res["per_class"]) == res["n"]
+    assert res["chance_bits"] == pytest.approx(math.log2(3))
+    assert res["loss_bits"] == pytest.approx(res["loss"] / math.log(2))
+    weighted = sum(p["accuracy"] * p["n"] for p in res["per_class"]) / res["n"]
+    assert weighted == pytest.approx(res["accuracy"])
+
+
+def test_predict_accepts_layouts_and_sizes(toy_data):
+    learn = Learner(toy_data, _model(toy_data), batch_size=32)
+    learn.fit_one_cycle(2, 3e-3)
+    imgs = toy_data.test.images[:6]
+    p = learn.predict(imgs)
+    assert p.shape == (6, 3)
+    torch.testing.assert_close(p.sum(1), torch.ones(6))
+    torch.testing.assert_close(learn.predict(imgs[:, 0].numpy()), p)  # (N, H, W)
+    torch.testing.assert_close(learn.predict(imgs.permute(0, 2, 3, 1)), p)  # (N, H, W, C)
+    big = torch.nn.functional.interpolate(imgs.float(), size=(32, 32)).to(torch.uint8)
+    assert (learn.predict(big).argmax(1) == p.argmax(1)).float().mean() >= 0.8
+    with pytest.raises(ValueError, match="uint8"):
+        learn.predict(imgs.float())
+
+
+def test_checkpoints_and_saved_model_round_trip(toy_data, tmp_path):
+    model = _model(toy_data)
+    learn = Learner(toy_data, model, batch_size=32, callbacks=[Checkpoint(tmp_path / "ck")])
+    learn.recorder.path = tmp_path / "metrics.jsonl"
+    learn.fit_one_cycle(2, 3e-3)
+    last = load_checkpoint(tmp_path / "ck" / "last.pt")
+    assert last["epoch"] == 2
+    assert all(torch.equal(last["model"][k], v) for k, v in model.state_dict().items())
+    assert (tmp_path / "ck" / "best.pt").is_file()
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    save_model(model, tmp_path / "m", classes=toy_data.classes, preprocess=toy_data.preprocess)
+    assert set(load_file(str(tmp_path / "m" / "model.safetensors"))) == set(model.state_dict())
+    saved = load_model(tmp_path / "m")
+    x = torch.randn(4, 1, 16, 16)
+    model.eval()
+    torch.testing.assert_close(saved.model(x), model(x), rtol=0, atol=0)
+    assert saved.preprocess == toy_data.preprocess
