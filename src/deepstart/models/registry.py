@@ -9,6 +9,7 @@ the same for every model.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,6 +98,7 @@ def list_models() -> list[ModelInfo]:
 
 
 def get_model_info(name: str) -> ModelInfo:
+    """The registry entry of ``name``; a ModelError lists the known names if it is unknown."""
     _ensure_loaded()
     try:
         return _REGISTRY[name]
@@ -129,11 +131,25 @@ def create_model(
         "num_classes": int(num_classes if num_classes is not None else info.num_classes),
         "input_size": tuple(int(s) for s in (input_size or info.input_size)),
     }
+    if args["in_channels"] < 1 or args["num_classes"] < 1 or min(args["input_size"]) < 1:
+        h, w = args["input_size"]
+        raise ModelError(
+            f"{name} needs a positive input size, channel and class count; got {h}x{w} input, "
+            f"{args['in_channels']} channels, {args['num_classes']} classes"
+        )
     extra = {**info.defaults, **kwargs}
-    try:
-        model = info.builder(**args, **extra)
-    except TypeError as e:
-        raise ModelError(f"model {name!r} cannot take these arguments: {e}") from None
+    # Check option names against the builder's signature rather than catching TypeError,
+    # which would also hide a genuine bug inside the builder.
+    params = inspect.signature(info.builder).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = [k for k in extra if k not in params]
+    if unknown and not takes_any:
+        options = sorted(k for k in params if k not in args)
+        raise ModelError(
+            f"model {name!r} has no option {', '.join(map(repr, unknown))}; "
+            f"its options: {', '.join(options) or 'none'}"
+        )
+    model = info.builder(**args, **extra)
     model.arch = {
         "name": name,
         "in_channels": args["in_channels"],
