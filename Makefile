@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m deepstart train --data shapes --model vgg_small --epochs 6 --seed 0 --out runs
+	$(PY) -m deepstart train --data shapes --model vgg_small --epochs 6 --lr 3e-3 --seed 0 --out runs
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -109,7 +109,7 @@ def train_run(
     cfg: RunConfig,
     *,
     callbacks: list[Callback] | None = None,
-    stream: TextIO | None = sys.stdout,
+    quiet: bool = False,
 ) -> RunResult:
     """Load the data, build the model, train, score the test split and write the run dir.
 
@@ -118,6 +118,7 @@ def train_run(
         >>> res.test["accuracy"]
     """
     tc = cfg.train
+    stream = None if quiet else sys.stdout
     seed_everything(tc.seed)
     data = load_data(cfg.data, tc.seed)
     _say(describe(data), stream)
