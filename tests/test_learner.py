@@ -148,3 +148,33 @@ def test_checkpoints_and_saved_model_round_trip(toy_data, tmp_path):
     model.eval()
     torch.testing.assert_close(saved.model(x), model(x), rtol=0, atol=0)
     assert saved.preprocess == toy_data.preprocess
+
+
+def test_restart_epoch_from_a_snapshot_replays_the_same_batches(toy_data):
+    from deepstart.train.callbacks import RestartEpoch
+
+    class RewindOnce(Callback):
+        """Snapshot after batch 1 of epoch 1, rewind to it after batch 4, once."""
+
+        order = 50
+        done = False
+
+        def after_batch(self):
+            learn = self.learn
+            if learn.epoch == 1 and learn.iter == 1 and not self.done:
+                self.snap = learn.snapshot()
+            if learn.epoch == 1 and learn.iter == 4 and not self.done:
+                self.done = True
+                learn.restore(self.snap)
+                learn.restart_at = self.snap["iter"] + 1
+                raise RestartEpoch
+
+    def run(cbs):
+        learn = Learner(toy_data, _model(toy_data, "logreg"), batch_size=16, seed=2)
+        learn.fit_one_cycle(3, 1e-2, callbacks=cbs)
+        return learn
+
+    plain, rewound = run([]), run([RewindOnce()])
+    for k, v in plain.model.state_dict().items():
+        torch.testing.assert_close(rewound.model.state_dict()[k], v, rtol=0, atol=0)
+    assert len(rewound.recorder.batch_lrs) == len(plain.recorder.batch_lrs) + 3

@@ -262,7 +262,7 @@ class Batches:
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
         self.augment = augment
         self.channels_last = channels_last
-        self.epoch = 0
+        self.epoch, self.start = 0, 0
         c = self.images.shape[1]
         self.mean = torch.tensor(list(mean), dtype=torch.float32, device=self.device)
         self.std = torch.tensor(list(std), dtype=torch.float32, device=self.device)
@@ -281,9 +281,11 @@ class Batches:
     def num_items(self) -> int:
         return len(self.images)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the shuffle (and augmentation stream) of ``epoch``."""
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Choose the shuffle (and augmentation stream) of ``epoch``; the next iteration
+        begins at batch ``start`` (to redo the rest of an epoch after a restore)."""
         self.epoch = int(epoch)
+        self.start = int(start)
 
     def normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:
         x = x_uint8.to(torch.float32) * self._scale + self._shift
@@ -298,7 +300,8 @@ class Batches:
         else:
             order = None
         self._aug_gen.manual_seed(int(self.seed) * 7_919 + self.epoch + 1)
-        for i in range(len(self)):
+        start, self.start = self.start, 0  # a start applies to one pass only
+        for i in range(start, len(self)):
             sl = slice(i * self.batch_size, min((i + 1) * self.batch_size, n))
             if order is None:
                 xb, yb = self.images[sl], self.labels[sl]

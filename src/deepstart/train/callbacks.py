@@ -35,6 +35,15 @@ class CancelFit(Exception):
     """Stop training now (``after_fit`` still runs)."""
 
 
+class RestartEpoch(Exception):
+    """Run the current epoch again from batch ``learn.restart_at`` (set before raising).
+
+    Raised by a callback that has just restored an earlier state of the learner (weights,
+    optimizer, ``train_iter``), e.g. the divergence guard: the epoch's batches are a pure
+    function of (seed, epoch), so the same batches follow again.
+    """
+
+
 class Callback:
     """Base class. ``self.learn`` is set when the callback is added to a Learner."""
 
@@ -53,7 +62,8 @@ class ParamScheduler(Callback):
         self.lr_sched, self.mom_sched = lr, momentum
 
     def _set(self, pct: float) -> None:
-        self.learn.set_hyper("lr", self.lr_sched(pct))
+        # lr_mult lets a callback scale the whole schedule (the divergence guard halves it).
+        self.learn.set_hyper("lr", self.lr_sched(pct) * self.learn.lr_mult)
         if self.mom_sched is not None:
             self.learn.set_hyper("momentum", self.mom_sched(pct))
 

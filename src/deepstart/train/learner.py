@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -32,6 +33,7 @@ from deepstart.train.callbacks import (
     CancelFit,
     ParamScheduler,
     Recorder,
+    RestartEpoch,
 )
 from deepstart.train.schedule import ScheduleSpec
 
@@ -70,6 +72,16 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None or str(device) == "auto":
         return default_device()
     return torch.device(device)
+
+
+def _to_cpu(obj: Any) -> Any:
+    if torch.is_tensor(obj):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
 
 
 def make_optimizer(
@@ -148,6 +160,8 @@ class Learner:
         self.iter, self.n_iter = 0, 0  # batch within the epoch
         self.train_iter, self.total_iters = 0, 0  # batch over the whole fit
         self.training = False
+        self.lr_mult = 1.0  # scales every scheduled LR; the divergence guard halves it
+        self.restart_at = 0  # first batch of a restarted epoch (see RestartEpoch)
         self.metrics: dict[str, Any] = {}
         self.xb = self.yb = self.pred = self.loss = None
 
@@ -208,6 +222,35 @@ class Learner:
             elif name in group:
                 group[name] = value
 
+    def snapshot(self) -> dict[str, Any]:
+        """A copy of everything training changes: weights, optimizer state, progress.
+
+        Held in memory (CPU copies); :meth:`restore` puts it back. The divergence guard and
+        the LR finder use it.
+        """
+        return {
+            "model": {
+                k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
+            },
+            "opt": copy.deepcopy(_to_cpu(self.opt.state_dict())) if self.opt is not None else None,
+            "train_iter": self.train_iter,
+            "epoch": self.epoch,
+            "iter": self.iter,
+        }
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        """Put back a :meth:`snapshot`: weights, optimizer state and ``train_iter``."""
+        self.model.load_state_dict(snap["model"])
+        if self.opt is not None and snap["opt"] is not None:
+            self.opt.load_state_dict(snap["opt"])  # moves state to the params' device
+        self.train_iter, self.epoch, self.iter = snap["train_iter"], snap["epoch"], snap["iter"]
+
+    def lr_find(self, **kwargs: Any) -> Any:
+        """Run the LR finder (see :func:`deepstart.train.lr_finder.lr_find`)."""
+        from deepstart.train.lr_finder import lr_find
+
+        return lr_find(self, **kwargs)
+
     # -- the loop --------------------------------------------------------------------------
     def fit(
         self,
@@ -237,12 +280,17 @@ class Learner:
         self.train_iter = start_epoch * len(self.train_dl)
         try:
             self("before_fit")
-            for epoch in range(start_epoch, epochs):
+            epoch = start_epoch
+            while epoch < epochs:
                 self.epoch = epoch
                 try:
                     self._do_epoch()
                 except CancelEpoch:
                     self("after_cancel_epoch")
+                except RestartEpoch:
+                    continue  # a callback restored an earlier state: same epoch again
+                self.restart_at = 0
+                epoch += 1
         except CancelFit:
             self("after_cancel_fit")
         finally:
@@ -280,13 +328,12 @@ class Learner:
     def _train_epoch(self) -> None:
         self.training = True
         self.model.train()
-        self.train_dl.set_epoch(self.epoch)
+        self.train_dl.set_epoch(self.epoch, start=self.restart_at)
         self.n_iter = len(self.train_dl)
         self("before_train")
-        for i, (xb, yb) in enumerate(self.train_dl):
+        for i, (xb, yb) in enumerate(self.train_dl, start=self.restart_at):
             self.iter = i
             self._one_batch(xb, yb)
-            self.train_iter += 1
         self("after_train")
 
     def _one_batch(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
@@ -302,6 +349,7 @@ class Learner:
                 self("after_backward")
                 assert self.opt is not None
                 self.opt.step()
+                self.train_iter += 1  # steps taken so far: what the schedule's pct counts
                 self("after_step")
                 self.opt.zero_grad(set_to_none=True)
         except CancelBatch:
