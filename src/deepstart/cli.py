@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="runs", help="parent of the run directory (runs)")
     t.add_argument("--no-checkpoint", action="store_true", help="do not write checkpoints")
     t.add_argument(
+        "--checkpoint-every", type=float, metavar="MIN", help="also checkpoint every MIN minutes"
+    )
+    t.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint"
+    )
+    t.add_argument(
         "--progress",
         default="auto",
         choices=("auto", "rich", "plain", "none"),
@@ -154,7 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from deepstart.train.runner import train_run
+    from deepstart.train.runner import Interrupted, resume_config, train_run
+
+    if a.resume:
+        cfg = resume_config(a.resume)
+        try:
+            train_run(cfg, resume=a.resume)
+        except Interrupted as e:
+            print(f"deepstart: {e}", file=sys.stderr)
+            return 130
+        return 0
 
     cfg = RunConfig(
         data=_data_config(a),
@@ -173,10 +188,15 @@ def cmd_train(a: argparse.Namespace) -> int:
             device=a.device,
             out=a.out,
             checkpoint=not a.no_checkpoint,
+            checkpoint_minutes=a.checkpoint_every,
             progress=a.progress,
         ),
     )
-    train_run(cfg)
+    try:
+        train_run(cfg)
+    except Interrupted as e:
+        print(f"deepstart: {e}", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -83,6 +83,7 @@ class TrainConfig:
     device: str = "auto"
     out: str = "runs"
     checkpoint: bool = True
+    checkpoint_minutes: float | None = None
     progress: str = "auto"
 
     def __post_init__(self) -> None:

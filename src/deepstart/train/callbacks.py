@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -90,30 +92,66 @@ class Recorder(Callback):
         self.batch_losses: list[float] = []
         self.batch_lrs: list[float] = []
 
+        # The current epoch's batches; kept across a restart or a resume (see before_epoch).
+        self._losses: list[torch.Tensor] = []
+        self._sizes: list[int] = []
+        self._lrs: list[float] = []
+
     def before_fit(self) -> None:
         self.fit_start = time.perf_counter()
 
     def before_epoch(self) -> None:
-        self.epoch_start = time.perf_counter()
-        # Losses stay on the device until the epoch ends: one host sync per epoch, not per batch.
-        self._losses: list[torch.Tensor] = []
-        self._sizes: list[int] = []
+        # A restarted epoch (divergence guard, resume) keeps the batches before restart_at
+        # and drops the ones that are being redone, so train_loss covers each batch once.
+        keep = self.learn.restart_at
+        if keep == 0:
+            self.epoch_start = time.perf_counter()
+        self._losses, self._sizes, self._lrs = (
+            self._losses[:keep],
+            self._sizes[:keep],
+            self._lrs[:keep],
+        )
 
     def after_batch(self) -> None:
         learn = self.learn
         if not learn.training or learn.loss is None:
             return
+        # Losses stay on the device until the epoch ends: one host sync per epoch, not per batch.
         self._losses.append(learn.loss.detach())
         self._sizes.append(len(learn.yb))
-        self.batch_lrs.append(float(learn.opt.param_groups[0]["lr"]))
+        self._lrs.append(float(learn.opt.param_groups[0]["lr"]))
 
     def after_train(self) -> None:
         if self._losses:
-            losses = torch.stack(self._losses).float().cpu().tolist()
+            losses = torch.stack([v.float().cpu() for v in self._losses]).tolist()
             self.batch_losses.extend(losses)
+            self.batch_lrs.extend(self._lrs)
             self.train_loss = sum(v * n for v, n in zip(losses, self._sizes)) / sum(self._sizes)
         else:
             self.train_loss = math.nan
+        self._losses, self._sizes, self._lrs = [], [], []
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint needs to continue the record exactly (JSON-able)."""
+        return {
+            "history": self.history,
+            "batch_losses": self.batch_losses,
+            "batch_lrs": self.batch_lrs,
+            "epoch_losses": [float(v) for v in self._losses],
+            "epoch_sizes": self._sizes,
+            "epoch_lrs": self._lrs,
+            "epoch_elapsed": time.perf_counter()
+            - getattr(self, "epoch_start", time.perf_counter()),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.history = list(state["history"])
+        self.batch_losses = list(state["batch_losses"])
+        self.batch_lrs = list(state["batch_lrs"])
+        self._losses = [torch.tensor(v) for v in state["epoch_losses"]]
+        self._sizes = list(state["epoch_sizes"])
+        self._lrs = list(state["epoch_lrs"])
+        self.epoch_start = time.perf_counter() - float(state.get("epoch_elapsed", 0.0))
 
     def smooth_loss(self) -> float:
         """Loss of the last batch, for a progress bar (costs a host sync)."""
@@ -236,41 +274,135 @@ class Progress(Callback):
 
 
 class Checkpoint(Callback):
-    """Saves ``last.pt`` every epoch and ``best.pt`` when ``monitor`` improves, atomically.
+    """Saves ``last.pt`` at every epoch end (and every ``every_minutes`` mid-epoch) and
+    ``best.pt`` when ``monitor`` improves; always atomically (temp file + rename).
 
-    Files hold plain tensors and containers (loadable with ``torch.load(weights_only=True)``):
-    model and optimizer state, the epoch reached and the metrics so far.
+    A checkpoint holds everything needed to continue exactly: weights, optimizer state, the
+    schedule position (``train_iter``, ``lr_mult``), the batch size, torch RNG states, the
+    recorder's history and the current epoch's batch losses. Only tensors and plain
+    containers: ``torch.load(weights_only=True)`` reads it and can never run code.
     """
 
     order = 30
 
-    def __init__(self, directory: str | Path, monitor: str = "valid_loss", mode: str = "min"):
+    def __init__(
+        self,
+        directory: str | Path,
+        monitor: str = "valid_loss",
+        mode: str = "min",
+        every_minutes: float | None = None,
+    ) -> None:
         self.dir = Path(directory)
         self.monitor, self.mode = monitor, mode
         self.best = math.inf if mode == "min" else -math.inf
+        self.every = every_minutes * 60 if every_minutes else None
 
-    def _state(self) -> dict[str, Any]:
+    def before_fit(self) -> None:
+        self._last_save = time.monotonic()
+
+    def state(self, *, mid_epoch: bool) -> dict[str, Any]:
         learn = self.learn
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
         return {
+            "format": "deepstart.checkpoint",
+            "version": 1,
             "model": learn.model.state_dict(),
             "opt": learn.opt.state_dict() if learn.opt is not None else {},
-            "epoch": learn.epoch + 1,
-            "history": json.dumps(learn.recorder.history),
-            "torch_rng": torch.get_rng_state(),
+            # where to continue: epoch (0-based) and its first batch still to do
+            "epoch": learn.epoch if mid_epoch else learn.epoch + 1,
+            "next_iter": learn.iter + 1 if mid_epoch else 0,
+            "n_epochs": learn.n_epochs,
+            "train_iter": learn.train_iter,
+            "lr_mult": learn.lr_mult,
+            "batch_size": learn.batch_size,
+            "best": self.best,
+            "rng": rng,
+            "recorder": json.dumps(learn.recorder.state()),
         }
 
+    def save(self, name: str = "last.pt", *, mid_epoch: bool = False) -> Path:
+        path = self.dir / name
+        with atomic_write(path) as f:
+            torch.save(self.state(mid_epoch=mid_epoch), f)
+        self._last_save = time.monotonic()
+        return path
+
+    def after_batch(self) -> None:
+        due = self.every is not None and time.monotonic() - self._last_save >= self.every
+        if due and self.learn.training:
+            self.save(mid_epoch=True)
+
     def after_epoch(self) -> None:
-        state = self._state()
-        with atomic_write(self.dir / "last.pt") as f:
-            torch.save(state, f)
         value = self.learn.metrics.get(self.monitor)
-        if value is None or not math.isfinite(value):
-            return
-        better = value < self.best if self.mode == "min" else value > self.best
+        better = False
+        if value is not None and math.isfinite(value):
+            better = value < self.best if self.mode == "min" else value > self.best
+            if better:
+                self.best = value
+        self.save()
         if better:
-            self.best = value
             with atomic_write(self.dir / "best.pt") as f:
-                torch.save(state, f)
+                torch.save(self.state(mid_epoch=False), f)
+
+
+def restore_checkpoint(learn: Learner, ckpt: dict[str, Any]) -> tuple[int, int]:
+    """Put a checkpoint's state into ``learn``; returns ``(start_epoch, restart_at)`` for
+    ``fit``. The learner must have the same model, data and optimizer kind."""
+    learn.model.load_state_dict(ckpt["model"])
+    learn.batch_size = int(ckpt["batch_size"])
+    learn.create_opt()
+    if ckpt["opt"]:
+        learn.opt.load_state_dict(ckpt["opt"])
+    learn.lr_mult = float(ckpt["lr_mult"])
+    learn.recorder.load_state(json.loads(ckpt["recorder"]))
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if "cuda" in ckpt["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(ckpt["rng"]["cuda"]))
+    cb = learn.get_callback(Checkpoint)
+    if cb is not None:
+        cb.best = float(ckpt["best"])
+    return int(ckpt["epoch"]), int(ckpt["next_iter"])
+
+
+class GracefulInterrupt(Callback):
+    """Ctrl-C stops after the current batch, saving a mid-epoch checkpoint first.
+
+    A second Ctrl-C stops at once. Only installed from the main thread (signals go there).
+    """
+
+    order = 40
+
+    def __init__(self, log: Callable[[str], None] = print) -> None:
+        self.log = log
+        self.requested = False
+        self.interrupted = False
+        self.saved: Path | None = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.log("\ninterrupt: stopping after this batch and saving (Ctrl-C again stops now)")
+
+    def before_fit(self) -> None:
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+
+    def after_batch(self) -> None:
+        if self.requested and self.learn.training:
+            ck = self.learn.get_callback(Checkpoint)
+            if ck is not None:
+                self.saved = ck.save(mid_epoch=True)
+            self.interrupted = True
+            raise CancelFit
+
+    def after_fit(self) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

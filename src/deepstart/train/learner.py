@@ -260,8 +260,13 @@ class Learner:
         schedule: ScheduleSpec | str = "constant",
         callbacks: Sequence[Callback] = (),
         start_epoch: int = 0,
+        restart_at: int = 0,
     ) -> None:
-        """Train for ``epochs`` epochs; ``schedule`` shapes the LR (constant by default)."""
+        """Train for ``epochs`` epochs; ``schedule`` shapes the LR (constant by default).
+
+        ``start_epoch`` and ``restart_at`` (first batch of that epoch) continue a run whose
+        state was restored from a checkpoint; the schedule continues where it was.
+        """
         if epochs < 1:
             raise ConfigError(f"epochs must be at least 1, got {epochs}")
         if lr is not None:
@@ -277,7 +282,8 @@ class Learner:
         self.train_dl = self.batches(self.data.train, train=True)
         self.valid_dl = self.batches(self.data.valid)
         self.total_iters = epochs * len(self.train_dl)
-        self.train_iter = start_epoch * len(self.train_dl)
+        self.train_iter = start_epoch * len(self.train_dl) + restart_at
+        self.restart_at = restart_at
         try:
             self("before_fit")
             epoch = start_epoch
@@ -307,12 +313,21 @@ class Learner:
         div: float = 25.0,
         final_div: float = 1e5,
         callbacks: Sequence[Callback] = (),
+        start_epoch: int = 0,
+        restart_at: int = 0,
     ) -> None:
         """fastai's one-cycle policy: LR from ``lr_max/div`` up to ``lr_max`` over the first
         ``pct_start`` of training, then down to ``lr_max/final_div``; momentum the other way.
         """
         spec = ScheduleSpec("one_cycle", pct_start=pct_start, div=div, final_div=final_div)
-        self.fit(epochs, lr_max, schedule=spec, callbacks=callbacks)
+        self.fit(
+            epochs,
+            lr_max,
+            schedule=spec,
+            callbacks=callbacks,
+            start_epoch=start_epoch,
+            restart_at=restart_at,
+        )
 
     def _moms(self) -> tuple[float, float, float]:
         # fastai's (0.95, 0.85, 0.95), capped by the momentum the user asked for.

@@ -32,10 +32,22 @@ from deepstart.config import DataConfig, RunConfig
 from deepstart.data.cache import atomic_write
 from deepstart.data.catalog import load_dataset
 from deepstart.data.dataset import DataError, Dataset
+from deepstart.errors import DeepstartError
 from deepstart.models.registry import count_parameters, create_model
-from deepstart.train.callbacks import Callback, Checkpoint, Progress
+from deepstart.train.callbacks import (
+    Callback,
+    Checkpoint,
+    GracefulInterrupt,
+    Progress,
+    load_checkpoint,
+    restore_checkpoint,
+)
 from deepstart.train.learner import Learner, resolve_device
 from deepstart.train.schedule import ScheduleSpec
+
+
+class Interrupted(DeepstartError):
+    """Training was stopped with Ctrl-C after saving a checkpoint."""
 
 
 @dataclass
@@ -110,8 +122,12 @@ def train_run(
     *,
     callbacks: list[Callback] | None = None,
     quiet: bool = False,
+    resume: str | Path | None = None,
 ) -> RunResult:
     """Load the data, build the model, train, score the test split and write the run dir.
+
+    With ``resume`` (a run directory) the run continues from its ``checkpoints/last.pt``
+    in the same directory; ``cfg`` should be the run's own (see :func:`resume_config`).
 
     Example:
         >>> res = train_run(RunConfig(data=DataConfig("shapes"), model=ModelConfig("vgg_small")))
@@ -133,9 +149,72 @@ def train_run(
         **cfg.model.options,
     )
     device = resolve_device(tc.device)
-    run_dir = new_run_dir(tc.out, cfg.data.name, cfg.model.name)
     n_params = count_parameters(model)
     _say(f"model {cfg.model.name}: {n_params:,} parameters; device {device}", stream)
+    if resume is not None:
+        run_dir = Path(resume)
+    else:
+        run_dir = new_run_dir(tc.out, cfg.data.name, cfg.model.name)
+        _write_config(run_dir, cfg, data, model, n_params, device)
+    interrupt = GracefulInterrupt(log=lambda m: _say(m, stream or sys.stderr))
+    cbs: list[Callback] = [Progress(tc.progress if stream is not None else "none", stream)]
+    if tc.checkpoint:
+        cbs.append(Checkpoint(run_dir / "checkpoints", every_minutes=tc.checkpoint_minutes))
+    cbs.append(interrupt)
+    learn = Learner(
+        data,
+        model,
+        opt=tc.opt,
+        lr=tc.lr,
+        wd=tc.wd,
+        momentum=tc.momentum,
+        nesterov=tc.nesterov,
+        batch_size=tc.batch_size,
+        device=device,
+        callbacks=[*cbs, *(callbacks or [])],
+        seed=tc.seed,
+    )
+    start_epoch, restart_at = 0, 0
+    if resume is not None:
+        ckpt_path = run_dir / "checkpoints" / "last.pt"
+        if not ckpt_path.is_file():
+            raise DataError(f"{run_dir}: no checkpoints/last.pt to resume from")
+        start_epoch, restart_at = restore_checkpoint(learn, load_checkpoint(ckpt_path))
+        where = f"epoch {start_epoch + 1}" + (f" batch {restart_at + 1}" if restart_at else "")
+        _say(f"resuming {run_dir} at {where} of {tc.epochs}", stream)
+        # metrics.jsonl may hold a row written after the checkpoint: rewrite it from the record.
+        with atomic_write(run_dir / "metrics.jsonl", "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in learn.recorder.history)
+    learn.recorder.path = run_dir / "metrics.jsonl"
+    start = time.perf_counter()
+    fit_kw = {"start_epoch": start_epoch, "restart_at": restart_at}
+    if start_epoch < tc.epochs:
+        if tc.schedule == "one_cycle":
+            learn.fit_one_cycle(tc.epochs, tc.lr, pct_start=tc.pct_start, **fit_kw)
+        else:
+            learn.fit(tc.epochs, tc.lr, schedule=ScheduleSpec(kind=tc.schedule), **fit_kw)
+    if interrupt.interrupted:
+        saved = f"saved {interrupt.saved}; " if interrupt.saved else "no checkpoint saved; "
+        raise Interrupted(
+            f"stopped at epoch {learn.epoch + 1} batch {learn.iter + 1}; {saved}"
+            f"resume with: deepstart train --resume {run_dir}"
+        )
+    train_seconds = time.perf_counter() - start
+    return _finish(learn, data, run_dir, tc.epochs, train_seconds, stream)
+
+
+def resume_config(run_dir: str | Path) -> RunConfig:
+    """The RunConfig a run directory was started with (its config.json)."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise DataError(f"{run_dir}: no config.json (is it a run directory?)")
+    raw = json.loads(path.read_text())
+    return RunConfig.from_dict({k: v for k, v in raw.items() if k in ("data", "model", "train")})
+
+
+def _write_config(
+    run_dir: Path, cfg: RunConfig, data: Dataset, model: Any, n_params: int, device: Any
+) -> None:
     _write_json(
         run_dir / "config.json",
         {
@@ -152,29 +231,16 @@ def train_run(
             },
         },
     )
-    cbs: list[Callback] = [Progress(tc.progress if stream is not None else "none", stream)]
-    if tc.checkpoint:
-        cbs.append(Checkpoint(run_dir / "checkpoints"))
-    learn = Learner(
-        data,
-        model,
-        opt=tc.opt,
-        lr=tc.lr,
-        wd=tc.wd,
-        momentum=tc.momentum,
-        nesterov=tc.nesterov,
-        batch_size=tc.batch_size,
-        device=device,
-        callbacks=[*cbs, *(callbacks or [])],
-        seed=tc.seed,
-    )
-    learn.recorder.path = run_dir / "metrics.jsonl"
-    start = time.perf_counter()
-    if tc.schedule == "one_cycle":
-        learn.fit_one_cycle(tc.epochs, tc.lr, pct_start=tc.pct_start)
-    else:
-        learn.fit(tc.epochs, tc.lr, schedule=ScheduleSpec(kind=tc.schedule))
-    train_seconds = time.perf_counter() - start
+
+
+def _finish(
+    learn: Learner,
+    data: Dataset,
+    run_dir: Path,
+    epochs: int,
+    train_seconds: float,
+    stream: TextIO | None,
+) -> RunResult:
     test = learn.evaluate("test") if data.test is not None else None
     if test is not None:
         _say(format_eval(test), stream)
@@ -187,7 +253,7 @@ def train_run(
     )
     _write_json(
         run_dir / "results.json",
-        {"test": test, "train_seconds": round(train_seconds, 3), "epochs": tc.epochs},
+        {"test": test, "train_seconds": round(train_seconds, 3), "epochs": epochs},
     )
     _say(f"run directory: {run_dir}", stream)
     return RunResult(run_dir, learn.recorder.history, test, learn)
