@@ -14,9 +14,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,32 @@ EVENTS = (
     "after_cancel_epoch",
     "after_cancel_fit",
 )
+
+
+# torch.OutOfMemoryError is the device-neutral name (CUDA, MPS, XPU); older torch only had
+# the CUDA one.
+OUT_OF_MEMORY: tuple[type[BaseException], ...] = tuple(
+    {getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError}
+)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device``; None means plain fp32.
+
+    "auto" uses bf16 on CUDA GPUs that support it, else fp16 on CUDA, and fp32 on CPU and
+    MPS: CPU bf16 autocast is measured in bench/precision.py (docs/benchmarks.md).
+    """
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if precision != "auto":
+        raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
 
 
 def default_device() -> torch.device:
@@ -122,6 +149,9 @@ class Learner:
         device: "auto", "cpu", "cuda", "mps" or a ``torch.device``.
         callbacks: extra callbacks; a :class:`Recorder` is always present.
         seed: seeds the shuffle of every epoch (and nothing global).
+        precision: "auto" (bf16 or fp16 autocast on CUDA, fp32 elsewhere), "fp32", "bf16"
+            or "fp16".
+        log: where one-line notices go (batch size halved after out-of-memory, ...).
         preprocess: how images are normalised (and resized for evaluate/predict); defaults to
             the dataset's own, computed on its training split. A loaded model passes its own.
     """
@@ -142,12 +172,22 @@ class Learner:
         callbacks: Sequence[Callback] = (),
         seed: int = 0,
         preprocess: Preprocess | None = None,
+        precision: str = "auto",
+        log: Callable[[str], None] = print,
     ) -> None:
         self.data = data
         self.preprocess = preprocess if preprocess is not None else data.preprocess
         self.device = resolve_device(device)
         self.model = model.to(self.device)
         self.loss_func = loss_func if loss_func is not None else nn.CrossEntropyLoss()
+        if isinstance(self.loss_func, nn.Module):
+            self.loss_func.to(self.device)  # class weights live in a buffer
+        self.amp_dtype = resolve_precision(precision, self.device)
+        # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 does not.
+        self.scaler = (
+            torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
+        )
+        self.log = log
         self.opt_name, self.lr, self.wd = opt, float(lr), float(wd)
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
         self.batch_size = int(batch_size)
@@ -351,26 +391,71 @@ class Learner:
             self._one_batch(xb, yb)
         self("after_train")
 
+    def _autocast(self) -> Any:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
     def _one_batch(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
         self.xb, self.yb = xb, yb
+        self.pred = self.loss = None
         try:
             self("before_batch")
-            self.pred = self.model(self.xb)
-            self("after_pred")
-            self.loss = self.loss_func(self.pred, self.yb)
+            with self._autocast():
+                self.pred = self.model(self.xb)
+                self("after_pred")
+                self.loss = self.loss_func(self.pred, self.yb)
             self("after_loss")
             if self.training:
-                self.loss.backward()
-                self("after_backward")
                 assert self.opt is not None
-                self.opt.step()
+                if self.scaler is not None:
+                    self.scaler.scale(self.loss).backward()
+                    self.scaler.unscale_(self.opt)  # callbacks (clipping) see true gradients
+                else:
+                    self.loss.backward()
+                self("after_backward")
+                if self.scaler is not None:
+                    self.scaler.step(self.opt)
+                    self.scaler.update()
+                else:
+                    self.opt.step()
                 self.train_iter += 1  # steps taken so far: what the schedule's pct counts
                 self("after_step")
                 self.opt.zero_grad(set_to_none=True)
         except CancelBatch:
             self("after_cancel_batch")
+        except OUT_OF_MEMORY as e:
+            if not self.training or self.batch_size < 2:
+                raise
+            self._halve_batch(e)
         finally:
             self("after_batch")
+
+    def _halve_batch(self, error: BaseException) -> None:
+        """Out of memory: halve the batch, keep the per-sample LR, redo this batch.
+
+        Batch ``i`` of size B holds the same items as batches ``2i`` and ``2i + 1`` of size
+        B/2 (the epoch's order does not depend on the batch size), so the epoch goes on from
+        exactly the items that failed.
+        """
+        assert self.opt is not None
+        self.opt.zero_grad(set_to_none=True)
+        self.pred = self.loss = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        old, new = self.batch_size, self.batch_size // 2
+        self.batch_size = new
+        self.lr_mult *= new / old  # linear scaling: same LR per sample
+        self.train_dl = self.batches(self.data.train, train=True)
+        self.valid_dl = self.batches(self.data.valid)
+        self.restart_at = self.iter * old // new
+        self.total_iters = self.n_epochs * len(self.train_dl)
+        self.train_iter = self.epoch * len(self.train_dl) + self.restart_at
+        self.log(
+            f"out of memory at batch size {old} ({type(error).__name__}); retrying with "
+            f"{new} and the LR scaled by {new / old:g} to keep the per-sample rate"
+        )
+        raise RestartEpoch
 
     @torch.no_grad()
     def _validate(self) -> None:
@@ -381,15 +466,33 @@ class Learner:
         self.metrics = {"valid_loss": out["loss"], "accuracy": out["accuracy"]}
         self("after_validate")
 
-    @torch.no_grad()
     def _score(self, dl: Batches) -> dict[str, Any]:
-        """Loss, accuracy and the per-item predictions of ``dl`` in eval mode."""
+        """Loss, accuracy and the per-item predictions of ``dl`` in eval mode; halves the
+        evaluation batch and starts again if the device runs out of memory."""
+        while True:
+            try:
+                return self._score_once(dl)
+            except OUT_OF_MEMORY as e:
+                if dl.batch_size < 2:
+                    raise
+                old, dl.batch_size = dl.batch_size, dl.batch_size // 2
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                self.log(
+                    f"out of memory while evaluating at batch size {old} "
+                    f"({type(e).__name__}); retrying with {dl.batch_size}"
+                )
+
+    @torch.no_grad()
+    def _score_once(self, dl: Batches) -> dict[str, Any]:
         was_training = self.model.training
         self.model.eval()
         total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         preds, targets, probs = [], [], []
         for xb, yb in dl:
-            logits = self.model(xb).float()
+            with self._autocast():
+                logits = self.model(xb)
+            logits = logits.float()
             total_loss += F.cross_entropy(logits, yb, reduction="sum").double()
             p = logits.softmax(dim=1)
             probs.append(p.cpu())
