@@ -32,6 +32,48 @@ def _size(text: str) -> tuple[int, int]:
     raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}")
 
 
+def _lr(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"lr must be a number or 'auto', got {text!r}") from None
+
+
+def _batch(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"batch size must be N or 'auto', got {text!r}") from None
+
+
+def _duration(text: str) -> float:
+    """Seconds from "90", "90s", "5m" or "1.5h"."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    t = text.strip().lower()
+    scale = units.get(t[-1:])
+    try:
+        return float(t[:-1]) * scale if scale else float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"time must be like 90, 90s, 5m or 1.5h: {text!r}"
+        ) from None
+
+
+def _weights(text: str) -> str | list[float]:
+    if text == "balanced":
+        return text
+    try:
+        return [float(w) for w in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"class weights must be 'balanced' or numbers w1,w2,...: {text!r}"
+        ) from None
+
+
 def _value(text: str) -> Any:
     """A KEY=VALUE value: JSON when it parses (numbers, lists, true), else the string."""
     try:
@@ -94,8 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--model-opt", action="append", metavar="KEY=VALUE", help="model option, e.g. hidden=512"
     )
     t.add_argument("--epochs", type=int, default=5)
-    t.add_argument("--lr", type=float, default=1e-3, help="peak LR for one_cycle (1e-3)")
-    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument(
+        "--lr",
+        type=_lr,
+        default=1e-3,
+        help="peak LR for one_cycle (1e-3); 'auto' runs the LR finder and uses its valley",
+    )
+    t.add_argument(
+        "--batch-size",
+        type=_batch,
+        default=128,
+        help="items per step (128); 'auto' finds the largest that fits the accelerator",
+    )
     t.add_argument("--opt", default="adamw", choices=OPTIMIZERS)
     t.add_argument("--wd", type=float, default=0.01, help="weight decay (0.01)")
     t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum / Adam beta1")
@@ -118,7 +170,71 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "rich", "plain", "none"),
         help="live bar (rich), lines only (plain); auto picks by terminal",
     )
+    g = t.add_argument_group("training options")
+    g.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="autocast: auto = bf16/fp16 on CUDA, fp32 on CPU/MPS",
+    )
+    g.add_argument(
+        "--no-guard",
+        action="store_true",
+        help="turn off the divergence guard (restore and halve the LR on blow-up)",
+    )
+    g.add_argument("--guard-tries", type=int, default=5, help="halvings before giving up (5)")
+    g.add_argument(
+        "--early-stop",
+        type=int,
+        metavar="PATIENCE",
+        help="stop after PATIENCE epochs without improvement; keep the best weights",
+    )
+    g.add_argument("--monitor", default="valid_loss", help="metric for early stopping")
+    g.add_argument("--min-delta", type=float, default=0.0, help="smallest change that counts")
+    g.add_argument("--grad-clip", type=float, metavar="NORM", help="clip the gradient norm")
+    g.add_argument("--label-smoothing", type=float, default=0.0)
+    g.add_argument(
+        "--class-weights",
+        type=_weights,
+        metavar="balanced|W1,W2,...",
+        help="weight the loss per class, e.g. for imbalanced data",
+    )
+    g.add_argument("--ema", type=float, metavar="DECAY", help="average the weights (e.g. 0.999)")
+    g.add_argument(
+        "--max-time",
+        type=_duration,
+        metavar="T",
+        help="stop cleanly after T of training (90s, 5m, 1h)",
+    )
+    g.add_argument(
+        "--fast-dev-run",
+        action="store_true",
+        help="one training and one validation batch to catch bugs; saves nothing",
+    )
+    g.add_argument(
+        "--overfit-batches",
+        type=int,
+        default=0,
+        metavar="N",
+        help="train and validate on N fixed batches: a working model overfits them",
+    )
     t.set_defaults(func=cmd_train)
+
+    f = sub.add_parser("lr-find", help="sweep the learning rate and suggest one (with a plot)")
+    _add_data_args(f, required=False)
+    f.set_defaults(data="shapes")
+    f.add_argument("--model", default="vgg_small")
+    f.add_argument("--model-opt", action="append", metavar="KEY=VALUE")
+    f.add_argument("--batch-size", type=int, default=128)
+    f.add_argument("--opt", default="adamw", choices=OPTIMIZERS)
+    f.add_argument("--wd", type=float, default=0.01)
+    f.add_argument("--start-lr", type=float, default=1e-7)
+    f.add_argument("--end-lr", type=float, default=10.0)
+    f.add_argument("--num-it", type=int, default=100)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--device", default="auto")
+    f.add_argument("--out", default="lr_find.png", help="PNG of loss against LR")
+    f.set_defaults(func=cmd_lr_find)
 
     d = sub.add_parser("data", help="list, inspect and make datasets")
     dsub = d.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -190,6 +306,19 @@ def cmd_train(a: argparse.Namespace) -> int:
             checkpoint=not a.no_checkpoint,
             checkpoint_minutes=a.checkpoint_every,
             progress=a.progress,
+            precision=a.precision,
+            guard=not a.no_guard,
+            guard_tries=a.guard_tries,
+            early_stop=a.early_stop,
+            monitor=a.monitor,
+            min_delta=a.min_delta,
+            grad_clip=a.grad_clip,
+            label_smoothing=a.label_smoothing,
+            class_weights=a.class_weights,
+            ema=a.ema,
+            max_time=a.max_time,
+            fast_dev_run=a.fast_dev_run,
+            overfit_batches=a.overfit_batches,
         ),
     )
     try:
@@ -197,6 +326,25 @@ def cmd_train(a: argparse.Namespace) -> int:
     except Interrupted as e:
         print(f"deepstart: {e}", file=sys.stderr)
         return 130
+    return 0
+
+
+def cmd_lr_find(a: argparse.Namespace) -> int:
+    from deepstart.train.runner import lr_find_run
+
+    res = lr_find_run(
+        _data_config(a),
+        ModelConfig(a.model, _pairs(a.model_opt, "--model-opt")),
+        TrainConfig(batch_size=a.batch_size, opt=a.opt, wd=a.wd, seed=a.seed, device=a.device),
+        start_lr=a.start_lr,
+        end_lr=a.end_lr,
+        num_it=a.num_it,
+        plot=a.out,
+    )
+    for name, lr in res.suggestions.items():
+        star = "  <- used by --lr auto" if name == "valley" else ""
+        print(f"  {name:<8} {lr:.2e}{star}")
+    print(f"plot: {a.out}")
     return 0
 
 

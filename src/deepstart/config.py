@@ -63,16 +63,28 @@ class TrainConfig:
     """How to train.
 
     Attributes:
-        lr: the peak learning rate (``lr_max`` of one-cycle; the constant LR otherwise).
+        lr: the peak learning rate (``lr_max`` of one-cycle; the constant LR otherwise), or
+            "auto": run the LR finder first and use its valley suggestion.
+        batch_size: items per step, or "auto": the largest that fits the accelerator.
         schedule: "one_cycle" (fastai's), "constant", "step" (x0.1 at 50% and 75%) or
             "cosine".
         opt: "sgd", "adam" or "adamw"; ``wd`` is decoupled for adamw, L2 otherwise.
         device: "auto" picks CUDA, then MPS, then CPU.
+        precision: "auto" (bf16/fp16 autocast on CUDA, fp32 elsewhere), "fp32", "bf16", "fp16".
+        guard: the divergence guard (restore + halve the LR when the loss blows up).
+        early_stop: patience in epochs of early stopping on ``monitor`` (None: off).
+        grad_clip: clip the gradient norm to this (None: off).
+        label_smoothing, class_weights: the loss ("balanced" or a weight per class).
+        ema: decay of an exponential moving average of the weights (None: off).
+        max_time: stop cleanly after this many seconds of training (None: no limit).
+        fast_dev_run: one training batch and one validation batch, to catch bugs; saves nothing.
+        overfit_batches: train (and validate) on this many fixed batches: a model that cannot
+            overfit them has a bug.
     """
 
     epochs: int = 5
-    lr: float = 1e-3
-    batch_size: int = 128
+    lr: float | str = 1e-3
+    batch_size: int | str = 128
     opt: str = "adamw"
     wd: float = 0.01
     momentum: float = 0.9
@@ -85,14 +97,37 @@ class TrainConfig:
     checkpoint: bool = True
     checkpoint_minutes: float | None = None
     progress: str = "auto"
+    precision: str = "auto"
+    guard: bool = True
+    guard_tries: int = 5
+    early_stop: int | None = None
+    monitor: str = "valid_loss"
+    min_delta: float = 0.0
+    grad_clip: float | None = None
+    label_smoothing: float = 0.0
+    class_weights: str | list[float] | None = None
+    ema: float | None = None
+    max_time: float | None = None
+    fast_dev_run: bool = False
+    overfit_batches: int = 0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.lr != "auto" and not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ConfigError(f"lr must be positive or 'auto', got {self.lr!r}")
+        if self.batch_size != "auto" and not (
+            isinstance(self.batch_size, int) and self.batch_size >= 1
+        ):
+            raise ConfigError(f"batch_size must be at least 1 or 'auto', got {self.batch_size!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"precision must be auto, fp32, bf16 or fp16: {self.precision!r}")
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise ConfigError(f"ema decay must be in (0, 1), got {self.ema}")
+        if self.early_stop is not None and self.early_stop < 1:
+            raise ConfigError(f"early_stop patience must be at least 1, got {self.early_stop}")
+        if self.overfit_batches < 0:
+            raise ConfigError(f"overfit_batches must be >= 0, got {self.overfit_batches}")
         if self.opt not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.opt!r}; use one of {OPTIMIZERS}")
         if self.schedule not in SCHEDULES:

@@ -99,6 +99,9 @@ class Recorder(Callback):
 
     def before_fit(self) -> None:
         self.fit_start = time.perf_counter()
+        if self.path is not None:  # exists from the start, even if no epoch ends
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.touch()
 
     def before_epoch(self) -> None:
         # A restarted epoch (divergence guard, resume) keeps the batches before restart_at

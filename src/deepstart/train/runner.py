@@ -18,8 +18,11 @@ import json
 import math
 import platform
 import random
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -28,7 +31,7 @@ import numpy as np
 import torch
 
 from deepstart.bundle import load_model, save_model
-from deepstart.config import DataConfig, RunConfig
+from deepstart.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from deepstart.data.cache import atomic_write
 from deepstart.data.catalog import load_dataset
 from deepstart.data.dataset import DataError, Dataset
@@ -42,7 +45,12 @@ from deepstart.train.callbacks import (
     load_checkpoint,
     restore_checkpoint,
 )
+from deepstart.train.extras import EMA, EarlyStopping, GradientClip, MaxTime
+from deepstart.train.guard import DivergenceGuard
 from deepstart.train.learner import Learner, resolve_device
+from deepstart.train.losses import make_loss
+from deepstart.train.lr_finder import lr_find
+from deepstart.train.memory import find_batch_size
 from deepstart.train.schedule import ScheduleSpec
 
 
@@ -140,6 +148,7 @@ def train_run(
     _say(describe(data), stream)
     for note in data.notes:
         _say(f"  note: {note}", stream)
+    data, tc = _debug_modes(data, tc, stream)
     torch.manual_seed(tc.seed)  # model init does not depend on how much data loading drew
     model = create_model(
         cfg.model.name,
@@ -154,8 +163,10 @@ def train_run(
     if resume is not None:
         run_dir = Path(resume)
     else:
-        run_dir = new_run_dir(tc.out, cfg.data.name, cfg.model.name)
+        out = tempfile.mkdtemp(prefix="deepstart-fast-dev-run-") if tc.fast_dev_run else tc.out
+        run_dir = new_run_dir(out, cfg.data.name, cfg.model.name)
         _write_config(run_dir, cfg, data, model, n_params, device)
+    log = (lambda m: _say(m, stream)) if stream is not None else (lambda m: None)
     interrupt = GracefulInterrupt(log=lambda m: _say(m, stream or sys.stderr))
     cbs: list[Callback] = [Progress(tc.progress if stream is not None else "none", stream)]
     if tc.checkpoint:
@@ -164,16 +175,28 @@ def train_run(
     learn = Learner(
         data,
         model,
+        loss_func=make_loss(
+            label_smoothing=tc.label_smoothing,
+            class_weights=tc.class_weights,
+            num_classes=data.num_classes,
+            train_labels=data.train.labels,
+        ),
         opt=tc.opt,
-        lr=tc.lr,
+        lr=tc.lr if isinstance(tc.lr, float) else 1e-3,
         wd=tc.wd,
         momentum=tc.momentum,
         nesterov=tc.nesterov,
-        batch_size=tc.batch_size,
+        batch_size=tc.batch_size if isinstance(tc.batch_size, int) else 128,
         device=device,
-        callbacks=[*cbs, *(callbacks or [])],
+        callbacks=cbs,
         seed=tc.seed,
+        precision=tc.precision,
+        log=log,
     )
+    if tc.batch_size == "auto" and resume is None:
+        learn.batch_size = find_batch_size(learn)
+    lr = _choose_lr(learn, tc, run_dir, resume is not None, log)
+    learn.add_callbacks([*option_callbacks(tc, log), *(callbacks or [])])
     start_epoch, restart_at = 0, 0
     if resume is not None:
         ckpt_path = run_dir / "checkpoints" / "last.pt"
@@ -190,9 +213,9 @@ def train_run(
     fit_kw = {"start_epoch": start_epoch, "restart_at": restart_at}
     if start_epoch < tc.epochs:
         if tc.schedule == "one_cycle":
-            learn.fit_one_cycle(tc.epochs, tc.lr, pct_start=tc.pct_start, **fit_kw)
+            learn.fit_one_cycle(tc.epochs, lr, pct_start=tc.pct_start, **fit_kw)
         else:
-            learn.fit(tc.epochs, tc.lr, schedule=ScheduleSpec(kind=tc.schedule), **fit_kw)
+            learn.fit(tc.epochs, lr, schedule=ScheduleSpec(kind=tc.schedule), **fit_kw)
     if interrupt.interrupted:
         saved = f"saved {interrupt.saved}; " if interrupt.saved else "no checkpoint saved; "
         raise Interrupted(
@@ -200,7 +223,110 @@ def train_run(
             f"resume with: deepstart train --resume {run_dir}"
         )
     train_seconds = time.perf_counter() - start
-    return _finish(learn, data, run_dir, tc.epochs, train_seconds, stream)
+    if tc.fast_dev_run:
+        row = learn.recorder.history[-1] if learn.recorder.history else {}
+        _say(
+            f"fast-dev-run passed: one training and one validation batch ran (train_loss "
+            f"{row.get('train_loss', float('nan')):.4f}); nothing was saved",
+            stream,
+        )
+        shutil.rmtree(run_dir.parent, ignore_errors=True)
+        return RunResult(run_dir, learn.recorder.history, None, learn)
+    return _finish(learn, data, run_dir, len(learn.recorder.history), train_seconds, stream)
+
+
+def option_callbacks(tc: TrainConfig, log: Callable[[str], None]) -> list[Callback]:
+    """The callbacks that TrainConfig's options ask for."""
+    cbs: list[Callback] = []
+    if tc.guard:
+        cbs.append(DivergenceGuard(max_tries=tc.guard_tries, log=log))
+    if tc.grad_clip:
+        cbs.append(GradientClip(max_norm=tc.grad_clip))
+    if tc.ema:
+        cbs.append(EMA(decay=tc.ema))
+    if tc.early_stop:
+        cbs.append(
+            EarlyStopping(
+                monitor=tc.monitor, patience=tc.early_stop, min_delta=tc.min_delta, log=log
+            )
+        )
+    if tc.max_time:
+        cbs.append(MaxTime(tc.max_time, log=log))
+    return cbs
+
+
+def _choose_lr(
+    learn: Learner, tc: TrainConfig, run_dir: Path, resuming: bool, log: Callable[[str], None]
+) -> float:
+    """The LR to train with: as given, or the LR finder's valley for ``lr="auto"``
+    (recorded in lr_find.json and lr_find.png; a resumed run reuses the recorded value)."""
+    if tc.lr != "auto":
+        return float(tc.lr)
+    record = run_dir / "lr_find.json"
+    if resuming and record.is_file():
+        return float(json.loads(record.read_text())["chosen"])
+    res = lr_find(learn, plot=run_dir / "lr_find.png")
+    lr = float(res.suggestions["valley"])
+    _write_json(record, {"chosen": lr, "rule": "valley", **res.to_dict()})
+    shown = ", ".join(f"{k} {v:.1e}" for k, v in res.suggestions.items())
+    log(f"lr auto: LR finder suggests {shown}; using valley {lr:.2e} (plot {run_dir}/lr_find.png)")
+    return lr
+
+
+def _debug_modes(
+    data: Dataset, tc: TrainConfig, stream: TextIO | None
+) -> tuple[Dataset, TrainConfig]:
+    """Cut the data for --fast-dev-run and --overfit-batches."""
+    bs = tc.batch_size if isinstance(tc.batch_size, int) else 128
+    if tc.fast_dev_run:
+        cut = dataclasses.replace(
+            data,
+            train=data.train.subset(range(min(bs, len(data.train)))),
+            valid=data.valid.subset(range(min(bs, len(data.valid)))),
+            test=None,
+        )
+        tc = dataclasses.replace(
+            tc, epochs=1, checkpoint=False, lr=1e-3 if tc.lr == "auto" else tc.lr
+        )
+        return cut, tc
+    if tc.overfit_batches:
+        fixed = data.train.subset(range(min(bs * tc.overfit_batches, len(data.train))))
+        _say(
+            f"  overfit-batches: training and validating on the same {len(fixed)} images "
+            f"({tc.overfit_batches} batches); expect accuracy near 1",
+            stream,
+        )
+        return dataclasses.replace(data, train=fixed, valid=fixed), tc
+    return data, tc
+
+
+def lr_find_run(
+    data_cfg: DataConfig,
+    model_cfg: ModelConfig,
+    tc: TrainConfig,
+    **kwargs: Any,
+) -> Any:
+    """``deepstart lr-find``: the LR finder on a fresh model; prints nothing itself."""
+    seed_everything(tc.seed)
+    data = load_data(data_cfg, tc.seed)
+    torch.manual_seed(tc.seed)
+    model = create_model(
+        model_cfg.name,
+        in_channels=data.channels,
+        num_classes=data.num_classes,
+        input_size=data.size,
+        **model_cfg.options,
+    )
+    learn = Learner(
+        data,
+        model,
+        opt=tc.opt,
+        wd=tc.wd,
+        batch_size=int(tc.batch_size),
+        device=tc.device,
+        seed=tc.seed,
+    )
+    return lr_find(learn, **kwargs)
 
 
 def resume_config(run_dir: str | Path) -> RunConfig:
