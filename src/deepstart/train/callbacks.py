@@ -47,9 +47,14 @@ class RestartEpoch(Exception):
 
 
 class Callback:
-    """Base class. ``self.learn`` is set when the callback is added to a Learner."""
+    """Base class. ``self.learn`` is set when the callback is added to a Learner.
+
+    ``skip_lr_find``: leave this callback out of the LR finder's sweep (set by callbacks
+    whose effect the sweep could not undo, such as a weight average or a restore).
+    """
 
     order: int = 0
+    skip_lr_find: bool = False
     learn: Learner
 
 

@@ -40,6 +40,7 @@ class EMA(Callback):
     """
 
     order = 5  # before the Recorder and everything else that reads validation results
+    skip_lr_find = True
 
     def __init__(self, decay: float = 0.999, warmup: bool = True, use_ema: bool = True) -> None:
         if not 0.0 <= decay < 1.0:
@@ -149,6 +150,7 @@ class EarlyStopping(Callback):
     """
 
     order = 90  # after the Recorder (10), Progress (20), Checkpoint (30) saw the epoch
+    skip_lr_find = True
 
     def __init__(
         self,
@@ -293,6 +295,7 @@ class MaxTime(Callback):
     """
 
     order = 95  # after_batch: let the Recorder (10) and the progress bar see the last batch
+    skip_lr_find = True
 
     def __init__(self, seconds: float, log: Callable[[str], None] = print) -> None:
         if not seconds > 0:
