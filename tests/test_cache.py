@@ -1,4 +1,5 @@
-"""Downloads against a loopback HTTP server, atomic writes, and MNIST's download path."""
+"""Downloads against a loopback HTTP server, atomic writes and folders, lookup, and MNIST's
+download path."""
 
 from __future__ import annotations
 
@@ -130,6 +131,95 @@ def test_atomic_write_leaves_nothing_on_exception(tmp_path):
     assert list(tmp_path.iterdir()) == [dest]
 
 
+def test_download_verify_rejects_a_mirror_and_tries_the_next(server, tmp_path):
+    for mirror, data in (("a", b"bad payload"), ("b", b"good payload")):
+        (server.root / mirror).mkdir()
+        (server.root / mirror / "blob.bin").write_bytes(data)
+    seen: list[tuple[Path, bytes]] = []
+
+    def verify(path: Path) -> str | None:
+        seen.append((path, path.read_bytes()))
+        return None if path.read_bytes().startswith(b"good") else "does not start with good"
+
+    urls = [server.url + "a/blob.bin", server.url + "b/blob.bin"]
+    dest = cache.download(urls, tmp_path / "out" / "blob.bin", None, verify=verify, quiet=True)
+    assert dest.read_bytes() == b"good payload"
+    # verify saw each download in a temp file beside dest, before it took dest's name.
+    assert [data for _, data in seen] == [b"bad payload", b"good payload"]
+    assert all(p.parent == dest.parent and p != dest for p, _ in seen)
+    assert list(dest.parent.iterdir()) == [dest]
+
+
+def test_download_verify_failures_list_every_url_with_its_reason(server, tmp_path):
+    (server.root / "a").mkdir()
+    (server.root / "a" / "blob.bin").write_bytes(b"payload")
+    urls = [server.url + "a/blob.bin", server.url + "gone/blob.bin"]
+    dest = tmp_path / "out" / "blob.bin"
+    with pytest.raises(DataError) as info:
+        cache.download(urls, dest, None, verify=lambda p: "not what we wanted", quiet=True)
+    message = str(info.value)
+    assert message.startswith("could not download blob.bin: ")
+    assert f"{urls[0]}: not what we wanted" in message and f"{urls[1]}: " in message
+    assert list(dest.parent.iterdir()) == []  # rejected downloads leave nothing
+
+
+def test_download_verify_runs_after_the_hash_check(server, tmp_path):
+    (server.root / "blob.bin").write_bytes(b"payload")
+    calls: list[Path] = []
+    with pytest.raises(DataError, match="expected 0000"):
+        cache.download(
+            [server.url + "blob.bin"], tmp_path / "blob.bin", "0" * 64,
+            verify=lambda p: calls.append(p), quiet=True,
+        )  # fmt: skip
+    assert calls == []  # a wrong hash rejects the file before verify sees it
+
+
+def test_atomic_dir_renames_into_place_on_success(tmp_path):
+    dest = tmp_path / "sub" / "done"
+    with cache.atomic_dir(dest) as tmp:
+        assert tmp.parent == dest.parent and tmp.name.startswith(".done.")
+        assert not dest.exists()
+        (tmp / "a.txt").write_text("complete")
+    assert (dest / "a.txt").read_text() == "complete"
+    assert list(dest.parent.iterdir()) == [dest]  # no temp folder left
+
+
+def test_atomic_dir_removes_the_temp_folder_on_failure(tmp_path):
+    dest = tmp_path / "done"
+    with pytest.raises(KeyboardInterrupt), cache.atomic_dir(dest) as tmp:
+        (tmp / "half.txt").write_text("half")
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_dir_keeps_or_replaces_an_existing_folder(tmp_path):
+    dest = tmp_path / "done"
+    dest.mkdir()
+    (dest / "theirs.txt").write_text("first")
+    # Another process finished first: its folder is kept, ours dropped.
+    with cache.atomic_dir(dest) as tmp:
+        (tmp / "ours.txt").write_text("second")
+    assert [p.name for p in dest.iterdir()] == ["theirs.txt"]
+    assert list(tmp_path.iterdir()) == [dest]
+    # replace=True: the existing folder (a broken leftover) gives way.
+    with cache.atomic_dir(dest, replace=True) as tmp:
+        (tmp / "ours.txt").write_text("second")
+    assert [p.name for p in dest.iterdir()] == ["ours.txt"]
+    assert list(tmp_path.iterdir()) == [dest]
+
+
+def test_looked_in_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEEPSTART_DATA", str(tmp_path / "env"))
+    cache_dir = tmp_path / "cache"
+    assert cache.looked_in(["x", "X"], tmp_path / "flag") == [
+        tmp_path / "flag", tmp_path / "flag" / "x", tmp_path / "flag" / "X",
+        tmp_path / "env", tmp_path / "env" / "x", tmp_path / "env" / "X",
+        cache_dir, cache_dir / "x", cache_dir / "X",
+    ]  # fmt: skip
+    monkeypatch.delenv("DEEPSTART_DATA")
+    assert cache.looked_in(["x"]) == [cache_dir, cache_dir / "x"]
+
+
 # --- MNIST download end to end ----------------------------------------------------------------
 
 
@@ -199,6 +289,7 @@ def test_content_hash_accepts_recompressed_rejects_changed(server, tmp_path, mon
     with pytest.raises(DataError) as info:
         mnist.download_mnist("mnist", tmp_path / "b")
     assert "decompressed sha256" in str(info.value) and server.url + "changed/" in str(info.value)
+    assert str(info.value).startswith("mnist: ") and "without a network" in str(info.value)
     assert list((tmp_path / "b").iterdir()) == []  # nothing left behind
 
 

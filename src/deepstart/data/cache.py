@@ -1,8 +1,10 @@
-"""Where data is looked for, and downloads into the cache with SHA-256 checks.
+"""Where data is looked for, downloads into the cache with SHA-256 checks, atomic writes.
 
 Lookup order for a dataset's files: an explicit ``data_dir``, then ``$DEEPSTART_DATA``, then
 the user cache (``$DEEPSTART_CACHE``, else ``$XDG_CACHE_HOME/deepstart``, else
-``~/.cache/deepstart``). Only the cache is ever written to.
+``~/.cache/deepstart``). Only the cache is ever written to, and always through a temp file or
+folder renamed into place, so a killed process never leaves a half-written one under the
+final name.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from deepstart.data.dataset import DataError
@@ -39,18 +41,27 @@ def search_roots(data_dir: str | os.PathLike | None = None) -> list[Path]:
     return roots
 
 
+def looked_in(subdirs: Sequence[str], data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The folders searched for a dataset's files, in order.
+
+    Each of :func:`search_roots` as it is, then with each of ``subdirs`` appended, so both
+    ``--data-dir ../shared/data/mnist`` and ``DEEPSTART_DATA=../shared/data`` work.
+
+    Example:
+        >>> looked_in(["mnist"], "data")  # with $DEEPSTART_DATA unset
+        [PosixPath('data'), PosixPath('data/mnist'), PosixPath('~/.cache/deepstart'), ...]
+    """
+    return [d for root in search_roots(data_dir) for d in [root, *(root / s for s in subdirs)]]
+
+
 def find_files(
     names: Sequence[str], subdirs: Sequence[str], data_dir: str | os.PathLike | None = None
 ) -> Path | None:
-    """First directory holding every file in ``names`` (each also accepted without ``.gz``).
-
-    Each root is tried as it is and with each of ``subdirs`` appended, so both
-    ``--data-dir ../shared/data/mnist`` and ``DEEPSTART_DATA=../shared/data`` work.
-    """
-    for root in search_roots(data_dir):
-        for d in [root, *(root / s for s in subdirs)]:
-            if all(_present(d, n) for n in names):
-                return d
+    """First of :func:`looked_in` holding every file in ``names`` (each also accepted
+    without ``.gz``)."""
+    for d in looked_in(subdirs, data_dir):
+        if all(_present(d, n) for n in names):
+            return d
     return None
 
 
@@ -78,18 +89,60 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator:
     """Write to a temp file beside ``path`` and rename it into place only on success, so a
     reader never sees a half-written file (a killed process leaves only the temp file)."""
-    path = Path(path)
+    with _temp_file(Path(path)) as tmp, open(tmp, mode) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def _temp_file(path: Path) -> Iterator[Path]:
+    """An empty temp file beside ``path``, replacing ``path`` on success, removed on failure."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, *, replace: bool = False) -> Iterator[Path]:
+    """Fill a temp folder beside ``path`` and rename it into place only on success.
+
+    On an exception the temp folder is removed; a killed process leaves only a hidden
+    ``.<name>.*`` folder, never a partial ``path``. The temp folder is on the same filesystem,
+    so the final rename is atomic.
+
+    Args:
+        path: the folder to create.
+        replace: remove an existing ``path`` first (say, a broken leftover). When False and
+            ``path`` appears meanwhile (another process finished the same work first), that
+            one is kept and the new folder dropped.
+
+    Example:
+        >>> with atomic_dir(cache_root() / "extracted" / "pets") as tmp:
+        ...     (tmp / "readme.txt").write_text("complete or absent")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        if replace and path.exists():
+            shutil.rmtree(path)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if replace or not path.is_dir():
+                raise
+            shutil.rmtree(tmp)  # another process finished the same folder first
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
@@ -98,13 +151,31 @@ def download(
     dest: str | os.PathLike,
     sha256: str | None,
     *,
+    verify: Callable[[Path], str | None] | None = None,
     timeout: float = 60.0,
     quiet: bool = False,
 ) -> Path:
-    """Fetch the first of ``urls`` that answers into ``dest``, checked against ``sha256``.
+    """Fetch the first of ``urls`` that answers with a good file into ``dest``.
 
-    Mirrors are tried in order; a file whose hash is wrong is discarded and the next mirror
-    tried. Raises :class:`DataError` naming every URL tried when none gives the right file.
+    Mirrors are tried in order. Each download goes to a temp file beside ``dest``, is checked
+    against ``sha256`` (when given) and then by ``verify`` (when given), and only then renamed
+    into place; a file that fails either check is discarded and the next mirror tried.
+
+    Args:
+        urls: mirrors of the same file, tried in order.
+        dest: where the file goes.
+        sha256: hex digest of the file as downloaded, or None not to check it.
+        verify: called with the temp file's path; a returned message rejects that mirror
+            (None accepts it), e.g. a check of the decompressed content.
+        timeout: seconds to wait for each server.
+        quiet: print nothing.
+
+    Raises:
+        DataError: naming every URL tried, each with its reason, when none gives a good file.
+
+    Example:
+        >>> download(["https://a/x.gz", "https://b/x.gz"], cache_root() / "x.gz", "9f86d0...")
+        PosixPath('/home/me/.cache/deepstart/x.gz')
     """
     dest = Path(dest)
     errors: list[str] = []
@@ -112,23 +183,28 @@ def download(
         if not quiet:
             print(f"downloading {url} -> {dest}")
         try:
-            h = hashlib.sha256()
-            with urllib.request.urlopen(url, timeout=timeout) as resp, atomic_write(dest) as out:
-                while block := resp.read(1 << 20):
-                    h.update(block)
-                    out.write(block)
+            with _temp_file(dest) as tmp:
+                h = hashlib.sha256()
+                with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:
+                    while block := resp.read(1 << 20):
+                        h.update(block)
+                        out.write(block)
+                    out.flush()
+                    os.fsync(out.fileno())
                 if sha256 is not None and h.hexdigest() != sha256:
-                    raise _HashMismatch(f"sha256 {h.hexdigest()}, expected {sha256}")
+                    raise _Rejected(f"sha256 {h.hexdigest()}, expected {sha256}")
+                if verify is not None and (problem := verify(tmp)) is not None:
+                    raise _Rejected(problem)
             return dest
-        except _HashMismatch as e:
+        except _Rejected as e:
             errors.append(f"{url}: {e}")
         except (urllib.error.URLError, OSError, ValueError) as e:
             errors.append(f"{url}: {getattr(e, 'reason', e)}")
     raise DataError(f"could not download {dest.name}: " + "; ".join(errors))
 
 
-class _HashMismatch(Exception):
-    pass
+class _Rejected(Exception):
+    """A downloaded file failed its hash or ``verify`` check."""
 
 
 def copy_into_cache(src: Path, dest: Path) -> Path:

@@ -72,14 +72,13 @@ def load_cifar10(
 
 def find_cifar10(data_dir: str | os.PathLike | None = None) -> Path | None:
     """The first extracted folder or archive found in the search roots, else None."""
-    for root in cache.search_roots(data_dir):
-        for d in [root, *(root / s for s in SUBDIRS)]:
-            if (d / TRAIN_BATCHES[0]).is_file():
-                return d  # d is the extracted folder itself
-            if (d / FOLDER / TRAIN_BATCHES[0]).is_file():
-                return d / FOLDER
-            if (d / ARCHIVE).is_file():
-                return d / ARCHIVE
+    for d in cache.looked_in(SUBDIRS, data_dir):
+        if (d / TRAIN_BATCHES[0]).is_file():
+            return d  # d is the extracted folder itself
+        if (d / FOLDER / TRAIN_BATCHES[0]).is_file():
+            return d / FOLDER
+        if (d / ARCHIVE).is_file():
+            return d / ARCHIVE
     return None
 
 
@@ -147,9 +146,8 @@ def _to_imageset(batches: list[tuple[np.ndarray, np.ndarray]], classes: list[str
 
 
 def _not_found(data_dir: str | os.PathLike | None) -> str:
-    roots = cache.search_roots(data_dir)
-    looked = [str(d) for r in roots for d in [r, *(r / s for s in SUBDIRS)]]
+    looked = ", ".join(str(d) for d in cache.looked_in(SUBDIRS, data_dir))
     return (
-        f"cifar10: neither {ARCHIVE} nor {FOLDER}/ found; looked in {', '.join(looked)}; point "
+        f"cifar10: neither {ARCHIVE} nor {FOLDER}/ found; looked in {looked}; point "
         "at a folder holding one with --data-dir DIR or $DEEPSTART_DATA, or allow downloading"
     )

@@ -1,28 +1,21 @@
 """Image-folder datasets: ``root/<class>/*.jpg`` or ``root/{train,valid,test}/<class>/*.jpg``.
 
 :func:`load_folder` finds the layout (stepping into an archive's lone top folder), decodes
-every image with Pillow (in threads when the files are large) into uint8 arrays of one size and
-channel count, and caches the arrays under ``cache_root()/"folders"`` keyed by the files'
-names, sizes and mtimes: a second load of the same tree reads a few ``.npy`` files and decodes
-nothing.
-Archives (``.zip``, ``.tar``, ``.tar.gz``, ``.tgz``) are extracted safely, once, into
-``cache_root()/"extracted"``. Files that fail to decode are skipped and reported.
+every image with :func:`deepstart.data.decode.decode_image` (in threads when the files are
+large) into uint8 arrays of one size and channel count, and caches the arrays under
+``cache_root()/"folders"`` keyed by the files' names, sizes and mtimes: a second load of the
+same tree reads a few ``.npy`` files and decodes nothing.
+Archives (``.zip``, ``.tar``, ``.tar.gz``, ``.tgz``) are extracted safely, once, by
+:func:`deepstart.data.archive.extract_archive`. Files that fail to decode are skipped and
+reported. :func:`write_folder` writes an ImageSet back out as PNGs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import numbers
 import os
-import posixpath
-import shutil
-import stat
-import tarfile
-import tempfile
 import time
-import zipfile
-import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,16 +23,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
-from deepstart.data.cache import cache_root
+from deepstart.data.archive import extract_archive
+from deepstart.data.cache import atomic_dir, cache_root
 from deepstart.data.dataset import DataError, ImageSet
+from deepstart.data.decode import RESIZE_POLICIES, check_size, decode_image, fit, to_channels
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-RESIZE_POLICIES = ("squish", "crop", "pad")
 # Accepted directory names of each split, compared case-insensitively.
 SPLIT_NAMES = {"train": ("train",), "valid": ("valid", "val", "validation"), "test": ("test",)}
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 _CACHE_VERSION = "folder-v1"  # bump whenever decoding would give different arrays
 _CHUNK = 256  # files per thread-pool task: amortises scheduling, still balances the workers
 _THREAD_BYTES = 16_384  # mean file size above which decoding in threads pays (see _decode_files)
@@ -96,7 +89,7 @@ def load_folder(
         (['cat', 'dog'], torch.Size([200, 3, 64, 64]))
     """
     path = Path(path).expanduser()
-    target = _check_size(size)
+    target = check_size(size)
     if channels not in (None, 1, 3):
         raise DataError(f"channels must be 1, 3 or None, got {channels}")
     if resize not in RESIZE_POLICIES:
@@ -129,15 +122,6 @@ def load_folder(
             more = ", ..." if len(data.skipped) > 3 else ""
             print(f"skipped {len(data.skipped)} unreadable files in {root}: {shown}{more}")
     return data
-
-
-def _check_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
-    if size is None:
-        return None
-    hw = (size, size) if isinstance(size, numbers.Integral) else tuple(size)
-    if len(hw) != 2 or not all(isinstance(v, numbers.Integral) and v > 0 for v in hw):
-        raise DataError(f"size must be a positive int or (H, W), got {size!r}")
-    return int(hw[0]), int(hw[1])
 
 
 # --- layout -----------------------------------------------------------------------------
@@ -222,107 +206,6 @@ def _walk_images(d: Path, prefix: str) -> list[tuple[str, str]]:
 
 
 # --- decoding ---------------------------------------------------------------------------
-
-
-def decode_image(
-    path: str | os.PathLike,
-    *,
-    size: int | tuple[int, int] | None = None,
-    channels: int | None = None,
-    resize: str = "squish",
-) -> np.ndarray:
-    """Decode one image file exactly as :func:`load_folder` does.
-
-    The EXIF orientation is applied, alpha is composited over black, any mode (palette,
-    CMYK, 16-bit, ...) becomes grey or RGB, and ``size`` is reached by ``resize``.
-
-    Returns:
-        ``(H, W, C)`` uint8; C is ``channels``, or the image's own 1 or 3 when None.
-
-    Example:
-        >>> decode_image("cat.jpg", size=64, channels=3).shape
-        (64, 64, 3)
-    """
-    size = _check_size(size)
-    with Image.open(path) as im:
-        if size is not None and im.format == "JPEG":
-            # JPEG decodes at 1/2, 1/4 or 1/8 scale almost for free; draft never goes below
-            # the requested size, and a square request is safe under any EXIF rotation.
-            im.draft(None, (max(size), max(size)))
-        ImageOps.exif_transpose(im, in_place=True)
-        im = _canonical_mode(im)
-        if size is not None:
-            im = fit(im, size, resize)
-        return to_channels(np.asarray(im), channels)
-
-
-def _canonical_mode(im: Image.Image) -> Image.Image:
-    """The image as L, LA, RGB or RGBA (the modes Pillow resizes well)."""
-    mode, transparent = im.mode, "transparency" in im.info
-    if mode in ("L", "LA", "RGB", "RGBA") and not transparent:
-        return im
-    if mode.startswith("I") or mode == "F":
-        # 16/32-bit grey: Pillow's convert("L") clips at 255; scale the range instead.
-        a = np.asarray(im, dtype=np.float64)
-        a = a * 255 if mode == "F" and a.max() <= 1 else a
-        a = a / 257 if mode.startswith("I;16") or (mode == "I" and a.max() > 255) else a
-        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
-    alpha = transparent or mode in ("PA", "La", "RGBa")
-    if mode in ("P", "PA"):
-        palette = np.asarray(im.getpalette() or [0, 0, 0], dtype=np.uint8).reshape(-1, 3)
-        colour = bool((palette != palette[:, :1]).any())
-    else:
-        colour = mode not in ("1", "L", "LA", "La")
-    return im.convert(("RGBA" if alpha else "RGB") if colour else ("LA" if alpha else "L"))
-
-
-def fit(im: Image.Image, size: tuple[int, int], resize: str = "squish") -> Image.Image:
-    """Bring ``im`` to ``size`` = (H, W) by "squish", "crop" (centre) or "pad" (black).
-
-    Example:
-        >>> fit(Image.new("RGB", (64, 32)), (16, 16), "pad").size
-        (16, 16)
-    """
-    (h, w), (w0, h0) = size, im.size
-    if (h0, w0) == (h, w):
-        return im
-    if resize == "pad":
-        scale = min(w / w0, h / h0)
-        inner = fit(im, (max(1, round(h0 * scale)), max(1, round(w0 * scale))))
-        out = Image.new(im.mode, (w, h), 0)  # black, and transparent if there is alpha
-        out.paste(inner, ((w - inner.width) // 2, (h - inner.height) // 2))
-        return out
-    box = (0.0, 0.0, float(w0), float(h0))
-    if resize == "crop":
-        # The centred window of the source with the target's aspect ratio.
-        scale = max(w / w0, h / h0)
-        cw, ch = w / scale, h / scale
-        box = ((w0 - cw) / 2, (h0 - ch) / 2, (w0 + cw) / 2, (h0 + ch) / 2)
-    if w * h < (box[2] - box[0]) * (box[3] - box[1]):
-        # Downscale: Lanczos, after a cheap integer reduce() down to 3x the target.
-        return im.resize((w, h), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
-    return im.resize((w, h), Image.Resampling.BICUBIC, box=box)
-
-
-def to_channels(pixels: np.ndarray, channels: int | None) -> np.ndarray:
-    """``(H, W)`` or ``(H, W, 1-4)`` uint8 to ``(H, W, channels)``, alpha over black.
-
-    Example:
-        >>> to_channels(np.full((2, 2, 4), 200, np.uint8), 1)[0, 0]  # 78% alpha over black
-        array([157], dtype=uint8)
-    """
-    a = pixels[:, :, None] if pixels.ndim == 2 else pixels
-    if a.shape[2] in (2, 4):
-        alpha = a[:, :, -1:].astype(np.uint16)
-        a = ((a[:, :, :-1] * alpha + 127) // 255).astype(np.uint8)
-    if channels == 3 and a.shape[2] == 1:
-        a = np.repeat(a, 3, axis=2)
-    elif channels == 1 and a.shape[2] == 3:
-        # Pillow's own RGB -> L weights (ITU-R 601-2 luma, 16-bit fixed point).
-        rgb = a.astype(np.uint32)
-        luma = rgb[:, :, 0] * 19595 + rgb[:, :, 1] * 38470 + rgb[:, :, 2] * 7471 + 0x8000
-        a = (luma >> 16).astype(np.uint8)[:, :, None]
-    return a
 
 
 def _try_decode(path: Path, size, channels, resize) -> np.ndarray | str:
@@ -434,117 +317,17 @@ def _write_cache(cache_dir: Path, data: FolderData, quiet: bool) -> None:
         "skipped": data.skipped,
         "notes": data.notes,
     }
-    tmp = None
     try:
-        cache_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.", dir=cache_dir.parent))
-        for split, images in splits.items():
-            if images is not None:
-                np.save(tmp / f"{split}_images.npy", images.images.numpy(), allow_pickle=False)
-                np.save(tmp / f"{split}_labels.npy", images.labels.numpy(), allow_pickle=False)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        if cache_dir.exists():  # an unreadable leftover (we only write after a miss)
-            shutil.rmtree(cache_dir)
-        os.rename(tmp, cache_dir)
+        # A folder already there is an unreadable leftover (we only write after a miss).
+        with atomic_dir(cache_dir, replace=True) as tmp:
+            for split, images in splits.items():
+                if images is not None:
+                    np.save(tmp / f"{split}_images.npy", images.images.numpy(), allow_pickle=False)
+                    np.save(tmp / f"{split}_labels.npy", images.labels.numpy(), allow_pickle=False)
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     except OSError as e:  # a read-only or full cache costs speed, not correctness
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
         if not quiet:
             print(f"could not cache decoded images in {cache_dir}: {e}")
-
-
-# --- archives ---------------------------------------------------------------------------
-
-
-def extract_archive(archive: str | os.PathLike, *, quiet: bool = False) -> Path:
-    """Extract a ``.zip``/``.tar``/``.tar.gz``/``.tgz`` safely into the cache, once.
-
-    Members with absolute paths or ``..``, links leaving the archive and device files are
-    refused (:class:`DataError`, nothing kept). The extraction goes to a temp folder renamed
-    into place at the end, so an interrupted one is never mistaken for a complete one.
-
-    Returns:
-        ``cache_root()/"extracted"/<stem>-<hash of path, size, mtime>``.
-
-    Example:
-        >>> extract_archive("pets.tar.gz").name
-        'pets-3f2a9c0d1e4b'
-    """
-    archive = Path(archive).expanduser()
-    name = archive.name.lower()
-    suffix = next((s for s in ARCHIVE_SUFFIXES if name.endswith(s)), None)
-    if suffix is None:
-        raise DataError(f"{archive} is neither a folder nor a {'/'.join(ARCHIVE_SUFFIXES)} archive")
-    st = archive.stat()
-    ident = f"{archive.resolve()}\0{st.st_size}\0{st.st_mtime_ns}"
-    stem = archive.name[: -len(suffix)]
-    dest = cache_root() / "extracted" / f"{stem}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
-    if dest.is_dir():
-        return dest
-    if not quiet:
-        print(f"extracting {archive} -> {dest}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        if suffix == ".zip":
-            _extract_zip(archive, tmp)
-        else:
-            _extract_tar(archive, tmp)
-        try:
-            os.rename(tmp, dest)
-        except OSError:
-            if not dest.is_dir():
-                raise
-            shutil.rmtree(tmp)  # another process finished the same extraction first
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError)):
-            raise DataError(f"cannot extract {archive}: {e}") from e
-        raise
-    return dest
-
-
-def _check_member(archive: Path, name: str) -> None:
-    parts = name.replace("\\", "/").split("/")
-    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or ".." in parts:
-        raise DataError(f"{archive}: refusing unsafe member {name!r} (absolute path or '..')")
-
-
-def _safe_tar_members(tar: tarfile.TarFile, archive: Path):
-    for m in tar:
-        _check_member(archive, m.name)
-        if m.isdev():
-            raise DataError(f"{archive}: refusing device or fifo member {m.name!r}")
-        if m.issym() or m.islnk():
-            # Symlinks resolve from their own folder, hard links from the archive root.
-            base = posixpath.dirname(m.name) if m.issym() else ""
-            target = posixpath.normpath(posixpath.join(base, m.linkname))
-            if m.linkname.startswith("/") or target == ".." or target.startswith("../"):
-                raise DataError(f"{archive}: refusing link {m.name!r} -> {m.linkname!r}")
-        yield m
-
-
-def _extract_tar(archive: Path, dest: Path) -> None:
-    with tarfile.open(archive) as tar:
-        members = _safe_tar_members(tar, archive)
-        if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12: a second line of defence
-            tar.extractall(dest, members=members, filter="data")
-        else:
-            tar.extractall(dest, members=members)
-
-
-def _extract_zip(archive: Path, dest: Path) -> None:
-    with zipfile.ZipFile(archive) as zf:
-        for info in zf.infolist():
-            _check_member(archive, info.filename)
-            kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the zip records no type
-            if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
-                raise DataError(f"{archive}: refusing link or special member {info.filename!r}")
-            out = zf.extract(info, dest)
-            if not info.is_dir():
-                # Keep the archived mtime, so a re-extraction maps to the same decoded cache.
-                t = time.mktime((*info.date_time, 0, 0, -1))
-                os.utime(out, (t, t))
 
 
 # --- writing ----------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import tempfile
 import warnings
 import zlib
 from pathlib import Path
@@ -264,30 +263,24 @@ def _download_file(name: str, fname: str, dest: Path) -> None:
     kind, expected = HASH_OF[name], SHA256[name][fname]
     if expected is None:
         warnings.warn(f"{name} {fname}: no known sha256, the download is unverified", stacklevel=3)
-    errors = []
-    # Each mirror downloads into a private folder beside dest (same filesystem, so the final
-    # rename is atomic); only a file that passed its check is moved to dest.
-    with tempfile.TemporaryDirectory(prefix=f".{fname}.", dir=dest.parent) as tmp_dir:
-        tmp = Path(tmp_dir) / fname
-        for base in MIRRORS[name]:
-            url = base + fname
-            print(f"downloading {url} -> {dest}")
-            try:
-                cache.download([url], tmp, expected if kind == "file" else None, quiet=True)
-            except DataError as e:
-                errors.append(str(e).removeprefix(f"could not download {fname}: "))
-                continue
-            if kind == "content" and expected is not None:
-                found = content_sha256(tmp)
-                if found != expected:
-                    errors.append(f"{url}: decompressed sha256 {found}, expected {expected}")
-                    continue
-            os.replace(tmp, dest)
-            return
-    raise DataError(
-        f"could not download {name} {fname}: {'; '.join(errors)}; without a network, put the "
-        f"files in {dest.parent} or point --data-dir at a folder holding them"
-    )
+
+    def content_matches(tmp: Path) -> str | None:
+        found = content_sha256(tmp)
+        return None if found == expected else f"decompressed sha256 {found}, expected {expected}"
+
+    check_content = kind == "content" and expected is not None
+    try:
+        cache.download(
+            [base + fname for base in MIRRORS[name]],
+            dest,
+            expected if kind == "file" else None,
+            verify=content_matches if check_content else None,
+        )
+    except DataError as e:
+        raise DataError(
+            f"{name}: {e}; without a network, put the files in {dest.parent} or point "
+            "--data-dir at a folder holding them"
+        ) from None
 
 
 def content_sha256(path: str | os.PathLike) -> str:
@@ -317,11 +310,9 @@ def _check_name(name: str) -> None:
 
 
 def _not_found(name: str, data_dir: str | os.PathLike | None) -> str:
-    looked = [
-        str(d) for r in cache.search_roots(data_dir) for d in [r, *(r / s for s in SUBDIRS[name])]
-    ]
+    looked = ", ".join(str(d) for d in cache.looked_in(SUBDIRS[name], data_dir))
     return (
         f"{name}: files {', '.join(FILES)} (or the same without .gz) not found; looked in "
-        f"{', '.join(looked)}; point at a folder holding them with --data-dir DIR or "
-        "$DEEPSTART_DATA, or allow downloading"
+        f"{looked}; point at a folder holding them with --data-dir DIR or $DEEPSTART_DATA, or "
+        "allow downloading"
     )
