@@ -77,7 +77,7 @@ RUNS = {
         "--model",
         "keras_cifar_cnn",
         "--epochs",
-        "10",
+        "5",
         "--lr",
         "2e-3",
     ],
