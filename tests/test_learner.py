@@ -181,3 +181,33 @@ def test_restart_epoch_from_a_snapshot_replays_the_same_batches(toy_data):
     assert rewound.recorder.batch_lrs == plain.recorder.batch_lrs
     assert rewound.recorder.batch_losses == plain.recorder.batch_losses
     assert rewound.recorder.history[1]["train_loss"] == plain.recorder.history[1]["train_loss"]
+
+
+def test_restart_into_an_earlier_epoch(toy_data):
+    from deepstart.train.callbacks import RestartEpoch
+
+    class BackToEpochOne(Callback):
+        order = 50
+        done = False
+
+        def before_epoch(self):
+            if self.learn.epoch == 1 and not hasattr(self, "snap"):
+                self.snap = self.learn.snapshot()
+
+        def after_batch(self):
+            if self.learn.epoch == 2 and self.learn.iter == 2 and not self.done:
+                self.done = True
+                self.learn.restore(self.snap)  # the start of epoch 1 (0-based)
+                self.learn.restart_at = 0
+                raise RestartEpoch
+
+    def run(cbs):
+        learn = Learner(toy_data, _model(toy_data, "logreg"), batch_size=16, seed=2)
+        learn.fit_one_cycle(3, 1e-2, callbacks=cbs)
+        return learn
+
+    plain, back = run([]), run([BackToEpochOne()])
+    for k, v in plain.model.state_dict().items():
+        torch.testing.assert_close(back.model.state_dict()[k], v, rtol=0, atol=0)
+    assert [r["epoch"] for r in back.recorder.history] == [1, 2, 3]
+    assert back.recorder.batch_losses == plain.recorder.batch_losses

@@ -22,29 +22,52 @@ from deepstart.models.registry import (
     list_models,
     register_model,
 )
-from deepstart.train.callbacks import Callback, CancelBatch, CancelEpoch, CancelFit
+from deepstart.train.callbacks import (
+    Callback,
+    CancelBatch,
+    CancelEpoch,
+    CancelFit,
+    Checkpoint,
+    GracefulInterrupt,
+    Progress,
+    Recorder,
+)
+from deepstart.train.extras import EMA, EarlyStopping, GradientClip, MaxTime
+from deepstart.train.guard import DivergenceGuard
 from deepstart.train.learner import Learner
+from deepstart.train.losses import make_loss
+from deepstart.train.lr_finder import LRFindResult, lr_find
 from deepstart.train.runner import evaluate_run, train_run
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EMA",
     "Batches",
     "Callback",
     "CancelBatch",
     "CancelEpoch",
     "CancelFit",
+    "Checkpoint",
     "ConfigError",
     "DataConfig",
     "DataError",
     "Dataset",
     "DeepstartError",
+    "DivergenceGuard",
+    "EarlyStopping",
+    "GracefulInterrupt",
+    "GradientClip",
     "ImageSet",
+    "LRFindResult",
     "Learner",
+    "MaxTime",
     "ModelConfig",
     "ModelError",
     "ModelInfo",
     "Preprocess",
+    "Progress",
+    "Recorder",
     "RunConfig",
     "SavedModel",
     "TrainConfig",
@@ -55,6 +78,8 @@ __all__ = [
     "list_models",
     "load_dataset",
     "load_model",
+    "lr_find",
+    "make_loss",
     "register_model",
     "save_model",
     "train_run",

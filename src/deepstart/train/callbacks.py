@@ -114,6 +114,11 @@ class Recorder(Callback):
         keep = self.learn.restart_at
         if keep == 0:
             self.epoch_start = time.perf_counter()
+        # After a restore into an earlier epoch, forget what came after the restored point.
+        del self.history[self.learn.epoch :]
+        done = max(self.learn.train_iter - keep, 0)
+        del self.batch_losses[done:]
+        del self.batch_lrs[done:]
         self._losses, self._sizes, self._lrs = (
             self._losses[:keep],
             self._sizes[:keep],
@@ -255,6 +260,8 @@ class Progress(Callback):
 
     def before_train(self) -> None:
         if self._bar is not None:
+            if getattr(self, "_task", None) is not None and self._task in self._bar.task_ids:
+                self._bar.remove_task(self._task)  # a restarted epoch: replace its bar
             desc = f"epoch {self.learn.epoch + 1}/{self.learn.n_epochs}"
             self._task = self._bar.add_task(desc, total=self.learn.n_iter, loss="-")
 

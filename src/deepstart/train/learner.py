@@ -334,7 +334,8 @@ class Learner:
                 except CancelEpoch:
                     self("after_cancel_epoch")
                 except RestartEpoch:
-                    continue  # a callback restored an earlier state: same epoch again
+                    epoch = self.epoch  # a callback restored a state, maybe of an earlier epoch
+                    continue
                 self.restart_at = 0
                 epoch += 1
         except CancelFit:

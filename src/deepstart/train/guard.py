@@ -1,0 +1,283 @@
+"""The divergence guard: "halve the learning rate until the loss stops diverging", automatically.
+
+It keeps in-memory snapshots of the last known-good training state. When the loss becomes
+NaN/inf or blows up, it puts the snapshot back, halves the LR (``learn.lr_mult``) and redoes
+the epoch from the batch after the snapshot, with exactly the same batches. After
+``max_tries`` it stops the fit with an explanation instead of training on garbage.
+
+Example:
+    >>> guard = DivergenceGuard()
+    >>> learn = Learner(data, model, callbacks=[guard])
+    >>> learn.fit_one_cycle(3, lr_max=10.0)  # far too high: the guard brings it down
+    >>> [e["new_lr"] for e in guard.events]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from deepstart.train.callbacks import Callback, CancelFit, RestartEpoch
+
+
+class LossWatch:
+    """Decides, one training loss at a time, whether training has diverged.
+
+    A loss is *bad* when it is above ``spike`` times the smoothed loss (a debiased moving
+    average) of the good losses before it, never measured against less than ``floor`` nats.
+    ``update`` answers "nan" at once for a NaN/inf loss, "spike" once ``patience`` bad
+    losses come in a row, and None otherwise.
+
+    Why this rule: a single batch can honestly be many times the average (a hard batch, or
+    one confidently wrong example once the loss is near zero), but a real divergence keeps
+    the loss up, so asking for 3 in a row removes the false alarms at the cost of 2 batches.
+    Bad losses are not folded into the average, so a run of them is measured against the
+    level before it; slow honest rises (LR warm-up, warm restarts) are folded in and never
+    trigger, which a "best loss so far" reference would not allow. The floor stops noise
+    at tiny losses (0.002 -> 0.01 nats) from counting as a spike. Checks start after one
+    loss (``warmup``): a fresh model's first loss (about ln K) is a fair reference, and the
+    worst blow-ups come in the first steps (Adam at LR 10 takes the loss to 1e10 in one);
+    a longer warm-up lets them through and the network dies at chance without a NaN.
+
+    Example:
+        >>> watch = LossWatch()
+        >>> [watch.update(v) for v in [1.0] * 12 + [9.0, 9.0, 9.0]][-3:]
+        [None, None, 'spike']
+    """
+
+    def __init__(
+        self,
+        spike: float = 4.0,
+        patience: int = 3,
+        warmup: int = 1,
+        beta: float = 0.9,
+        floor: float = 0.05,
+    ) -> None:
+        self.spike, self.patience, self.warmup = spike, patience, warmup
+        self.beta, self.floor = beta, floor
+        self.reset()
+
+    def reset(self) -> None:
+        self.avg, self.n, self.streak = 0.0, 0, 0
+
+    @property
+    def smooth(self) -> float:
+        """The debiased exponential moving average of the good losses (nan before any)."""
+        return self.avg / (1 - self.beta**self.n) if self.n else math.nan
+
+    def update(self, loss: float) -> str | None:
+        if not math.isfinite(loss):
+            return "nan"
+        if self.n >= self.warmup and loss > self.spike * max(self.smooth, self.floor):
+            self.streak += 1
+            return "spike" if self.streak >= self.patience else None
+        self.streak = 0
+        self.avg = self.beta * self.avg + (1 - self.beta) * loss
+        self.n += 1
+        return None
+
+    def state(self) -> tuple[float, int, int]:
+        return (self.avg, self.n, self.streak)
+
+    def load_state(self, state: tuple[float, int, int]) -> None:
+        self.avg, self.n, self.streak = state
+
+
+class DivergenceGuard(Callback):
+    """Restores the last good state and halves the LR when training diverges.
+
+    Args:
+        max_tries: restores allowed per fit; the next divergence stops the fit (CancelFit)
+            with the weights of the last good state and ``gave_up`` set.
+        factor: what ``learn.lr_mult`` is multiplied by at each restore.
+        spike: a batch loss above ``spike`` x the smoothed loss is bad; 3 bad in a row, or
+            one NaN/inf, is a divergence (see :class:`LossWatch`). A NaN valid loss is too.
+        snapshot_every: batches between snapshots. Each copies the weights and optimizer
+            state to CPU memory (at most 3 are held: the epoch's start and the last two);
+            one is also taken at the start of every epoch, so the first batches are covered.
+        check_every: batches between loss checks. Reading a loss is a host sync, free on the
+            CPU but a pipeline stall on a GPU, so by default (None) every batch on the CPU and
+            every 10 elsewhere; a late check only wastes a few batches before the restore.
+        log: where the one-line messages go.
+
+    ``events`` holds one dict per divergence: split ("train"/"valid"), epoch (1-based, as
+    in metrics.jsonl), batch (0-based index in the epoch), kind ("nan"/"spike"), loss,
+    old_lr, new_lr, tries, action ("restored"/"gave_up"), restored_batch. With
+    ``learn.recorder.path`` set, each is also appended there as ``{"event": "divergence", ...}``.
+    """
+
+    order = 25  # after the Recorder and Progress have seen the batch
+    skip_lr_find = True  # the LR finder diverges on purpose
+
+    def __init__(
+        self,
+        max_tries: int = 5,
+        factor: float = 0.5,
+        spike: float = 4.0,
+        snapshot_every: int = 20,
+        check_every: int | None = None,
+        log: Callable[[str], Any] = print,
+    ) -> None:
+        self.max_tries, self.factor = int(max_tries), float(factor)
+        self.snapshot_every, self.check_every = max(int(snapshot_every), 1), check_every
+        self.log = log
+        self.watch = LossWatch(spike=spike)
+        self.events: list[dict[str, Any]] = []
+        self.gave_up = False
+
+    # -- events ----------------------------------------------------------------------------
+    def before_fit(self) -> None:
+        self.tries, self.gave_up, self.lrs_tried = 0, False, []
+        self._valid_best = math.inf
+        self.watch.reset()
+        every = self.check_every or (1 if self.learn.device.type == "cpu" else 10)
+        self._check_every, self._restarting = max(int(every), 1), False
+
+    def before_epoch(self) -> None:
+        # (loss on the device, batch, lr) not yet checked
+        self._pending: list[tuple[torch.Tensor, int, float]] = []
+        self._since = 0
+        if self._restarting:  # we just restored one of our snapshots: keep them
+            self._restarting = False
+            return
+        # The fit loop can only redo the current epoch, so every restore point lies in it:
+        # the state at its start (kept all epoch), plus the last two periodic ones.
+        self._snaps: list[dict[str, Any]] = []
+        self._take(next_batch=self.learn.restart_at)
+
+    def after_batch(self) -> None:
+        learn = self.learn
+        if not learn.training or learn.loss is None:
+            return
+        lr = float(learn.opt.param_groups[0]["lr"])
+        self._pending.append((learn.loss.detach(), learn.iter, lr))
+        self._since += 1
+        nxt = learn.iter + 1
+        snap_due = self._since >= self.snapshot_every and nxt < learn.n_iter
+        if snap_due or len(self._pending) >= self._check_every:
+            self._check()
+        # Only a state whose losses all looked fine is worth going back to.
+        if snap_due and self.watch.streak == 0:
+            self._take(next_batch=nxt)
+
+    def after_train(self) -> None:
+        self._check()
+
+    def after_validate(self) -> None:
+        learn, watch = self.learn, self.watch
+        loss = learn.metrics.get("valid_loss", 0.0)
+        lr = float(learn.opt.param_groups[0]["lr"])
+        # A model whose held-out loss is spike x that of guessing (ln K nats) has blown up,
+        # even if its training losses looked fine (e.g. BatchNorm's running statistics).
+        # Overfitting raises the valid loss too, but slowly and never that far.
+        chance = math.log(max(learn.num_classes, 2))
+        best = self._valid_best if math.isfinite(self._valid_best) else None
+        kind = "spike" if math.isfinite(loss) else "nan"
+        blown = kind == "nan" or loss > watch.spike * max(chance, best or 0.0)
+        if watch.streak:
+            # The epoch ended inside a run of bad batches, and the loop cannot go back an
+            # epoch once the next has begun: let the held-out loss decide now.
+            ref = best if best is not None else watch.smooth
+            if blown or loss > watch.spike * max(ref, watch.floor):
+                first_bad = learn.n_iter - watch.streak
+                self._diverged("valid", kind, loss, None, lr, first_bad)
+            watch.streak = 0  # a few noisy batches, not a divergence
+        if blown:  # go back to the start of the epoch
+            self._diverged("valid", kind, loss, None, lr, first_bad=-1)
+        self._valid_best = min(self._valid_best, loss)
+
+    # -- the work --------------------------------------------------------------------------
+    def _take(self, next_batch: int) -> None:
+        snap = {"state": self.learn.snapshot(), "next": next_batch, "watch": self.watch.state()}
+        self._snaps.append(snap)
+        if len(self._snaps) > 3:
+            del self._snaps[1]  # drop the oldest periodic one, keep the epoch start
+        self._since = 0
+
+    def _check(self) -> None:
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        values = torch.stack([p[0] for p in pending]).float().cpu().tolist()  # one host sync
+        for value, (_, batch, lr) in zip(values, pending):
+            kind = self.watch.update(value)
+            if kind is not None:
+                first_bad = batch - (self.watch.streak - 1 if kind == "spike" else 0)
+                self._diverged("train", kind, value, batch, lr, first_bad)
+
+    def _diverged(
+        self,
+        split: str,
+        kind: str,
+        loss: float,
+        batch: int | None,
+        lr: float,
+        first_bad: int,
+    ) -> None:
+        """Go back to the newest snapshot taken before the first bad batch; raise."""
+        learn, epoch = self.learn, self.learn.epoch  # snapshots all lie in this epoch
+        # A snapshot's weights produced the loss of its "next" batch, so that batch must be
+        # good; a NaN valid loss (first_bad -1) redoes the whole epoch.
+        good = [s for s in self._snaps if s["next"] < first_bad] or self._snaps[:1]
+        snap = good[-1]
+        del self._snaps[len(good) :]
+        learn.restore(snap["state"])
+        self.watch.load_state(snap["watch"])
+        learn.restart_at = snap["next"]
+        self.tries += 1
+        self.lrs_tried.append(lr)
+        gave_up = self.tries > self.max_tries
+        if not gave_up:
+            learn.lr_mult *= self.factor
+        subject = "loss" if split == "train" else "valid loss"
+        what = f"{subject} became {loss}" if kind == "nan" else f"{subject} rose to {loss:.3g}"
+        where = f"epoch {epoch + 1}" + (f" batch {batch}" if batch is not None else "")
+        back = f"the state before batch {snap['next']} of epoch {epoch + 1}"
+        event = {
+            "split": split,
+            "epoch": epoch + 1,
+            "batch": batch,
+            "kind": kind,
+            "loss": loss,
+            "old_lr": lr,
+            "new_lr": None if gave_up else lr * self.factor,
+            "lr_mult": learn.lr_mult,
+            "tries": self.tries,
+            "action": "gave_up" if gave_up else "restored",
+            "restored_batch": snap["next"],
+        }
+        self.events.append(event)
+        self._write(event)
+        if gave_up:
+            self.gave_up = True
+            tried = ", ".join(f"{v:.1e}" for v in self.lrs_tried)
+            self.log(
+                f"divergence guard: gave up: the {what} at {where} after {self.max_tries} "
+                f"restores (LRs {tried}); put back {back} and stopped. The LR is far too "
+                f"high for this model and data, or the data holds bad values: try "
+                f"--lr {min(self.lrs_tried) / 10:.0e} or run `deepstart lr-find`."
+            )
+            raise CancelFit
+        verb = "halved the LR" if self.factor == 0.5 else f"scaled the LR by {self.factor:g}"
+        self.log(
+            f"divergence guard: {what} at {where} (lr {lr:.1e}); went back to {back} and "
+            f"{verb} to {lr * self.factor:.1e} (try {self.tries} of {self.max_tries})"
+        )
+        self._restarting = True
+        raise RestartEpoch
+
+    def _write(self, event: dict[str, Any]) -> None:
+        path = getattr(self.learn.recorder, "path", None)
+        if path is None:
+            return
+        # JSON has no NaN: a non-finite loss is written as null (kind says which).
+        row = {"event": "divergence", **event}
+        if not math.isfinite(row["loss"]):
+            row["loss"] = None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")

@@ -1,0 +1,261 @@
+import json
+import math
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepstart.models.registry import create_model
+from deepstart.train.callbacks import Callback
+from deepstart.train.guard import DivergenceGuard, LossWatch
+from deepstart.train.learner import Learner
+
+from .conftest import SHARED_DATA
+
+
+def _model(data, name="logreg"):
+    torch.manual_seed(0)
+    return create_model(
+        name, in_channels=data.channels, num_classes=data.num_classes, input_size=data.size
+    )
+
+
+def _finite(model):
+    return all(
+        torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()
+    )
+
+
+class FaultyLoss(nn.Module):
+    """Cross-entropy whose value is NaN, or 10 nats too big (same gradient), on chosen calls.
+
+    Counts training calls only (validation does not use the learner's loss_func), so a fault
+    hits one batch once: the replay after a restore runs clean.
+    """
+
+    def __init__(self, nan_at=(), inflate_at=()):
+        super().__init__()
+        self.nan_at, self.inflate_at, self.calls = set(nan_at), set(inflate_at), 0
+
+    def forward(self, pred, target):
+        loss = F.cross_entropy(pred, target)
+        self.calls += 1
+        if self.calls in self.nan_at:
+            return loss * math.nan
+        if self.calls in self.inflate_at:
+            return loss + 10.0  # the value looks diverged, the step does not
+        return loss
+
+
+# -- the rule ------------------------------------------------------------------------------
+def test_loss_watch_nan_and_three_spikes_in_a_row():
+    watch = LossWatch()
+    assert [watch.update(v) for v in [1.0] * 5] == [None] * 5
+    assert watch.update(math.inf) == "nan"
+    assert watch.update(math.nan) == "nan"
+    assert [watch.update(v) for v in [9.0, 9.0, 9.0]] == [None, None, "spike"]
+    # The bad losses were not folded into the average it measures against.
+    assert watch.smooth == pytest.approx(1.0)
+
+
+def test_loss_watch_ignores_noise_outliers_and_slow_rises():
+    g = torch.Generator().manual_seed(0)
+    watch = LossWatch()
+    # A falling loss with 30% multiplicative noise, down to ~0.002 nats.
+    curve = torch.logspace(0.3, -2.7, 400) * torch.exp(0.3 * torch.randn(400, generator=g))
+    values = curve.tolist()
+    for i in range(50, 400, 37):
+        values[i] *= 20  # single outlier batches, however large
+    for i in range(60, 400, 53):
+        values[i] *= 10  # and pairs of them
+        values[i + 1] *= 10
+    values += [0.01 * 1.02**i for i in range(200)]  # a slow honest rise (an LR warm-up)
+    assert [v for v in (watch.update(x) for x in values) if v is not None] == []
+    assert [watch.update(x) for x in [5.0, 5.0, 5.0]] == [None, None, "spike"]
+
+
+# -- recovering ----------------------------------------------------------------------------
+def test_absurd_lr_diverges_without_the_guard_and_recovers_with_it(toy_data):
+    def run(callbacks):
+        learn = Learner(toy_data, _model(toy_data, "mlp"), opt="sgd", batch_size=32)
+        learn.fit(3, 10.0, schedule="cosine", callbacks=callbacks)
+        return learn
+
+    plain = run([])
+    assert not _finite(plain.model) or plain.evaluate()["accuracy"] < 0.5
+
+    lines = []
+    guard = DivergenceGuard(log=lines.append)
+    learn = run([guard])
+    assert len(guard.events) >= 2 and not guard.gave_up
+    assert learn.lr_mult == pytest.approx(0.5 ** len(guard.events))
+    assert _finite(learn.model)
+    assert learn.evaluate()["accuracy"] >= 0.9
+    assert len(lines) == len(guard.events) and all("\n" not in s for s in lines)
+    first = guard.events[0]
+    assert f"halved the LR to {first['new_lr']:.1e} (try 1 of 5)" in lines[0]
+    assert first["new_lr"] == pytest.approx(first["old_lr"] / 2)
+    assert (first["epoch"], first["tries"]) == (1, 1) and first["old_lr"] > 5.0
+    assert first["kind"] in ("nan", "spike") and first["action"] == "restored"
+
+
+@pytest.mark.parametrize(
+    ("name", "opt", "lr", "bs"),
+    [("vgg_small", "adamw", 3e-3, 32), ("mnist_cnn", "sgd", 0.05, 16), ("mlp", "adam", 1e-2, 8)],
+)
+def test_sane_training_triggers_nothing(toy_data, name, opt, lr, bs):
+    """Small batches make the losses noisy; none of that is a divergence."""
+    guard = DivergenceGuard(snapshot_every=3, log=pytest.fail)
+    learn = Learner(toy_data, _model(toy_data, name), opt=opt, batch_size=bs, callbacks=[guard])
+    learn.fit_one_cycle(3, lr)
+    assert guard.events == [] and learn.lr_mult == 1.0
+    assert learn.evaluate()["accuracy"] >= 0.9
+
+
+def test_noisy_batches_at_the_end_of_an_epoch_are_judged_by_the_valid_loss(toy_data):
+    n = len(toy_data.train) // 32  # batches per epoch
+    loss = FaultyLoss(inflate_at={n - 1, n})  # the last two batches of epoch 1 look awful
+    guard = DivergenceGuard(log=pytest.fail)
+    learn = Learner(toy_data, _model(toy_data), loss_func=loss, batch_size=32, callbacks=[guard])
+    learn.fit(3, 1e-2)
+    assert guard.events == [] and guard.watch.streak == 0
+
+
+def test_gives_up_after_max_tries_with_the_last_good_weights(toy_data):
+    lines, seen = [], []
+
+    class Seen(Callback):
+        def after_cancel_fit(self):
+            seen.append("after_cancel_fit")
+
+    model = _model(toy_data)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    always_nan = FaultyLoss(nan_at=range(1, 1000))
+    guard = DivergenceGuard(max_tries=3, log=lines.append)
+    learn = Learner(toy_data, model, loss_func=always_nan, callbacks=[guard, Seen()])
+    learn.fit(2, 1.0)
+    assert guard.gave_up and seen == ["after_cancel_fit"]
+    assert learn.recorder.history == []
+    assert [e["action"] for e in guard.events] == ["restored"] * 3 + ["gave_up"]
+    assert learn.lr_mult == pytest.approx(0.5**3)
+    assert "gave up" in lines[-1] and "1.0e+00, 5.0e-01, 2.5e-01, 1.2e-01" in lines[-1]
+    assert "lr-find" in lines[-1] and "--lr" in lines[-1]
+    for k, v in model.state_dict().items():  # not left with NaN weights
+        torch.testing.assert_close(v, start[k], rtol=0, atol=0)
+
+
+# -- exactness -----------------------------------------------------------------------------
+@pytest.mark.parametrize("check_every", [1, 5])  # 5: losses read in groups, as on a GPU
+@pytest.mark.parametrize(
+    ("faults", "kind"),
+    [({"nan_at": {9}}, "nan"), ({"inflate_at": {8, 9, 10}}, "spike")],
+)
+def test_restore_is_exact_and_replays_the_same_batches(toy_data, faults, kind, check_every):
+    """With factor 1 the LR does not change, so a guarded run with one fault ends with the
+    very weights of a clean run: the restore put back exactly the snapshot's state."""
+
+    class Probe(Callback):
+        order = 30  # after the guard
+
+        def before_batch(self):
+            if self.learn.training and self.learn.restart_at and self.after is None:
+                self.after = {k: v.clone() for k, v in self.learn.model.state_dict().items()}
+                self.train_iter = self.learn.train_iter
+
+        def after_batch(self):
+            if self.learn.training and self.learn.epoch == 0 and self.learn.iter == 3:
+                self.before = {k: v.clone() for k, v in self.learn.model.state_dict().items()}
+
+    def run(loss_func, callbacks):
+        learn = Learner(toy_data, _model(toy_data), loss_func=loss_func, batch_size=16, seed=2)
+        learn.fit_one_cycle(3, 1e-2, callbacks=callbacks)
+        return learn
+
+    plain = run(None, [])
+    probe, probe.after = Probe(), None
+    guard = DivergenceGuard(factor=1.0, snapshot_every=4, check_every=check_every, log=print)
+    guarded = run(FaultyLoss(**faults), [guard, probe])
+    assert [(e["kind"], e["restored_batch"]) for e in guard.events] == [(kind, 4)]
+    for k, v in probe.before.items():  # the state after batch 3 is back before batch 4 reruns
+        torch.testing.assert_close(probe.after[k], v, rtol=0, atol=0)
+    assert probe.train_iter == 4
+    for k, v in plain.model.state_dict().items():
+        torch.testing.assert_close(guarded.model.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_nan_valid_loss_redoes_the_epoch(toy_data):
+    class NanOnceInEval(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.armed = inner, True
+
+        def forward(self, x):
+            out = self.inner(x)
+            if not self.training and self.armed:
+                self.armed = False
+                return out * math.nan
+            return out
+
+    def run(model, callbacks):
+        learn = Learner(toy_data, model, batch_size=16, seed=2)
+        learn.fit_one_cycle(2, 1e-2, callbacks=callbacks)
+        return learn
+
+    plain = run(_model(toy_data), [])
+    guard = DivergenceGuard(factor=1.0, log=lambda s: None)
+    guarded = run(NanOnceInEval(_model(toy_data)), [guard])
+    [event] = guard.events
+    assert (event["split"], event["kind"], event["epoch"], event["batch"]) == (
+        "valid",
+        "nan",
+        1,
+        None,
+    )
+    assert event["restored_batch"] == 0
+    assert len(guarded.recorder.history) == 2
+    for k, v in plain.model.state_dict().items():
+        torch.testing.assert_close(guarded.model.inner.state_dict()[k], v, rtol=0, atol=0)
+
+
+# -- records -------------------------------------------------------------------------------
+def test_events_are_appended_to_metrics_jsonl(toy_data, tmp_path):
+    path = tmp_path / "run" / "metrics.jsonl"
+    guard = DivergenceGuard(snapshot_every=2, log=lambda s: None)
+    loss = FaultyLoss(nan_at={3}, inflate_at={12, 13, 14})
+    learn = Learner(toy_data, _model(toy_data), loss_func=loss, batch_size=32, callbacks=[guard])
+    learn.recorder.path = path
+    learn.fit(4, 1e-2)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    events = [r for r in rows if "event" in r]
+    assert [r["event"] for r in events] == ["divergence", "divergence"]
+    assert [r["kind"] for r in events] == ["nan", "spike"]
+    assert events[0]["loss"] is None  # JSON has no NaN
+    assert events[1]["loss"] > 1.0 and events[1]["new_lr"] == pytest.approx(2.5e-3)
+    assert [{k: v for k, v in r.items() if k != "event"} for r in events] == [
+        {**e, "loss": e["loss"] if math.isfinite(e["loss"]) else None} for e in guard.events
+    ]
+    assert [r["epoch"] for r in rows if "event" not in r] == [1, 2, 3, 4]
+
+
+# -- real data -----------------------------------------------------------------------------
+@pytest.mark.slow
+def test_mnist_at_lr_10_recovers():
+    if not (SHARED_DATA / "mnist").is_dir():
+        pytest.skip(f"no MNIST under {SHARED_DATA}")
+    from deepstart import load_dataset
+
+    data = load_dataset("mnist", data_dir=SHARED_DATA)
+    torch.manual_seed(0)
+    model = create_model("vgg_small", in_channels=1, num_classes=10, input_size=(28, 28))
+    lines = []
+    guard = DivergenceGuard(log=lines.append)
+    learn = Learner(data, model, opt="sgd", batch_size=256, callbacks=[guard])
+    start = time.perf_counter()
+    learn.fit(3, 10.0, schedule="cosine")
+    acc = learn.evaluate()["accuracy"]
+    seconds = time.perf_counter() - start
+    print(f"\nMNIST lr 10: {acc:.4f} in {seconds:.0f}s, lr_mult {learn.lr_mult}", *lines, sep="\n")
+    assert guard.events and not guard.gave_up and learn.lr_mult < 1
+    assert acc >= 0.98
