@@ -10,9 +10,15 @@ from torch import nn
 from deepstart.models.registry import create_model
 from deepstart.train.callbacks import Callback
 from deepstart.train.guard import DivergenceGuard, LossWatch
-from deepstart.train.learner import Learner
+from deepstart.train.learner import Learner as _Learner
 
 from .conftest import SHARED_DATA
+
+
+def Learner(*args, **kwargs):
+    """These tests study the guard / the sweep on their own: no default guard unless given."""
+    kwargs.setdefault("guard", False)
+    return _Learner(*args, **kwargs)
 
 
 def _model(data, name="logreg"):

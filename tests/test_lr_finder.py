@@ -9,7 +9,7 @@ import torch
 from deepstart.errors import ConfigError
 from deepstart.models.registry import create_model
 from deepstart.train.callbacks import Callback, Checkpoint, Progress
-from deepstart.train.learner import Learner
+from deepstart.train.learner import Learner as _Learner
 from deepstart.train.lr_finder import (
     LRFindResult,
     lr_find,
@@ -19,6 +19,13 @@ from deepstart.train.lr_finder import (
     steep,
     valley,
 )
+
+
+def Learner(*args, **kwargs):
+    """These tests study the guard / the sweep on their own: no default guard unless given."""
+    kwargs.setdefault("guard", False)
+    return _Learner(*args, **kwargs)
+
 
 LRS = [10.0 ** (k / 2 - 6) for k in range(11)]  # 1e-6 .. 1e-1, evenly spaced in log(lr)
 # A U: flat, a fall whose steepest step is 3 -> 1 (index 4 -> 5), a minimum at 7, a rise.

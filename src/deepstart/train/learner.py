@@ -36,6 +36,7 @@ from deepstart.train.callbacks import (
     Recorder,
     RestartEpoch,
 )
+from deepstart.train.guard import DivergenceGuard
 from deepstart.train.schedule import ScheduleSpec
 
 # The events, in the order one epoch raises them (validation sits inside the epoch).
@@ -152,6 +153,9 @@ class Learner:
         precision: "auto" (bf16 or fp16 autocast on CUDA, fp32 elsewhere), "fp32", "bf16"
             or "fp16".
         log: where one-line notices go (batch size halved after out-of-memory, ...).
+        guard: add a :class:`~deepstart.train.guard.DivergenceGuard` (restore the last good
+            state and halve the LR when the loss blows up). Pass False, or your own guard in
+            ``callbacks``, to change that.
         preprocess: how images are normalised (and resized for evaluate/predict); defaults to
             the dataset's own, computed on its training split. A loaded model passes its own.
     """
@@ -174,6 +178,7 @@ class Learner:
         preprocess: Preprocess | None = None,
         precision: str = "auto",
         log: Callable[[str], None] = print,
+        guard: bool = True,
     ) -> None:
         self.data = data
         self.preprocess = preprocess if preprocess is not None else data.preprocess
@@ -196,6 +201,8 @@ class Learner:
         self.callbacks: list[Callback] = []
         self.recorder = Recorder()
         self.add_callbacks([self.recorder, *callbacks])
+        if guard and self.get_callback(DivergenceGuard) is None:
+            self.add_callbacks([DivergenceGuard(log=log)])
         self.epoch, self.n_epochs = 0, 0
         self.iter, self.n_iter = 0, 0  # batch within the epoch
         self.train_iter, self.total_iters = 0, 0  # batch over the whole fit

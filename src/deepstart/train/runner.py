@@ -192,6 +192,7 @@ def train_run(
         seed=tc.seed,
         precision=tc.precision,
         log=log,
+        guard=False,  # added with the other option callbacks, after the LR finder
     )
     if tc.batch_size == "auto" and resume is None:
         learn.batch_size = find_batch_size(learn)
@@ -238,7 +239,7 @@ def train_run(
 def option_callbacks(tc: TrainConfig, log: Callable[[str], None]) -> list[Callback]:
     """The callbacks that TrainConfig's options ask for."""
     cbs: list[Callback] = []
-    if tc.guard:
+    if tc.guard:  # replaces the Learner's default guard (same kind, the configured tries)
         cbs.append(DivergenceGuard(max_tries=tc.guard_tries, log=log))
     if tc.grad_clip:
         cbs.append(GradientClip(max_norm=tc.grad_clip))
