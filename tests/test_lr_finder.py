@@ -44,7 +44,8 @@ def _counters(learn):
 
 
 def _fastai_valley(lrs, losses):
-    # fastai's valley (fastai/callback/schedule.py), kept as written there, as a reference.
+    # fastai's valley search (fastai/callback/schedule.py) kept as written there, as a
+    # reference; the index is its documented "2/3 of the way down" (its code takes 1/2).
     n = len(losses)
     max_start, max_end = 0, 0
     lds = [1] * n
@@ -55,8 +56,7 @@ def _fastai_valley(lrs, losses):
             if lds[max_end] < lds[i]:
                 max_end = i
                 max_start = max_end - lds[max_end]
-    sections = (max_end - max_start) / 3
-    return lrs[max_start + int(sections) + int(sections / 2)]
+    return lrs[max_start + int(2 * (max_end - max_start) / 3)]
 
 
 def _fastai_slide(lrs, losses, lr_diff=15, thresh=0.005, adjust_value=1.0):
@@ -84,8 +84,8 @@ def test_rules_on_a_u_shaped_curve():
     assert steep(LRS, U) == (LRS[4], 4)
     assert minimum(LRS, U) == (LRS[7] / 10, 7)
     # Longest strictly decreasing run: 5 (index 0), 4.9, 4.5, 3, 1, 0.5, 0.4 -> 7 points
-    # ending at 7; fastai's index 7 - 7 + 7 // 3 + 7 // 6 = 3.
-    assert valley(LRS, U) == (LRS[3], 3)
+    # ending at 7; two thirds of the way down: 7 - 7 + (2 * 7) // 3 = 4.
+    assert valley(LRS, U) == (LRS[4], 4)
     assert valley(LRS, U)[0] == _fastai_valley(LRS, U)
 
 

