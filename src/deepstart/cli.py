@@ -383,7 +383,7 @@ def cmd_data_show(a: argparse.Namespace) -> int:
     for note in data.notes:
         print(f"  note: {note}")
     summary = data.summary()
-    width = max(len(c) for c in data.classes)
+    width = max(len("class"), *(len(c) for c in data.classes))
     print(f"{'class':<{width}}  " + "  ".join(f"{s:>6}" for s in summary["class_counts"]))
     for i, name in enumerate(data.classes):
         counts = "  ".join(f"{v[i]:>6}" for v in summary["class_counts"].values())
