@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from deepstart.data.cache import atomic_write
@@ -58,9 +58,8 @@ def save_model(
     directory.mkdir(parents=True, exist_ok=True)
     # safetensors refuses shared or non-contiguous storage; clone to plain CPU tensors.
     weights = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    tmp = directory / ".model.safetensors.tmp"
-    save_file(weights, str(tmp), metadata={"format": FORMAT})
-    tmp.replace(directory / "model.safetensors")
+    with atomic_write(directory / "model.safetensors") as f:
+        f.write(save(weights, metadata={"format": FORMAT}))
     meta = {
         "format": FORMAT,
         "version": VERSION,

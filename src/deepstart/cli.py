@@ -276,10 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from deepstart.train.runner import Interrupted, resume_config, train_run
+    from deepstart.train.runner import Interrupted, load_run_config, train_run
 
     if a.resume:
-        cfg = resume_config(a.resume)
+        cfg = load_run_config(a.resume)
         try:
             train_run(cfg, resume=a.resume)
         except Interrupted as e:

@@ -166,22 +166,9 @@ def _conform_opt(s: ImageSet | None, target: Preprocess) -> ImageSet | None:
     return None if s is None else _conform(s, target)
 
 
-_MNIST_FILES = (
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
-)
-_SUBDIRS = {
-    "mnist": ("mnist", "MNIST"),
-    "fashion_mnist": ("fashion-mnist", "fashion_mnist", "FashionMNIST"),
-    "kmnist": ("kmnist", "KMNIST"),
-    "cifar10": ("cifar10", "cifar-10", "CIFAR10"),
-}
-
-
 def locate(name: str, data_dir: str | os.PathLike | None = None) -> str:
     """Where ``name``'s files would be read from, for ``deepstart data list``."""
+    from deepstart.data import cifar10, mnist
     from deepstart.data.cache import find_files
 
     if name == "shapes":
@@ -189,9 +176,7 @@ def locate(name: str, data_dir: str | os.PathLike | None = None) -> str:
     if name == "folder":
         return "your directory"
     if name == "cifar10":
-        found = find_files(["cifar-10-binary.tar.gz"], _SUBDIRS[name], data_dir) or find_files(
-            ["cifar-10-batches-bin/test_batch.bin"], _SUBDIRS[name], data_dir
-        )
+        found = cifar10.find_cifar10(data_dir)
     else:
-        found = find_files(_MNIST_FILES, _SUBDIRS[name], data_dir)
+        found = find_files(mnist.FILES, mnist.SUBDIRS[name], data_dir)
     return str(found) if found else "not found: downloads into the cache on first use"

@@ -166,7 +166,7 @@ class Recorder(Callback):
         self._lrs = list(state["epoch_lrs"])
         self.epoch_start = time.perf_counter() - float(state.get("epoch_elapsed", 0.0))
 
-    def smooth_loss(self) -> float:
+    def last_loss(self) -> float:
         """Loss of the last batch, for a progress bar (costs a host sync)."""
         return float(self._losses[-1]) if getattr(self, "_losses", None) else math.nan
 
@@ -270,7 +270,7 @@ class Progress(Callback):
             i = self.learn.iter
             fields = {}
             if i % 10 == 0 or i == self.learn.n_iter - 1:
-                fields["loss"] = f"{self.learn.recorder.smooth_loss():.4f}"
+                fields["loss"] = f"{self.learn.recorder.last_loss():.4f}"
             self._bar.update(self._task, advance=1, **fields)
 
     def before_validate(self) -> None:
@@ -337,10 +337,12 @@ class Checkpoint(Callback):
             "recorder": json.dumps(learn.recorder.state()),
         }
 
-    def save(self, name: str = "last.pt", *, mid_epoch: bool = False) -> Path:
+    def save(
+        self, name: str = "last.pt", *, mid_epoch: bool = False, state: dict | None = None
+    ) -> Path:
         path = self.dir / name
         with atomic_write(path) as f:
-            torch.save(self.state(mid_epoch=mid_epoch), f)
+            torch.save(state if state is not None else self.state(mid_epoch=mid_epoch), f)
         self._last_save = time.monotonic()
         return path
 
@@ -356,10 +358,10 @@ class Checkpoint(Callback):
             better = value < self.best if self.mode == "min" else value > self.best
             if better:
                 self.best = value
-        self.save()
+        state = self.state(mid_epoch=False)
+        self.save("last.pt", state=state)
         if better:
-            with atomic_write(self.dir / "best.pt") as f:
-                torch.save(self.state(mid_epoch=False), f)
+            self.save("best.pt", state=state)
 
 
 def restore_checkpoint(learn: Learner, ckpt: dict[str, Any]) -> tuple[int, int]:

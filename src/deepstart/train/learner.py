@@ -15,7 +15,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -66,6 +65,13 @@ EVENTS = (
 OUT_OF_MEMORY: tuple[type[BaseException], ...] = tuple(
     {getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError}
 )
+
+
+def release_cached_memory(device: torch.device) -> None:
+    """Give the allocator's cached blocks back after an out-of-memory error (CUDA only:
+    the CPU has no such cache)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -279,7 +285,8 @@ class Learner:
             "model": {
                 k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
             },
-            "opt": copy.deepcopy(_to_cpu(self.opt.state_dict())) if self.opt is not None else None,
+            # _to_cpu builds new containers and copies every tensor: nothing is shared.
+            "opt": _to_cpu(self.opt.state_dict()) if self.opt is not None else None,
             "train_iter": self.train_iter,
             "epoch": self.epoch,
             "iter": self.iter,
@@ -449,8 +456,7 @@ class Learner:
         assert self.opt is not None
         self.opt.zero_grad(set_to_none=True)
         self.pred = self.loss = None
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        release_cached_memory(self.device)
         old, new = self.batch_size, self.batch_size // 2
         self.batch_size = new
         self.lr_mult *= new / old  # linear scaling: same LR per sample
@@ -484,8 +490,7 @@ class Learner:
                 if dl.batch_size < 2:
                     raise
                 old, dl.batch_size = dl.batch_size, dl.batch_size // 2
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+                release_cached_memory(self.device)
                 self.log(
                     f"out of memory while evaluating at batch size {old} "
                     f"({type(e).__name__}); retrying with {dl.batch_size}"

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
-
 if TYPE_CHECKING:
     from deepstart.train.learner import Learner
 
@@ -33,7 +31,7 @@ def find_batch_size(
     Example:
         >>> learn.batch_size = find_batch_size(learn)
     """
-    from deepstart.train.learner import OUT_OF_MEMORY
+    from deepstart.train.learner import OUT_OF_MEMORY, release_cached_memory
 
     if learn.device.type == "cpu" and not probe_cpu:
         learn.log(f"batch size auto: no device memory limit on the CPU; using {CPU_DEFAULT}")
@@ -51,8 +49,7 @@ def find_batch_size(
                 break
             finally:
                 learn.model.zero_grad(set_to_none=True)
-                if learn.device.type == "cuda":
-                    torch.cuda.empty_cache()
+                release_cached_memory(learn.device)
             fits, size = size, size * 2
     finally:
         learn.restore(snap)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import platform
 import random
 import shutil
@@ -100,6 +99,19 @@ def load_data(cfg: DataConfig, seed: int) -> Dataset:
     )
 
 
+def build_model(cfg: ModelConfig, data: Dataset, seed: int) -> Any:
+    """The registry model for ``data``'s channels, classes and size, initialised from
+    ``seed`` (seeded here, so model init does not depend on how much data loading drew)."""
+    torch.manual_seed(seed)
+    return create_model(
+        cfg.name,
+        in_channels=data.channels,
+        num_classes=data.num_classes,
+        input_size=data.size,
+        **cfg.options,
+    )
+
+
 def _say(text: str, stream: TextIO | None) -> None:
     if stream is not None:
         print(text, file=stream, flush=True)
@@ -135,7 +147,7 @@ def train_run(
     """Load the data, build the model, train, score the test split and write the run dir.
 
     With ``resume`` (a run directory) the run continues from its ``checkpoints/last.pt``
-    in the same directory; ``cfg`` should be the run's own (see :func:`resume_config`).
+    in the same directory; ``cfg`` should be the run's own (see :func:`load_run_config`).
 
     Example:
         >>> res = train_run(RunConfig(data=DataConfig("shapes"), model=ModelConfig("vgg_small")))
@@ -149,14 +161,7 @@ def train_run(
     for note in data.notes:
         _say(f"  note: {note}", stream)
     data, tc = _debug_modes(data, tc, stream)
-    torch.manual_seed(tc.seed)  # model init does not depend on how much data loading drew
-    model = create_model(
-        cfg.model.name,
-        in_channels=data.channels,
-        num_classes=data.num_classes,
-        input_size=data.size,
-        **cfg.model.options,
-    )
+    model = build_model(cfg.model, data, tc.seed)
     device = resolve_device(tc.device)
     n_params = count_parameters(model)
     _say(f"model {cfg.model.name}: {n_params:,} parameters; device {device}", stream)
@@ -310,14 +315,7 @@ def lr_find_run(
     """``deepstart lr-find``: the LR finder on a fresh model; prints nothing itself."""
     seed_everything(tc.seed)
     data = load_data(data_cfg, tc.seed)
-    torch.manual_seed(tc.seed)
-    model = create_model(
-        model_cfg.name,
-        in_channels=data.channels,
-        num_classes=data.num_classes,
-        input_size=data.size,
-        **model_cfg.options,
-    )
+    model = build_model(model_cfg, data, tc.seed)
     learn = Learner(
         data,
         model,
@@ -330,7 +328,7 @@ def lr_find_run(
     return lr_find(learn, **kwargs)
 
 
-def resume_config(run_dir: str | Path) -> RunConfig:
+def load_run_config(run_dir: str | Path) -> RunConfig:
     """The RunConfig a run directory was started with (its config.json)."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
@@ -402,13 +400,7 @@ def evaluate_run(
     saved = load_model(run_dir, device="cpu")
     seed, cfg_data = 0, None
     if (run_dir / "config.json").is_file():
-        cfg = RunConfig.from_dict(
-            {
-                k: v
-                for k, v in json.loads((run_dir / "config.json").read_text()).items()
-                if k in ("data", "model", "train")
-            }
-        )
+        cfg = load_run_config(run_dir)
         seed, cfg_data = cfg.train.seed, cfg.data
     data_cfg = data or cfg_data
     if data_cfg is None:
@@ -435,12 +427,8 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _json_default(o: Any) -> Any:
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
     if dataclasses.is_dataclass(o):
         return dataclasses.asdict(o)
     if isinstance(o, Path):
         return str(o)
-    if isinstance(o, tuple):
-        return list(o)
     raise TypeError(f"cannot write {type(o).__name__} to JSON")
