@@ -1,0 +1,266 @@
+"""Headless Chromium for tests: load a page, check its images, save a full-page screenshot.
+
+Talks the Chrome DevTools Protocol over ``--remote-debugging-pipe``, so it needs only the
+standard library and a ``chromium`` binary (Debian: ``apt-get install chromium``), not a
+browser-driver package. Chromium reads JSON commands from fd 3 and writes replies and
+events to fd 4, each message terminated by a NUL byte.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+# Without these Chromium phones Google (sync, component updates, QUIC probes) and stalls
+# on machines whose network reaches only the package registries; root needs --no-sandbox.
+_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--mute-audio",
+    "--remote-debugging-pipe",
+)
+
+# Runs in the page after the load event, when every <img> has either loaded or failed.
+_CHECK_JS = """(() => {
+  const imgs = Array.from(document.images);
+  const d = document.documentElement, b = document.body;
+  return {
+    images: imgs.length,
+    broken: imgs.filter(i => !i.complete || i.naturalWidth === 0)
+                .map(i => i.getAttribute('src') || i.currentSrc || ''),
+    // Content height, not scrollHeight: that never drops below the viewport's 800 px.
+    height: Math.max(d.offsetHeight, b ? b.scrollHeight : 0),
+    title: document.title,
+  };
+})()"""
+
+
+@dataclass(frozen=True)
+class PageCheck:
+    """What headless Chromium saw after the page's load event.
+
+    Attributes:
+        url: The URL that was loaded.
+        images: Number of ``<img>`` elements in the document.
+        broken: ``src`` of each image that did not decode (truncated to 80 characters).
+        height: Document content height in CSS pixels (may be under the 800 px viewport).
+        title: The document title.
+        errors: Console errors, uncaught exceptions and failed resource loads.
+        screenshot: Path of the full-page PNG (``width`` pixels wide, ``height`` tall).
+    """
+
+    url: str
+    images: int
+    broken: list[str]
+    height: int
+    title: str
+    errors: list[str]
+    screenshot: Path
+
+
+def find_chromium() -> str | None:
+    """Path of a Chromium binary: ``$CHROMIUM`` if set, else the first one on ``PATH``."""
+    env = os.environ.get("CHROMIUM")
+    if env:
+        return shutil.which(env)
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def render_page(
+    path_or_url: str | Path, screenshot: Path, *, width: int = 1280, timeout: float = 60
+) -> PageCheck:
+    """Load a page in a fresh headless Chromium, check its images and screenshot it.
+
+    Chromium is killed and its temporary profile removed however this returns.
+
+    Args:
+        path_or_url: A local file (``report.html``) or a URL (``file:``, ``http:``, ...).
+        screenshot: Where to write the full-page PNG.
+        width: Viewport width in CSS pixels (= screenshot width, device scale 1).
+        timeout: Seconds for the whole start-load-check-screenshot, after which
+            ``TimeoutError`` is raised.
+
+    Returns:
+        A ``PageCheck``.
+
+    Example:
+        >>> page = render_page(run_dir / "report.html", tmp_path / "shot.png")
+        >>> assert page.images and not page.broken
+    """
+    chromium = find_chromium()
+    if chromium is None:
+        raise FileNotFoundError("headless Chromium not found (apt-get install chromium)")
+    text = str(path_or_url)
+    url = text if "://" in text or text.startswith(("data:", "about:")) else None
+    url = url or Path(text).resolve().as_uri()
+    tmp = Path(tempfile.mkdtemp(prefix="deepstart-chromium-"))
+    fds: list[int] = []
+    proc = None
+    try:
+        cmd_r, cmd_w = os.pipe()
+        out_r, out_w = os.pipe()
+        fds += [cmd_r, cmd_w, out_r, out_w]
+        argv = [chromium, *_FLAGS, f"--user-data-dir={tmp / 'profile'}", "about:blank"]
+        with open(tmp / "stderr.log", "wb") as log:
+            # The pipes arrive as stdin/stdout and the shell moves them to fds 3 and 4:
+            # no preexec_fn (unsafe with torch's threads), and dash takes only 1-digit fds.
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", 'exec "$@" 3<&0 4>&1 0</dev/null 1>&2', "sh", *argv],
+                stdin=cmd_r,
+                stdout=out_w,
+                stderr=log,
+                start_new_session=True,  # one process group: kill renderers with it
+            )
+        for fd in (cmd_r, out_w):  # only Chromium holds these now, so its exit is EOF
+            os.close(fd)
+            fds.remove(fd)
+        cdp = _Cdp(cmd_w, out_r, time.monotonic() + timeout)
+        try:
+            return _check(cdp, url, Path(screenshot), width)
+        except (TimeoutError, ConnectionError, RuntimeError) as e:
+            tail = (tmp / "stderr.log").read_text(errors="replace")[-2000:]
+            raise type(e)(f"{e} (loading {url})\n--- chromium stderr ---\n{tail}") from e
+    finally:
+        if proc is not None:
+            _stop(proc, cmd_w)
+        for fd in fds:
+            os.close(fd)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check(cdp: _Cdp, url: str, screenshot: Path, width: int) -> PageCheck:
+    target = cdp.call("Target.createTarget", url="about:blank")["targetId"]
+    sid = cdp.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+    for domain in ("Page", "Runtime", "Log"):
+        cdp.call(f"{domain}.enable", sid)
+    cdp.call("Page.setLifecycleEventsEnabled", sid, enabled=True)
+    cdp.call(
+        "Emulation.setDeviceMetricsOverride",
+        sid,
+        width=width,
+        height=800,
+        deviceScaleFactor=1,
+        mobile=False,
+    )
+    nav = cdp.call("Page.navigate", sid, url=url)
+    if nav.get("errorText"):
+        raise RuntimeError(f"navigation failed: {nav['errorText']}")
+    # The load event of *this* navigation (matched by loaderId), not about:blank's.
+    cdp.wait_for(
+        lambda m: (
+            m.get("method") == "Page.lifecycleEvent"
+            and m["params"]["name"] == "load"
+            and m["params"]["loaderId"] == nav["loaderId"]
+        )
+    )
+    found = cdp.call("Runtime.evaluate", sid, expression=_CHECK_JS, returnByValue=True)
+    if "exceptionDetails" in found:
+        raise RuntimeError(f"page check failed: {found['exceptionDetails']}")
+    page = found["result"]["value"]
+    clip = {"x": 0, "y": 0, "width": width, "height": max(page["height"], 1), "scale": 1}
+    shot = cdp.call(
+        "Page.captureScreenshot", sid, format="png", clip=clip, captureBeyondViewport=True
+    )
+    screenshot.write_bytes(base64.b64decode(shot["data"]))
+    return PageCheck(
+        url=url,
+        images=page["images"],
+        broken=[s if len(s) <= 80 else s[:77] + "..." for s in page["broken"]],
+        height=page["height"],
+        title=page["title"],
+        errors=[e for e in map(_error_text, cdp.events) if e],
+        screenshot=screenshot,
+    )
+
+
+def _stop(proc: subprocess.Popen, cmd_w: int) -> None:
+    """Ask Chromium to quit, so it reaps its own children, then kill whatever is left."""
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):  # hung or gone: kill
+        os.write(cmd_w, b'{"id": 0, "method": "Browser.close"}\0')
+        proc.wait(timeout=3)
+    with contextlib.suppress(ProcessLookupError):  # the whole group has already exited
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _error_text(msg: dict) -> str | None:
+    """The message of a console error, uncaught exception or failed load event, else None."""
+    method, params = msg.get("method"), msg.get("params", {})
+    if method == "Runtime.exceptionThrown":
+        details = params["exceptionDetails"]
+        return details.get("exception", {}).get("description") or details.get("text")
+    if method == "Runtime.consoleAPICalled" and params.get("type") == "error":
+        return " ".join(str(a.get("value", a.get("description", ""))) for a in params["args"])
+    if method == "Log.entryAdded" and params["entry"]["level"] == "error":
+        entry = params["entry"]
+        return f"{entry['text']} {entry.get('url', '')}".strip()
+    return None
+
+
+class _Cdp:
+    """Blocking CDP client over two pipe fds; every read respects one deadline."""
+
+    def __init__(self, write_fd: int, read_fd: int, deadline: float) -> None:
+        self._w, self._r, self._deadline = write_fd, read_fd, deadline
+        self._buf = b""
+        self._id = 0
+        self.events: list[dict] = []  # every event seen, in order
+
+    def call(self, method: str, session: str | None = None, **params) -> dict:
+        self._id += 1
+        msg = {"id": self._id, "method": method, "params": params}
+        if session:
+            msg["sessionId"] = session
+        # Commands are < 1 KB, far below the pipe buffer, so this write never blocks.
+        os.write(self._w, json.dumps(msg).encode() + b"\0")
+        while True:
+            reply = self._read()
+            if reply.get("id") == self._id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply["result"]
+
+    def wait_for(self, match: Callable[[dict], bool]) -> dict:
+        for event in self.events:
+            if match(event):
+                return event
+        while not match(event := self._read()):
+            pass
+        return event
+
+    def _read(self) -> dict:
+        while b"\0" not in self._buf:
+            left = self._deadline - time.monotonic()
+            if left <= 0 or not select.select([self._r], [], [], left)[0]:
+                raise TimeoutError("Chromium did not answer in time")
+            chunk = os.read(self._r, 1 << 20)
+            if not chunk:
+                raise ConnectionError("Chromium closed the DevTools pipe (crashed?)")
+            self._buf += chunk
+        raw, self._buf = self._buf.split(b"\0", 1)
+        msg = json.loads(raw)
+        if "method" in msg:
+            self.events.append(msg)
+        return msg
