@@ -34,6 +34,7 @@ ARGS = [
     "7",
     "--progress",
     "plain",
+    "--no-report",
 ]
 ENV = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
 

@@ -22,6 +22,7 @@ TINY = [
     "32",
     "--progress",
     "plain",
+    "--no-report",  # these tests are about the training options; test_report covers reports
 ]
 
 

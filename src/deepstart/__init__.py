@@ -15,6 +15,7 @@ from deepstart.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from deepstart.data.catalog import list_datasets, load_dataset
 from deepstart.data.dataset import Batches, DataError, Dataset, ImageSet, Preprocess
 from deepstart.errors import ConfigError, DeepstartError
+from deepstart.interpret.analysis import Interpretation
 from deepstart.models.registry import (
     ModelError,
     ModelInfo,
@@ -22,6 +23,7 @@ from deepstart.models.registry import (
     list_models,
     register_model,
 )
+from deepstart.report import build_report
 from deepstart.train.callbacks import (
     Callback,
     CancelBatch,
@@ -38,6 +40,7 @@ from deepstart.train.learner import Learner
 from deepstart.train.losses import make_loss
 from deepstart.train.lr_finder import LRFindResult, lr_find
 from deepstart.train.runner import evaluate_run, train_run
+from deepstart.train.tensorboard import TensorBoardLogger
 
 __version__ = "0.1.0"
 
@@ -59,6 +62,7 @@ __all__ = [
     "GracefulInterrupt",
     "GradientClip",
     "ImageSet",
+    "Interpretation",
     "LRFindResult",
     "Learner",
     "MaxTime",
@@ -70,8 +74,10 @@ __all__ = [
     "Recorder",
     "RunConfig",
     "SavedModel",
+    "TensorBoardLogger",
     "TrainConfig",
     "__version__",
+    "build_report",
     "create_model",
     "evaluate_run",
     "list_datasets",

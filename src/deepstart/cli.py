@@ -218,6 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="train and validate on N fixed batches: a working model overfits them",
     )
+    g.add_argument(
+        "--no-report", action="store_true", help="skip report.html at the end (saves seconds)"
+    )
+    g.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also log to RUN_DIR/tensorboard (pip install 'deepstart[tensorboard]')",
+    )
     t.set_defaults(func=cmd_train)
 
     f = sub.add_parser("lr-find", help="sweep the learning rate and suggest one (with a plot)")
@@ -272,6 +280,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.set_defaults(func=cmd_evaluate)
+
+    i = sub.add_parser(
+        "interpret", help="what a run's model gets wrong: confusion, per-class F1, top losses"
+    )
+    i.add_argument("run_dir", help="a run directory written by deepstart train")
+    _add_data_args(i, required=False)
+    i.add_argument("--split", default="test", choices=("test", "valid", "train"))
+    i.add_argument("--device", default="auto")
+    i.add_argument("--top", type=int, default=16, help="pictures per grid (16)")
+    i.add_argument("--out", help="directory for the PNGs (default RUN_DIR/plots)")
+    i.add_argument("--json", action="store_true", help="print the tables as JSON")
+    i.set_defaults(func=cmd_interpret)
+
+    r = sub.add_parser("report", help="(re)write RUN_DIR/report.html: the whole run on one page")
+    r.add_argument("run_dir", help="a run directory written by deepstart train")
+    r.add_argument("--split", default="test", choices=("test", "valid", "train"))
+    r.add_argument("--device", default="auto")
+    r.set_defaults(func=cmd_report)
     return parser
 
 
@@ -319,6 +345,8 @@ def cmd_train(a: argparse.Namespace) -> int:
             max_time=a.max_time,
             fast_dev_run=a.fast_dev_run,
             overfit_batches=a.overfit_batches,
+            report=not a.no_report,
+            tensorboard=a.tensorboard,
         ),
     )
     try:
@@ -448,6 +476,32 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     width = max(len(p["class"]) for p in res["per_class"])
     for p in res["per_class"]:
         print(f"  {p['class']:<{width}}  {p['accuracy']:.4f}  ({p['n']} images)")
+    return 0
+
+
+def cmd_interpret(a: argparse.Namespace) -> int:
+    from deepstart.interpret.analysis import Interpretation
+    from deepstart.interpret.plots import write_interpretation_plots
+    from deepstart.train.runner import load_run_learner
+
+    data = _data_config(a) if a.data else None
+    learn = load_run_learner(a.run_dir, data=data, device=a.device)
+    interp = Interpretation.from_learner(learn, a.split)
+    out = Path(a.out) if a.out else Path(a.run_dir) / "plots"
+    written = write_interpretation_plots(interp, out, top=a.top)
+    if a.json:
+        print(json.dumps(interp.summary(top=a.top), indent=2, default=str))
+        return 0
+    print(interp.text_summary(top=min(a.top, 10)))
+    print("plots: " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from deepstart.report import build_report
+
+    path = build_report(a.run_dir, split=a.split, device=a.device)
+    print(f"report: {path}")
     return 0
 
 

@@ -80,6 +80,9 @@ class TrainConfig:
         fast_dev_run: one training batch and one validation batch, to catch bugs; saves nothing.
         overfit_batches: train (and validate) on this many fixed batches: a model that cannot
             overfit them has a bug.
+        report: write ``report.html`` (plots, interpretation, what the network sees) at the end.
+        tensorboard: also log to ``tensorboard/`` in the run directory (needs the extra
+            ``deepstart[tensorboard]``).
     """
 
     epochs: int = 5
@@ -110,6 +113,8 @@ class TrainConfig:
     max_time: float | None = None
     fast_dev_run: bool = False
     overfit_batches: int = 0
+    report: bool = True
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1:

@@ -51,6 +51,7 @@ from deepstart.train.losses import make_loss
 from deepstart.train.lr_finder import lr_find
 from deepstart.train.memory import find_batch_size
 from deepstart.train.schedule import ScheduleSpec
+from deepstart.train.tensorboard import TensorBoardLogger, summary_writer_class
 
 
 class Interrupted(DeepstartError):
@@ -155,6 +156,8 @@ def train_run(
     """
     tc = cfg.train
     stream = None if quiet else sys.stdout
+    if tc.tensorboard:
+        summary_writer_class()  # a missing extra fails now, not after loading the data
     seed_everything(tc.seed)
     data = load_data(cfg.data, tc.seed)
     _say(describe(data), stream)
@@ -203,6 +206,8 @@ def train_run(
         learn.batch_size = find_batch_size(learn)
     lr = _choose_lr(learn, tc, run_dir, resume is not None, log)
     learn.add_callbacks([*option_callbacks(tc, log), *(callbacks or [])])
+    if tc.tensorboard:
+        learn.add_callbacks([TensorBoardLogger(run_dir / "tensorboard")])
     start_epoch, restart_at = 0, 0
     if resume is not None:
         ckpt_path = run_dir / "checkpoints" / "last.pt"
@@ -238,7 +243,12 @@ def train_run(
         )
         shutil.rmtree(run_dir.parent, ignore_errors=True)
         return RunResult(run_dir, learn.recorder.history, None, learn)
-    return _finish(learn, data, run_dir, len(learn.recorder.history), train_seconds, stream)
+    result = _finish(learn, data, run_dir, len(learn.recorder.history), train_seconds, stream)
+    if tc.report:
+        from deepstart.report import build_report
+
+        build_report(run_dir, learn=learn, log=log)
+    return result
 
 
 def option_callbacks(tc: TrainConfig, log: Callable[[str], None]) -> list[Callback]:
@@ -380,19 +390,21 @@ def _finish(
         run_dir / "results.json",
         {"test": test, "train_seconds": round(train_seconds, 3), "epochs": epochs},
     )
+    # Per-batch loss and LR, for the curves of the report (metrics.jsonl has one row per epoch).
+    rec, per_epoch = learn.recorder, len(getattr(learn, "train_dl", ()))
+    _write_json(
+        run_dir / "batches.json",
+        {"loss": rec.batch_losses, "lr": rec.batch_lrs, "per_epoch": per_epoch},
+    )
     _say(f"run directory: {run_dir}", stream)
     return RunResult(run_dir, learn.recorder.history, test, learn)
 
 
-def evaluate_run(
-    run_dir: str | Path,
-    *,
-    data: DataConfig | None = None,
-    split: str = "test",
-    device: str = "auto",
-) -> dict[str, Any]:
-    """Score a run's saved model on a split of a dataset, through the model's own
-    preprocessing (the training normalisation, size and channels), not the new data's.
+def load_run_learner(
+    run_dir: str | Path, *, data: DataConfig | None = None, device: str = "auto"
+) -> Learner:
+    """A Learner holding a run's saved model and a dataset to use it on, with the model's
+    own preprocessing (the training normalisation, size and channels), not the new data's.
 
     ``data`` defaults to the dataset the run trained on (same seed, so the same split).
     """
@@ -404,14 +416,31 @@ def evaluate_run(
         seed, cfg_data = cfg.train.seed, cfg.data
     data_cfg = data or cfg_data
     if data_cfg is None:
-        raise DataError(f"{run_dir}: no config.json; say which data to evaluate on (--data)")
+        raise DataError(f"{run_dir}: no config.json; say which data to use (--data)")
     dataset = load_data(data_cfg, seed)
     if dataset.classes != saved.classes:
         raise DataError(
             f"dataset classes {dataset.classes} differ from the model's {saved.classes}"
         )
-    learn = Learner(dataset, saved.model, device=device, preprocess=saved.preprocess, seed=seed)
-    return learn.evaluate(split)
+    return Learner(
+        dataset,
+        saved.model,
+        device=device,
+        preprocess=saved.preprocess,
+        seed=seed,
+        guard=False,
+    )
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    data: DataConfig | None = None,
+    split: str = "test",
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Score a run's saved model on a split of a dataset (see :func:`load_run_learner`)."""
+    return load_run_learner(run_dir, data=data, device=device).evaluate(split)
 
 
 def _brief(res: dict[str, Any] | None) -> dict[str, Any] | None:

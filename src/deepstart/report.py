@@ -1,0 +1,427 @@
+"""A run directory -> ``report.html``: everything about one run on one page.
+
+The page is self-contained: every picture is embedded as a PNG data URI (and also kept in
+``plots/`` beside it), there is no script and no CDN, so it opens offline, can be mailed, and
+renders the same in any browser. The numbers behind the pictures go to ``interpretation.json``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deepstart.data.dataset import DataError
+from deepstart.interpret import plots
+from deepstart.interpret.analysis import Interpretation
+from deepstart.train.learner import Learner
+
+TOP_LOSSES = 16  # pictures in the top-losses and most-uncertain grids
+PER_CLASS = 2  # most confident right / wrong pictures per class
+SALIENCY_IMAGES = 6
+
+
+def read_run(run_dir: str | Path) -> dict[str, Any]:
+    """The JSON files of a run directory: config, results, epoch rows, divergence events,
+    per-batch curves and the LR finder's record (absent ones are empty)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise DataError(f"{run_dir}: no config.json (is it a run directory?)")
+
+    def load(name: str) -> Any:
+        path = run_dir / name
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    rows = []
+    if (run_dir / "metrics.jsonl").is_file():
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {
+        "config": load("config.json"),
+        "results": load("results.json"),
+        "history": [r for r in rows if "event" not in r],
+        "events": [r for r in rows if "event" in r],
+        "batches": load("batches.json"),
+        "lr_find": load("lr_find.json"),
+    }
+
+
+def build_report(
+    run_dir: str | Path,
+    *,
+    learn: Learner | None = None,
+    split: str = "test",
+    device: str = "auto",
+    log: Callable[[str], None] = lambda m: None,
+) -> Path:
+    """Write ``plots/*.png``, ``interpretation.json`` and ``report.html`` for a run.
+
+    ``learn`` is a Learner holding the trained model and its data (``train`` passes its own);
+    without it the run's saved model and dataset are loaded.
+
+    Example:
+        >>> build_report("runs/20261123-101500-mnist-mnist_cnn")
+        PosixPath('runs/20261123-101500-mnist-mnist_cnn/report.html')
+    """
+    start = time.perf_counter()
+    run_dir = Path(run_dir)
+    run = read_run(run_dir)
+    if learn is None:
+        from deepstart.train.runner import load_run_learner
+
+        learn = load_run_learner(run_dir, device=device)
+    interp = Interpretation.from_learner(learn, split)
+    out = run_dir / "plots"
+    summary = interp.summary(top=TOP_LOSSES)
+    (run_dir / "interpretation.json").write_text(json.dumps(_finite(summary), indent=2) + "\n")
+    written = plots.write_interpretation_plots(interp, out, top=TOP_LOSSES, per_class=PER_CLASS)
+
+    sections = [
+        _overview(run, interp),
+        _config_section(run),
+        _data_section(learn, run, out),
+        _training_section(run, interp, out, run_dir),
+        _results_section(interp, summary, written["confusion"]),
+        _pictures_section(written),
+        _vision_section(learn, interp, out),
+    ]
+    title = _title(run)
+    page = _page(title, sections)
+    path = run_dir / "report.html"
+    path.write_text(page)
+    log(f"report: {path} ({time.perf_counter() - start:.1f}s)")
+    return path
+
+
+# -- sections ---------------------------------------------------------------------------------
+def _title(run: dict[str, Any]) -> str:
+    cfg = run["config"]
+    return f"{cfg.get('data', {}).get('name', '?')} · {cfg.get('model', {}).get('name', '?')}"
+
+
+def _overview(run: dict[str, Any], interp: Interpretation) -> str:
+    res = run["config"].get("resolved", {})
+    k = len(interp.classes)
+    chance_bits = math.log2(k) if k > 1 else 0.0
+    secs = run["results"].get("train_seconds")
+    cards = [
+        (f"{interp.accuracy * 100:.2f}%", f"{interp.split} accuracy on {len(interp.targets):,}"),
+        (
+            f"{interp.loss / math.log(2):.3f} bits",
+            f"{interp.split} loss; chance is {chance_bits:.3f} bits ({k} classes)",
+        ),
+        (f"{res.get('parameters', 0):,}", "parameters"),
+        (f"{secs:.0f} s" if secs is not None else "–", f"training, {len(run['history'])} epochs"),
+    ]
+    body = '<div class="cards">' + "".join(
+        f'<div class="card"><b>{_e(v)}</b><span>{_e(t)}</span></div>' for v, t in cards
+    )
+    body += "</div>"
+    started = res.get("started", "")
+    body += (
+        f"<p class='muted'>started {_e(started)} on {_e(res.get('device', '?'))}, torch "
+        f"{_e(res.get('torch', '?'))}, python {_e(res.get('python', '?'))}</p>"
+    )
+    return _section("overview", "Overview", body)
+
+
+def _config_section(run: dict[str, Any]) -> str:
+    cfg = run["config"]
+    parts = []
+    for part in ("data", "model", "train"):
+        rows = [(k, v) for k, v in cfg.get(part, {}).items() if v not in (None, {}, [])]
+        parts.append(f"<div><h3>{part}</h3>{_kv_table(rows)}</div>")
+    arch = cfg.get("resolved", {}).get("arch")
+    note = f"<p class='muted'>model built as {_e(json.dumps(arch))}</p>" if arch else ""
+    return _section("config", "Configuration", f'<div class="cols">{"".join(parts)}</div>{note}')
+
+
+def _data_section(learn: Learner, run: dict[str, Any], out: Path) -> str:
+    data = learn.data
+    summary = data.summary()
+    splits = summary["splits"]
+    head = "".join(f"<th>{_e(s)}</th>" for s in splits)
+    rows = "".join(
+        f"<tr><td>{_e(name)}</td>"
+        + "".join(f"<td>{summary['class_counts'][s][c]:,}</td>" for s in splits)
+        + "</tr>"
+        for c, name in enumerate(data.classes)
+    )
+    total = "".join(f"<td><b>{n:,}</b></td>" for n in splits.values())
+    table = f"<table><tr><th>class</th>{head}</tr>{rows}<tr><td><b>all</b></td>{total}</tr></table>"
+    prep = learn.preprocess
+    facts = _kv_table(
+        [
+            ("dataset", data.name),
+            ("image size", f"{prep.size[0]}×{prep.size[1]}, {prep.channels} channel(s)"),
+            ("mean (train)", ", ".join(f"{m:.4f}" for m in prep.mean)),
+            ("std (train)", ", ".join(f"{s:.4f}" for s in prep.std)),
+            ("resize policy", prep.resize),
+        ]
+    )
+    notes = "".join(f"<li>{_e(n)}</li>" for n in data.notes)
+    grid = plots.sample_grid(data.train, out / "samples.png", per_class=8, title="train samples")
+    body = (
+        f'<div class="cols"><div>{facts}</div><div>{table}</div></div>'
+        + (f"<ul class='muted'>{notes}</ul>" if notes else "")
+        + _img(grid, "random training images, one row per class")
+    )
+    return _section("data", "Data", body)
+
+
+def _training_section(run: dict[str, Any], interp: Interpretation, out: Path, run_dir: Path) -> str:
+    history, batches = run["history"], run["batches"]
+    if not history:
+        return _section("training", "Training", "<p>No epoch finished.</p>")
+    k = len(interp.classes)
+    curves = plots.curves_plot(
+        history,
+        out / "curves.png",
+        batch_losses=batches.get("loss", ()),
+        batch_lrs=batches.get("lr", ()),
+        per_epoch=batches.get("per_epoch", 0),
+        chance_bits=math.log2(k) if k > 1 else None,
+        events=run["events"],
+    )
+    cols = ("epoch", "train_loss", "valid_loss", "valid_bits", "accuracy", "lr", "seconds")
+    head = "".join(f"<th>{c}</th>" for c in cols)
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in cols) + "</tr>" for r in history
+    )
+    body = _img(curves, "loss, accuracy, learning rate and loss in bits against chance")
+    body += f"<table><tr>{head}</tr>{rows}</table>"
+    if run["events"]:
+        items = "".join(
+            f"<li>{_e(', '.join(f'{k}={_fmt(v)}' for k, v in ev.items() if k != 'event'))}</li>"
+            for ev in run["events"]
+        )
+        body += f"<h3>Divergence guard</h3><ul>{items}</ul>"
+    lr_png = run_dir / "lr_find.png"
+    if lr_png.is_file():
+        rec = run["lr_find"]
+        chosen = rec.get("lr") or rec.get("valley")
+        caption = "LR finder: loss against learning rate"
+        if chosen:
+            caption += f"; the run used {float(chosen):.2e}"
+        body += "<h3>LR finder</h3>" + _img(lr_png, caption)
+    return _section("training", "Training", body)
+
+
+def _results_section(interp: Interpretation, summary: dict[str, Any], cm: Path) -> str:
+    head = "<tr><th>class</th><th>support</th><th>predicted</th><th>precision</th>"
+    head += "<th>recall</th><th>F1</th></tr>"
+    rows = "".join(
+        f"<tr><td>{_e(r['class'])}</td><td>{r['support']:,}</td><td>{r['predicted']:,}</td>"
+        f"<td>{_pct(r['precision'])}</td><td>{_pct(r['recall'])}</td><td>{_pct(r['f1'])}</td></tr>"
+        for r in summary["per_class"]
+    )
+    m = summary["macro"]
+    rows += (
+        f"<tr><td><b>macro average</b></td><td></td><td></td><td>{_pct(m['precision'])}</td>"
+        f"<td>{_pct(m['recall'])}</td><td>{_pct(m['f1'])}</td></tr>"
+    )
+    pairs = summary["most_confused"][:10]
+    confused = (
+        "<table><tr><th>true</th><th>predicted as</th><th>count</th></tr>"
+        + "".join(f"<tr><td>{_e(t)}</td><td>{_e(p)}</td><td>{n}</td></tr>" for t, p, n in pairs)
+        + "</table>"
+        if pairs
+        else "<p>No mistakes.</p>"
+    )
+    body = (
+        f'<div class="cols"><div><h3>Per class ({_e(interp.split)})</h3><table>{head}{rows}'
+        f"</table></div><div><h3>Most confused pairs</h3>{confused}</div></div>"
+        + _img(cm, "confusion matrix: rows are true classes, columns predictions")
+    )
+    return _section("results", "Results", body)
+
+
+def _pictures_section(written: dict[str, Path]) -> str:
+    body = "".join(
+        f"<h3>{_e(title)}</h3>" + _img(written[stem], caption)
+        for stem, title, caption in plots.GRIDS
+    )
+    body += "<p class='muted'>Titles: predicted / true class, probability of the prediction, "
+    body += "loss in nats; green is right, red wrong.</p>"
+    return _section("pictures", "Pictures", body)
+
+
+def _vision_section(learn: Learner, interp: Interpretation, out: Path) -> str:
+    from deepstart.interpret import vision, vision_plots
+
+    model, prep = learn.model, learn.preprocess
+    body = ""
+    weights = vision.first_layer_weights(model)
+    body += "<h3>First-layer weights</h3>" + _img(
+        vision_plots.kernel_grid(weights, out / "kernels.png", title="first layer"),
+        "each kernel (or, for a dense net, each unit's weights over the image) scaled to its "
+        "own range",
+    )
+    examples = _examples(interp)
+    first = interp.images.images[examples[0]]
+    body += "<h3>What a convolution does</h3>" + _img(
+        vision_plots.hand_kernels_figure(
+            first, vision.apply_kernels(first), out / "hand_kernels.png"
+        ),
+        "hand-made 3×3 kernels applied to one test image",
+    )
+    x = vision.normalise(interp.images.images[examples], prep.mean, prep.std).to(learn.device)
+    layers = vision.conv_layers(model)
+    if layers:
+        maps = vision.feature_maps(model, x[:1], layers[0])
+        body += f"<h3>Feature maps of {_e(_layer_name(model, layers[0]))}</h3>" + _img(
+            vision_plots.feature_map_grid(maps, out / "feature_maps.png", title=layers[0]),
+            f"the output channels of layer {layers[0]} for the first image above",
+        )
+        layer = layers[-1]
+        n_filters = min(16, _channels_of(model, layer))
+        filters = vision.visualise_filters(
+            model,
+            layer,
+            list(range(n_filters)),
+            size=tuple(prep.size),
+            in_channels=prep.channels,
+            mean=prep.mean,
+            std=prep.std,
+        )
+        body += f"<h3>Filters of {_e(_layer_name(model, layer))}</h3>" + _img(
+            vision_plots.filter_grid(filters, out / "filters.png", title=layer),
+            f"activation maximisation: inputs optimised to excite each of the first "
+            f"{n_filters} channels of the last conv layer (gradient ascent with jitter)",
+        )
+    images = interp.images.images[examples]
+    maps = {"saliency": vision.saliency(model, x), "SmoothGrad": vision.smoothgrad(model, x)}
+    skipped = ""
+    try:
+        maps["Grad-CAM"] = vision.grad_cam(model, x)
+    except vision.VisionError as e:
+        skipped = f"<p class='muted'>Grad-CAM skipped: {_e(str(e))}</p>"
+    titles = [f"{it['true']} → {it['pred']}" for it in map(interp.item, examples)]
+    path = vision_plots.heatmap_grid(images, maps, out / "attribution.png", titles=titles)
+    body += "<h3>Where the model looks: " + ", ".join(maps) + "</h3>" + skipped
+    body += _img(
+        path,
+        "heat maps for the predicted class over the most confident correct picture of each "
+        "class and the top losses (title: true → predicted)",
+    )
+    return _section("vision", "What the network sees", body)
+
+
+def _examples(interp: Interpretation) -> list[int]:
+    """Pictures for the saliency rows: the most confident correct one of each class, then the
+    top losses, up to ``SALIENCY_IMAGES``."""
+    picked = [int(i) for v in interp.most_confident(correct=True).values() for i in v]
+    for i in interp.top_losses(SALIENCY_IMAGES).tolist():
+        if i not in picked:
+            picked.append(i)
+    return picked[:SALIENCY_IMAGES] or [0]
+
+
+def _channels_of(model: torch.nn.Module, layer: str) -> int:
+    return int(dict(model.named_modules())[layer].out_channels)
+
+
+def _layer_name(model: torch.nn.Module, layer: str) -> str:
+    """``body.4`` -> ``body.4 (conv 16→32, 3×3)``: which layer a picture is of."""
+    conv = dict(model.named_modules())[layer]
+    k = "×".join(str(v) for v in conv.kernel_size)
+    return f"{layer} (conv {conv.in_channels}→{conv.out_channels}, {k})"
+
+
+# -- HTML -------------------------------------------------------------------------------------
+CSS = """
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1f2328}
+header{background:#0d2b45;color:#fff;padding:18px 32px}
+header h1{margin:0;font-size:24px} header p{margin:4px 0 0;color:#b9cde0}
+nav{position:sticky;top:0;background:#f6f8fa;border-bottom:1px solid #d0d7de;padding:8px 32px}
+nav a{margin-right:18px;color:#0969da;text-decoration:none}
+main{padding:0 32px 48px;max-width:1200px}
+h2{border-bottom:1px solid #d0d7de;padding-bottom:4px;margin-top:36px}
+table{border-collapse:collapse;margin:8px 0;font-size:13px}
+td,th{border:1px solid #d0d7de;padding:3px 8px;text-align:right}
+td:first-child,th:first-child{text-align:left}
+th{background:#f6f8fa}
+figure{margin:12px 0} figure img{max-width:100%;height:auto;border:1px solid #eaeef2}
+figcaption,.muted{color:#656d76;font-size:13px}
+.cols{display:flex;flex-wrap:wrap;gap:32px;align-items:flex-start}
+.cards{display:flex;flex-wrap:wrap;gap:16px;margin-top:16px}
+.card{border:1px solid #d0d7de;border-radius:8px;padding:12px 18px;min-width:170px}
+.card b{display:block;font-size:24px} .card span{color:#656d76;font-size:13px}
+"""
+
+
+def _page(title: str, sections: list[str]) -> str:
+    nav = "".join(
+        f'<a href="#{key}">{label}</a>'
+        for key, label in (
+            ("overview", "Overview"),
+            ("config", "Config"),
+            ("data", "Data"),
+            ("training", "Training"),
+            ("results", "Results"),
+            ("pictures", "Pictures"),
+            ("vision", "What the network sees"),
+        )
+    )
+    made = time.strftime("%Y-%m-%d %H:%M")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>deepstart report: {_e(title)}</title><style>{CSS}</style></head><body>"
+        f"<header><h1>{_e(title)}</h1><p>deepstart run report, made {made}</p></header>"
+        f"<nav>{nav}</nav><main>{''.join(sections)}</main></body></html>\n"
+    )
+
+
+def _section(key: str, title: str, body: str) -> str:
+    return f'<section id="{key}"><h2>{_e(title)}</h2>{body}</section>'
+
+
+def _img(path: Path, caption: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{_e(caption)}" '
+        f'data-file="plots/{_e(Path(path).name)}"><figcaption>{_e(caption)}</figcaption></figure>'
+    )
+
+
+def _kv_table(rows: list[tuple[str, Any]]) -> str:
+    body = "".join(f"<tr><td>{_e(k)}</td><td>{_e(_fmt(v))}</td></tr>" for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "–"
+        return f"{v:.3g}" if abs(v) < 1e-3 or abs(v) >= 1e5 else f"{v:.4g}"
+    if isinstance(v, (list, tuple, dict)):
+        return json.dumps(v)
+    return str(v)
+
+
+def _pct(v: float) -> str:
+    return "–" if v is None or math.isnan(v) else f"{v * 100:.2f}%"
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _finite(obj: Any) -> Any:
+    """NaN (an undefined precision, say) becomes null: strict JSON has no NaN."""
+    if isinstance(obj, float):
+        return None if math.isnan(obj) else obj
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
