@@ -201,3 +201,17 @@ def test_curves_plot(tmp_path):
     assert w > h
     # without per-batch data the epoch rows still draw
     _png(plots.curves_plot(history, tmp_path / "epochs.png"))
+
+
+def test_per_class_grids_are_capped_for_many_classes():
+    k = 40
+    probs = torch.full((2 * k, k), 0.1 / (k - 1))
+    targets = list(range(k)) * 2
+    for i, t in enumerate(targets):
+        probs[i, t] = 0.9 - i * 0.001  # all correct, confidence falling with i
+    it = _interp(targets, probs.tolist(), classes=[f"c{c}" for c in range(k)])
+    chosen = plots.grid_indices(it, top=4, per_class=2)
+    assert len(chosen["confident_right"]) == 8
+    # the surest eight are items 0..7 (classes 0..7), kept in class order
+    assert chosen["confident_right"] == list(range(8))
+    assert chosen["confident_wrong"] == []

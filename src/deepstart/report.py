@@ -25,7 +25,7 @@ from deepstart.train.learner import Learner
 
 TOP_LOSSES = 16  # pictures in the top-losses and most-uncertain grids
 PER_CLASS = 2  # most confident right / wrong pictures per class
-SALIENCY_IMAGES = 6
+SALIENCY_IMAGES = 8
 
 
 def read_run(run_dir: str | Path) -> dict[str, Any]:
@@ -307,20 +307,21 @@ def _vision_section(learn: Learner, interp: Interpretation, out: Path) -> str:
     body += "<h3>Where the model looks: " + ", ".join(maps) + "</h3>" + skipped
     body += _img(
         path,
-        "heat maps for the predicted class over the most confident correct picture of each "
-        "class and the top losses (title: true → predicted)",
+        "heat maps for the predicted class: confidently right pictures, then the top losses "
+        "(title: true → predicted)",
     )
     return _section("vision", "What the network sees", body)
 
 
 def _examples(interp: Interpretation) -> list[int]:
-    """Pictures for the saliency rows: the most confident correct one of each class, then the
-    top losses, up to ``SALIENCY_IMAGES``."""
-    picked = [int(i) for v in interp.most_confident(correct=True).values() for i in v]
+    """Pictures for the heat maps: the most confident correct picture of up to half of
+    ``SALIENCY_IMAGES`` classes, then top losses (where did it look when it was wrong?)."""
+    right = [int(v[0]) for v in interp.most_confident(correct=True).values() if len(v)]
+    picked = right[: SALIENCY_IMAGES // 2]
     for i in interp.top_losses(SALIENCY_IMAGES).tolist():
-        if i not in picked:
+        if len(picked) < SALIENCY_IMAGES and i not in picked:
             picked.append(i)
-    return picked[:SALIENCY_IMAGES] or [0]
+    return picked or [0]
 
 
 def _channels_of(model: torch.nn.Module, layer: str) -> int:

@@ -92,7 +92,8 @@ class Interpretation:
         87 nats rather than infinity.
         """
         p_true = self.probs.gather(1, self.targets[:, None])[:, 0]
-        return -p_true.clamp_min(torch.finfo(torch.float32).tiny).log()
+        # clamp_min(0): a rounded p of 1.0 would otherwise give -0.0 (shown as "-0.00")
+        return (-p_true.clamp_min(torch.finfo(torch.float32).tiny).log()).clamp_min(0.0)
 
     @property
     def correct(self) -> torch.Tensor:

@@ -262,11 +262,17 @@ GRIDS = (
 
 def grid_indices(interp: Interpretation, top: int = 16, per_class: int = 2) -> dict[str, list]:
     """The items each of :data:`GRIDS` shows: ``top`` top losses and most uncertain, and
-    ``per_class`` most confident wrong and right pictures of every class."""
+    ``per_class`` most confident wrong and right pictures of every class (at most ``2 * top``
+    of them: with many classes, the most confident ones)."""
 
     def by_class(correct: bool) -> list[int]:
         picked = interp.most_confident(correct=correct, per_class=per_class)
-        return [int(i) for idx in picked.values() for i in idx]
+        idx = [int(i) for v in picked.values() for i in v]
+        if len(idx) > 2 * top:  # many classes: keep the surest, still in class order
+            conf = interp.confidence[idx]
+            keep = set(torch.topk(conf, 2 * top).indices.tolist())
+            idx = [i for j, i in enumerate(idx) if j in keep]
+        return idx
 
     return {
         "top_losses": interp.top_losses(top).tolist(),
