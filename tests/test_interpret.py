@@ -195,7 +195,10 @@ def test_curves_plot(tmp_path):
         batch_lrs=[1e-3] * 30,
         per_epoch=10,
         chance_bits=math.log2(10),
-        events=[{"event": "divergence", "epoch": 2, "batch": 3}],
+        events=[
+            {"event": "divergence", "split": "train", "epoch": 2, "batch": 3},
+            {"event": "divergence", "split": "valid", "epoch": 2, "batch": None},
+        ],
     )
     w, h = _png(path)
     assert w > h

@@ -50,7 +50,8 @@ def check_report(run_dir, plots: set[str]) -> dict:
     page = (run_dir / "report.html").read_text()
     assert page.count("<img") == len(plots)
     embedded = _images(page)
-    assert {name for name, _ in embedded} == {f"plots/{p}.png" for p in plots}
+    where = {p: "lr_find.png" if p == "lr_find" else f"plots/{p}.png" for p in plots}
+    assert {name for name, _ in embedded} == set(where.values())
     for name, im in embedded:
         assert im.width >= 100 and im.height >= 60, name
         assert (run_dir / name).is_file()
@@ -141,6 +142,24 @@ def test_report_and_interpret_commands(conv_run, capsys):
     assert main(["interpret", str(run_dir), "--json", "--out", str(out)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert sum(map(sum, summary["confusion"])) == summary["n"] == 90
+
+
+def test_report_layer_option(conv_run, capsys):
+    assert main(["report", str(conv_run), "--layer", "body.3"]) == 0
+    page = (conv_run / "report.html").read_text()
+    assert "Feature maps of body.3 (conv" in page and "Filters of body.3 (conv" in page
+    capsys.readouterr()
+    assert main(["report", str(conv_run), "--layer", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert "no conv layer 'nosuch'" in err and "body.0" in err
+
+
+def test_lr_auto_run_report_shows_the_lr_finder(tmp_path):
+    run_dir = _train(tmp_path, "vgg_small", "--lr", "auto")
+    check_report(run_dir, CONV_PLOTS | {"lr_find"})
+    page = (run_dir / "report.html").read_text()
+    chosen = json.loads((run_dir / "lr_find.json").read_text())["chosen"]
+    assert "LR finder" in page and f"the run used {chosen:.2e}" in page
 
 
 def test_report_of_a_non_run_directory_is_a_clean_error(tmp_path, capsys):

@@ -297,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir", help="a run directory written by deepstart train")
     r.add_argument("--split", default="test", choices=("test", "valid", "train"))
     r.add_argument("--device", default="auto")
+    r.add_argument(
+        "--layer", help="conv layer for feature maps and filters (default: first / last conv)"
+    )
     r.set_defaults(func=cmd_report)
     return parser
 
@@ -500,7 +503,7 @@ def cmd_interpret(a: argparse.Namespace) -> int:
 def cmd_report(a: argparse.Namespace) -> int:
     from deepstart.report import build_report
 
-    path = build_report(a.run_dir, split=a.split, device=a.device)
+    path = build_report(a.run_dir, split=a.split, device=a.device, layer=a.layer)
     print(f"report: {path}")
     return 0
 

@@ -58,12 +58,14 @@ def build_report(
     learn: Learner | None = None,
     split: str = "test",
     device: str = "auto",
+    layer: str | None = None,
     log: Callable[[str], None] = lambda m: None,
 ) -> Path:
     """Write ``plots/*.png``, ``interpretation.json`` and ``report.html`` for a run.
 
     ``learn`` is a Learner holding the trained model and its data (``train`` passes its own);
-    without it the run's saved model and dataset are loaded.
+    without it the run's saved model and dataset are loaded. ``layer`` names the conv layer
+    whose feature maps and filters are shown (default: maps of the first, filters of the last).
 
     Example:
         >>> build_report("runs/20261123-101500-mnist-mnist_cnn")
@@ -76,6 +78,8 @@ def build_report(
         from deepstart.train.runner import load_run_learner
 
         learn = load_run_learner(run_dir, device=device)
+    if layer is not None:
+        _check_layer(learn.model, layer)
     interp = Interpretation.from_learner(learn, split)
     out = run_dir / "plots"
     summary = interp.summary(top=TOP_LOSSES)
@@ -89,7 +93,7 @@ def build_report(
         _training_section(run, interp, out, run_dir),
         _results_section(interp, summary, written["confusion"]),
         _pictures_section(written),
-        _vision_section(learn, interp, out),
+        _vision_section(learn, interp, out, layer),
     ]
     title = _title(run)
     page = _page(title, sections)
@@ -205,11 +209,11 @@ def _training_section(run: dict[str, Any], interp: Interpretation, out: Path, ru
     lr_png = run_dir / "lr_find.png"
     if lr_png.is_file():
         rec = run["lr_find"]
-        chosen = rec.get("lr") or rec.get("valley")
+        chosen = rec.get("chosen")
         caption = "LR finder: loss against learning rate"
         if chosen:
             caption += f"; the run used {float(chosen):.2e}"
-        body += "<h3>LR finder</h3>" + _img(lr_png, caption)
+        body += "<h3>LR finder</h3>" + _img(lr_png, caption, name=lr_png.name)
     return _section("training", "Training", body)
 
 
@@ -252,7 +256,19 @@ def _pictures_section(written: dict[str, Path]) -> str:
     return _section("pictures", "Pictures", body)
 
 
-def _vision_section(learn: Learner, interp: Interpretation, out: Path) -> str:
+def _check_layer(model: torch.nn.Module, layer: str) -> None:
+    from deepstart.interpret.vision import VisionError, conv_layers
+
+    names = conv_layers(model)
+    if layer not in names:
+        raise VisionError(
+            f"no conv layer {layer!r} in this model; its conv layers: {', '.join(names) or 'none'}"
+        )
+
+
+def _vision_section(
+    learn: Learner, interp: Interpretation, out: Path, layer: str | None = None
+) -> str:
     from deepstart.interpret import vision, vision_plots
 
     model, prep = learn.model, learn.preprocess
@@ -274,12 +290,14 @@ def _vision_section(learn: Learner, interp: Interpretation, out: Path) -> str:
     x = vision.normalise(interp.images.images[examples], prep.mean, prep.std).to(learn.device)
     layers = vision.conv_layers(model)
     if layers:
-        maps = vision.feature_maps(model, x[:1], layers[0])
-        body += f"<h3>Feature maps of {_e(_layer_name(model, layers[0]))}</h3>" + _img(
-            vision_plots.feature_map_grid(maps, out / "feature_maps.png", title=layers[0]),
-            f"the output channels of layer {layers[0]} for the first image above",
+        shown = layer or layers[0]
+        maps = vision.feature_maps(model, x[:1], shown)
+        body += f"<h3>Feature maps of {_e(_layer_name(model, shown))}</h3>" + _img(
+            vision_plots.feature_map_grid(maps, out / "feature_maps.png", title=shown),
+            f"the output channels of layer {shown} for the first image above",
         )
-        layer = layers[-1]
+        which = "the chosen" if layer else "the last"
+        layer = layer or layers[-1]
         n_filters = min(16, _channels_of(model, layer))
         filters = vision.visualise_filters(
             model,
@@ -293,7 +311,7 @@ def _vision_section(learn: Learner, interp: Interpretation, out: Path) -> str:
         body += f"<h3>Filters of {_e(_layer_name(model, layer))}</h3>" + _img(
             vision_plots.filter_grid(filters, out / "filters.png", title=layer),
             f"activation maximisation: inputs optimised to excite each of the first "
-            f"{n_filters} channels of the last conv layer (gradient ascent with jitter)",
+            f"{n_filters} channels of {which} conv layer (gradient ascent with jitter)",
         )
     images = interp.images.images[examples]
     maps = {"saliency": vision.saliency(model, x), "SmoothGrad": vision.smoothgrad(model, x)}
@@ -384,11 +402,13 @@ def _section(key: str, title: str, body: str) -> str:
     return f'<section id="{key}"><h2>{_e(title)}</h2>{body}</section>'
 
 
-def _img(path: Path, caption: str) -> str:
+def _img(path: Path, caption: str, name: str | None = None) -> str:
+    """An embedded PNG; ``data-file`` says where the same file is, relative to the run dir."""
     data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    name = name or f"plots/{Path(path).name}"
     return (
         f'<figure><img src="data:image/png;base64,{data}" alt="{_e(caption)}" '
-        f'data-file="plots/{_e(Path(path).name)}"><figcaption>{_e(caption)}</figcaption></figure>'
+        f'data-file="{_e(name)}"><figcaption>{_e(caption)}</figcaption></figure>'
     )
 
 

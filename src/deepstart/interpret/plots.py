@@ -207,7 +207,9 @@ def curves_plot(
     ax.plot(x_epoch, valid, "o-", color="#e07b00", ms=3, label="valid")
     for ev in events:
         if on_steps and ev.get("epoch") is not None:
-            ax.axvline((ev["epoch"] - 1) * per_epoch + ev.get("batch", 0), color="#cf222e", lw=0.8)
+            # a validation blow-up has no batch: it happened at the end of its epoch
+            batch = ev["batch"] if ev.get("batch") is not None else per_epoch
+            ax.axvline((ev["epoch"] - 1) * per_epoch + batch, color="#cf222e", lw=0.8)
     ax.set(title="Loss (nats)", xlabel=x_label)
     ax.legend(fontsize=8)
 
