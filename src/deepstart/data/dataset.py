@@ -222,7 +222,8 @@ def make_dataset(
     return Dataset(name, train, valid, test, list(train.classes), mean, std, notes, resize)
 
 
-# An augmentation takes a float batch on the device and a generator and returns a batch.
+# An augmentation takes a normalised float batch (N, C, H, W) on the device and a generator and
+# returns a batch; all its randomness comes from the generator (see deepstart.augment).
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
@@ -282,10 +283,17 @@ class Batches:
         return len(self.images)
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Choose the shuffle (and augmentation stream) of ``epoch``; the next iteration
-        begins at batch ``start`` (to redo the rest of an epoch after a restore)."""
+        """Choose the shuffle (and augmentations) of ``epoch``; the next iteration begins at
+        batch ``start`` (to redo the rest of an epoch after a restore) and replays exactly the
+        batches ``start..`` of a full pass, augmentations included."""
         self.epoch = int(epoch)
         self.start = int(start)
+
+    @staticmethod
+    def augment_seed(seed: int, epoch: int, batch: int) -> int:
+        """The generator seed for the augmentations of batch ``batch`` of ``epoch``: a pure
+        function of the three, so any batch can be replayed on its own."""
+        return ((int(seed) * 1_000_003 + int(epoch)) * 1_000_033 + int(batch) + 1) % 2**63
 
     def normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:
         x = x_uint8.to(torch.float32) * self._scale + self._shift
@@ -299,7 +307,6 @@ class Batches:
             order = epoch_permutation(n, self.seed, self.epoch).to(self.device)
         else:
             order = None
-        self._aug_gen.manual_seed(int(self.seed) * 7_919 + self.epoch + 1)
         start, self.start = self.start, 0  # a start applies to one pass only
         for i in range(start, len(self)):
             sl = slice(i * self.batch_size, min((i + 1) * self.batch_size, n))
@@ -310,6 +317,9 @@ class Batches:
                 xb, yb = self.images[idx], self.labels[idx]
             x = self.normalize(xb)
             if self.augment is not None:
+                # Seeded per batch, not per epoch: a pass started at batch k (a restore)
+                # draws the same augmentations as batch k of a full pass.
+                self._aug_gen.manual_seed(self.augment_seed(self.seed, self.epoch, i))
                 x = self.augment(x, self._aug_gen)
             yield x, yb
 

@@ -1,0 +1,460 @@
+"""Batched on-device augmentations, pure functions of (images, generator).
+
+Every function takes a normalised float batch ``x`` of shape ``(N, C, H, W)`` on any device and
+a ``torch.Generator``, draws one set of random parameters *per image* from that generator, and
+returns a new batch of the same shape, dtype and device. Nothing loops over images in Python.
+
+The geometric parts (random resized crop, zoom, shift, rotation, flip) are 3x3 affine matrices
+in normalised coordinates (``[-1, 1]``, pixel centres, ``align_corners=False``). An
+:class:`Augmentation` multiplies them into one matrix per image and resamples the batch once
+with ``grid_sample`` — one pass, one interpolation, so less blur (as fastai does on the GPU).
+Lighting (brightness, contrast) is applied afterwards in pixel units, which is why it needs the
+``mean``/``std`` the batch was normalised with.
+
+Example:
+    >>> aug = make_augment("photo", mean=data.mean, std=data.std)
+    >>> batches = Batches(data.train, 128, mean=data.mean, std=data.std, augment=aug)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from deepstart.data.dataset import Augment
+from deepstart.errors import ConfigError
+
+PADDINGS = ("reflection", "zeros", "border")
+MODES = ("bilinear", "nearest")
+
+# -- deterministic pieces: matrices, warp, lighting ---------------------------------------------
+
+
+def scale_matrix(
+    sx: torch.Tensor, sy: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor
+) -> torch.Tensor:
+    """``(N, 3, 3)`` matrices ``u_in = (sx * u_out + tx, sy * v_out + ty)``.
+
+    In normalised coordinates: ``sx = -1`` is a horizontal flip, ``sx = sy = 1/s`` a zoom in by
+    ``s``, ``(sx, sy, tx, ty)`` = (width, height, centre) fractions a crop.
+    """
+    m = torch.zeros(len(sx), 3, 3, dtype=sx.dtype, device=sx.device)
+    m[:, 0, 0], m[:, 1, 1], m[:, 2, 2] = sx, sy, 1.0
+    m[:, 0, 2], m[:, 1, 2] = tx, ty
+    return m
+
+
+def rotation_matrix(degrees: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``(N, 3, 3)`` matrices that rotate an ``height x width`` image by ``degrees``
+    counter-clockwise on screen, about its centre (a true rotation in pixels, also when the
+    image is not square).
+
+    Example:
+        >>> theta = rotation_matrix(torch.tensor([90.0]), 8, 8)
+        >>> warp(x, theta, mode="nearest")  # == torch.rot90(x, 1, dims=(2, 3))
+    """
+    a = torch.deg2rad(degrees)
+    cos, sin = torch.cos(a), torch.sin(a)
+    # Normalised x is pixels / (W/2), y is pixels / (H/2): conjugate the pixel rotation by that
+    # per-axis scale. y points down, so this sign is counter-clockwise as seen.
+    m = torch.zeros(len(degrees), 3, 3, dtype=degrees.dtype, device=degrees.device)
+    m[:, 0, 0], m[:, 0, 1] = cos, -sin * (height / width)
+    m[:, 1, 0], m[:, 1, 1] = sin * (width / height), cos
+    m[:, 2, 2] = 1.0
+    return m
+
+
+def _pixel_stats(
+    x: torch.Tensor, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(1, C, 1, 1)`` mean and std of the normalisation; None means ``x`` is in pixels."""
+    c = x.shape[1]
+    m = torch.zeros(c) if mean is None else torch.as_tensor(mean, dtype=torch.float32)
+    s = torch.ones(c) if std is None else torch.as_tensor(std, dtype=torch.float32)
+    if m.numel() != c or s.numel() != c:
+        raise ConfigError(f"mean/std have {m.numel()}/{s.numel()} channels, images have {c}")
+    return m.to(x.device, x.dtype).view(1, c, 1, 1), s.to(x.device, x.dtype).view(1, c, 1, 1)
+
+
+def warp(
+    x: torch.Tensor,
+    theta: torch.Tensor,
+    *,
+    mode: str = "bilinear",
+    padding: str = "reflection",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """Resample ``x`` ``(N, C, H, W)`` through per-image affine matrices ``theta``
+    ``(N, 3, 3)`` or ``(N, 2, 3)`` that map output to input coordinates (normalised).
+
+    ``padding`` fills what comes from outside the image: "reflection" mirrors it (photos),
+    "border" repeats the edge, "zeros" is black — pixel 0, which in a normalised batch is
+    ``-mean/std``, not 0 (0 there is the mean colour).
+
+    Example:
+        >>> warp(x, torch.eye(3).expand(len(x), 3, 3))  # the identity, up to float rounding
+    """
+    if mode not in MODES or padding not in PADDINGS:
+        raise ConfigError(f"warp wants mode in {MODES} and padding in {PADDINGS}")
+    theta = theta[:, :2].to(x.device, x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (N, H, W, 2)
+    if padding == "zeros":
+        # grid_sample pads with 0; shift so that 0 is black, sample, shift back. Exact, since
+        # the interpolation weights of each output pixel sum to 1.
+        m, s = _pixel_stats(x, mean, std)
+        black = -m / s  # (1, C, 1, 1)
+        out = F.grid_sample(x - black, grid, mode=mode, padding_mode="zeros", align_corners=False)
+        out.add_(black)
+    else:
+        out = F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=False)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def adjust_lighting(
+    x: torch.Tensor,
+    brightness: torch.Tensor,
+    contrast: torch.Tensor,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """Change brightness and contrast of each image, in pixel units.
+
+    With ``p = x * std + mean`` the pixel value in [0, 1] and ``m`` the image's mean pixel,
+    ``p' = clamp((p - m) * contrast + m + brightness, 0, 1)``, then normalised back: brightness
+    adds to every pixel (so the mean pixel rises by exactly ``brightness`` unless clamped) and
+    contrast scales the spread about the mean (the mean stays).
+
+    Args:
+        x: ``(N, C, H, W)`` float batch, normalised by ``mean``/``std`` (None: pixel units).
+        brightness: ``(N,)`` additive, in pixel units (0.1 is +10% of full scale).
+        contrast: ``(N,)`` factor (1 keeps the image).
+
+    Example:
+        >>> adjust_lighting(x, torch.full((n,), 0.1), torch.ones(n), mean=mean, std=std)
+    """
+    m, s = _pixel_stats(x, mean, std)  # (1, C, 1, 1)
+    b = brightness.to(x.device, x.dtype).view(-1, 1, 1, 1)
+    c = contrast.to(x.device, x.dtype).view(-1, 1, 1, 1)
+    # The mean pixel of each image, (N, 1, 1, 1), from per-channel means (no pixel copy).
+    centre = (x.mean(dim=(2, 3), keepdim=True) * s + m).mean(dim=1, keepdim=True)
+    # Substituting p = x * s + m, the formula is one multiply-add per pixel in normalised
+    # units, x' = x * c + offset, clamped to where pixels 0 and 1 land.
+    offset = (m * (c - 1) + centre * (1 - c) + b) / s  # (N, C, 1, 1)
+    out = torch.addcmul(offset, x, c).clamp_(-m / s, (1 - m) / s)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+# -- the random spec -----------------------------------------------------------------------------
+
+
+def _uniform(gen: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
+    """``(N,)`` float32 uniform draws in ``[lo, hi)`` on the generator's device."""
+    return torch.rand(n, generator=gen, device=gen.device) * (hi - lo) + lo
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """A random augmentation: which transforms, and how strong. Calling it augments a batch.
+
+    The geometric transforms are drawn per image and fused into one affine resampling; a
+    horizontal flip alone is done exactly (a mirror, no resampling).
+
+    Attributes:
+        flip: mirror left-right with probability 0.5 (never for digits or text).
+        crop_scale: random resized crop: the crop's area as a fraction of the image, drawn
+            uniformly in this range (None: no crop). The crop is resized to the input size.
+        crop_ratio: the crop's width/height in pixels, drawn log-uniformly in this range.
+        degrees: rotation drawn uniformly in ``[-degrees, degrees]``.
+        zoom: scale drawn uniformly in this range (> 1 zooms in), at a random centre that
+            keeps the view inside the image (or the image inside the view when < 1).
+        shift: translation drawn uniformly in ``[-shift, shift]`` of the width / height.
+        brightness: added to every pixel, drawn in ``[-brightness, brightness]`` (pixel units).
+        contrast: contrast factor drawn in ``[1 - contrast, 1 + contrast]``.
+        padding: "reflection", "border" or "zeros" (black pixels) for what comes from outside.
+        mode: "bilinear" or "nearest" interpolation.
+
+    Example:
+        >>> aug = Augmentation(flip=True, degrees=10, brightness=0.2)
+        >>> y = aug(x, torch.Generator().manual_seed(0), mean=data.mean, std=data.std)
+    """
+
+    flip: bool = False
+    crop_scale: tuple[float, float] | None = None
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    degrees: float = 0.0
+    zoom: tuple[float, float] = (1.0, 1.0)
+    shift: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    padding: str = "reflection"
+    mode: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.padding not in PADDINGS:
+            raise ConfigError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.crop_scale is not None and not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ConfigError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {self.crop_scale}")
+        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            raise ConfigError(f"crop_ratio must satisfy 0 < lo <= hi, got {self.crop_ratio}")
+        if not 0 < self.zoom[0] <= self.zoom[1]:
+            raise ConfigError(f"zoom must satisfy 0 < lo <= hi, got {self.zoom}")
+        if min(self.degrees, self.shift, self.brightness, self.contrast) < 0 or self.contrast > 1:
+            raise ConfigError("degrees, shift, brightness must be >= 0 and contrast in [0, 1]")
+
+    @property
+    def warps(self) -> bool:
+        """Whether anything beyond a flip moves pixels (so a resampling is needed)."""
+        return bool(
+            self.crop_scale is not None
+            or self.degrees > 0
+            or self.zoom != (1.0, 1.0)
+            or self.shift > 0
+        )
+
+    @property
+    def lights(self) -> bool:
+        return self.brightness > 0 or self.contrast > 0
+
+    def sample_theta(
+        self, n: int, height: int, width: int, gen: torch.Generator
+    ) -> torch.Tensor | None:
+        """Draw ``(N, 3, 3)`` output-to-input matrices (None when nothing warps).
+
+        Applied to the output coordinates in turn: flip, rotate, zoom, shift, then the crop
+        maps into the input — i.e. the picture is cropped, shifted, zoomed, rotated, flipped.
+        """
+        if not self.warps and not self.flip:
+            return None
+        one, zero = torch.ones(n, device=gen.device), torch.zeros(n, device=gen.device)
+        theta = torch.eye(3, device=gen.device).expand(n, 3, 3)
+        if self.flip:
+            sx = torch.where(_uniform(gen, n, 0, 1) < 0.5, -one, one)
+            theta = scale_matrix(sx, one, zero, zero)
+        if self.degrees > 0:
+            angle = _uniform(gen, n, -self.degrees, self.degrees)
+            theta = rotation_matrix(angle, height, width) @ theta
+        if self.zoom != (1.0, 1.0):
+            s = _uniform(gen, n, *self.zoom)
+            # Centre drawn so a zoomed-in view stays inside the image: |t| <= 1 - 1/s.
+            tx = (1 - 1 / s) * _uniform(gen, n, -1, 1)
+            ty = (1 - 1 / s) * _uniform(gen, n, -1, 1)
+            theta = scale_matrix(1 / s, 1 / s, tx, ty) @ theta
+        if self.shift > 0:
+            # A shift of a fraction f of the width is 2f in normalised units.
+            tx = 2 * _uniform(gen, n, -self.shift, self.shift)
+            ty = 2 * _uniform(gen, n, -self.shift, self.shift)
+            theta = scale_matrix(one, one, tx, ty) @ theta
+        if self.crop_scale is not None:
+            area = _uniform(gen, n, *self.crop_scale)  # fraction of H * W
+            log_r = _uniform(gen, n, math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1]))
+            ratio = torch.exp(log_r)  # crop width / height, in pixels
+            cw = torch.sqrt(area * ratio * height / width).clamp(max=1.0)  # fraction of W
+            ch = torch.sqrt(area / ratio * width / height).clamp(max=1.0)  # fraction of H
+            cx = (1 - cw) * _uniform(gen, n, -1, 1)  # centre, normalised
+            cy = (1 - ch) * _uniform(gen, n, -1, 1)
+            theta = scale_matrix(cw, ch, cx, cy) @ theta
+        return theta
+
+    def sample_lighting(
+        self, n: int, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Draw ``(brightness, contrast)``, each ``(N,)`` (None when lighting is off)."""
+        if not self.lights:
+            return None
+        b = _uniform(gen, n, -self.brightness, self.brightness)
+        c = _uniform(gen, n, 1 - self.contrast, 1 + self.contrast)
+        return b, c
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        gen: torch.Generator,
+        *,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> torch.Tensor:
+        """Augment ``x`` ``(N, C, H, W)`` (normalised by ``mean``/``std``; None: pixels)."""
+        n, _, h, w = x.shape
+        theta = self.sample_theta(n, h, w, gen)
+        if theta is not None and self.warps:
+            x = warp(x, theta, mode=self.mode, padding=self.padding, mean=mean, std=std)
+        elif theta is not None:  # a flip alone: mirror exactly instead of resampling
+            flipped = (theta[:, 0, 0] < 0).to(x.device).view(n, 1, 1, 1)
+            x = torch.where(flipped, x.flip(3), x)
+        light = self.sample_lighting(n, gen)
+        if light is not None:
+            x = adjust_lighting(x, *light, mean=mean, std=std)
+        return x
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Augmentation:
+        d = dict(d)
+        for key in ("crop_scale", "crop_ratio", "zoom"):
+            if d.get(key) is not None:
+                d[key] = tuple(float(v) for v in d[key])
+        return cls(**d)
+
+
+# -- one transform at a time -------------------------------------------------------------------
+
+
+def flip(x: torch.Tensor, gen: torch.Generator, p: float = 0.5) -> torch.Tensor:
+    """Mirror each image left-right with probability ``p`` (exact, no resampling).
+
+    Example:
+        >>> flip(x, torch.Generator().manual_seed(0))
+    """
+    flipped = (_uniform(gen, len(x), 0, 1) < p).to(x.device).view(-1, 1, 1, 1)
+    return torch.where(flipped, x.flip(3), x)
+
+
+def random_resized_crop(
+    x: torch.Tensor,
+    gen: torch.Generator,
+    scale: tuple[float, float] = (0.35, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
+    """Crop a random part of each image (area fraction in ``scale``, width/height in
+    ``ratio``) and resize it back to the input size.
+
+    Example:
+        >>> random_resized_crop(x, gen, scale=(0.5, 1.0))
+    """
+    return Augmentation(crop_scale=scale, crop_ratio=ratio)(x, gen)
+
+
+def rotate(
+    x: torch.Tensor,
+    gen: torch.Generator,
+    degrees: float = 10.0,
+    *,
+    padding: str = "reflection",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """Rotate each image by an angle drawn in ``[-degrees, degrees]``.
+
+    Example:
+        >>> rotate(x, gen, 10, padding="zeros", mean=data.mean, std=data.std)
+    """
+    return Augmentation(degrees=degrees, padding=padding)(x, gen, mean=mean, std=std)
+
+
+def zoom(
+    x: torch.Tensor,
+    gen: torch.Generator,
+    scale: tuple[float, float] = (1.0, 1.1),
+    *,
+    padding: str = "reflection",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """Zoom each image by a factor drawn in ``scale`` (> 1 zooms in) at a random centre.
+
+    Example:
+        >>> zoom(x, gen, (0.9, 1.1), padding="zeros", mean=data.mean, std=data.std)
+    """
+    return Augmentation(zoom=scale, padding=padding)(x, gen, mean=mean, std=std)
+
+
+def lighting(
+    x: torch.Tensor,
+    gen: torch.Generator,
+    brightness: float = 0.2,
+    contrast: float = 0.2,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """Random brightness (added, pixel units) and contrast (factor) per image; see
+    :func:`adjust_lighting`.
+
+    Example:
+        >>> lighting(x, gen, 0.2, 0.2, mean=data.mean, std=data.std)
+    """
+    return Augmentation(brightness=brightness, contrast=contrast)(x, gen, mean=mean, std=std)
+
+
+# -- presets -----------------------------------------------------------------------------------
+
+PRESETS: dict[str, Augmentation | None] = {
+    "none": None,
+    "flip": Augmentation(flip=True),
+    # airbench-style for 32x32 photos: mirror and shift up to 1/8 (4 px), edges reflected.
+    "cifar": Augmentation(flip=True, shift=0.125),
+    # fastai aug_transforms-like for photos of things.
+    "photo": Augmentation(
+        flip=True,
+        crop_scale=(0.35, 1.0),
+        degrees=10.0,
+        brightness=0.2,
+        contrast=0.2,
+        padding="reflection",
+    ),
+    # Handwriting on black: small moves only, never a mirror (a mirrored 2 is no 2), and
+    # what comes in from outside is black, like the background.
+    "digits": Augmentation(degrees=10.0, zoom=(0.9, 1.1), shift=0.1, padding="zeros"),
+}
+
+PRESET_DOCS: dict[str, str] = {
+    "none": "no augmentation",
+    "flip": "mirror left-right (p=0.5), exact",
+    "cifar": "flip + shift up to 1/8 of the size, reflected edges (small photos)",
+    "photo": "random resized crop (35-100% area) + flip + rotate +-10 deg + lighting +-0.2",
+    "digits": "rotate +-10 deg + zoom 0.9-1.1 + shift +-10%, black edges, no flip",
+}
+
+
+def list_augments() -> dict[str, str]:
+    """The preset names and what each does.
+
+    Example:
+        >>> sorted(list_augments())
+        ['cifar', 'digits', 'flip', 'none', 'photo']
+    """
+    return dict(PRESET_DOCS)
+
+
+def resolve_augmentation(spec: str | Augmentation | dict | None) -> Augmentation | None:
+    """A preset name, an :class:`Augmentation`, its dict, or None -> the spec (None: off)."""
+    if spec is None or isinstance(spec, Augmentation):
+        return spec
+    if isinstance(spec, dict):
+        return Augmentation.from_dict(spec)
+    if spec not in PRESETS:
+        raise ConfigError(f"unknown augmentation {spec!r}; use one of {', '.join(PRESETS)}")
+    return PRESETS[spec]
+
+
+def make_augment(
+    spec: str | Augmentation | dict | None,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> Augment | None:
+    """The ``Augment`` (``(x, generator) -> x``) for ``Batches``, bound to the normalisation
+    the batches use; None for "none".
+
+    Example:
+        >>> aug = make_augment("photo", data.mean, data.std)
+        >>> Batches(data.train, 128, mean=data.mean, std=data.std, augment=aug)
+    """
+    aug = resolve_augmentation(spec)
+    if aug is None:
+        return None
+    return functools.partial(aug, mean=tuple(mean), std=tuple(std))
