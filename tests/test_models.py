@@ -27,12 +27,25 @@ from deepstart.models.registry import (
 MODELS = [info.name for info in list_models()]
 NUM_CLASSES = 5  # not the registered 10, so a head that ignores num_classes fails
 OPTIONAL_SIZE = (16, 16)  # smaller than some architectures may allow; those skip it
+MAX_SIDE = 64  # the contract's cap on a model's registered input size, see _contract_size
+
+
+def _contract_size(info) -> tuple[int, int]:
+    """The registered input size, each side capped at MAX_SIDE.
+
+    Models registered for large inputs (the ImageNet ResNets: 224x224) are checked at 64x64:
+    their builders take the size and they end in a global pool, so they have the same layers and
+    parameters at 64x64 and every check (shapes, gradients, round trips) still covers all of
+    them, at a twelfth of the cost.
+    """
+    h, w = info.input_size
+    return min(int(h), MAX_SIDE), min(int(w), MAX_SIDE)
 
 
 def _cases() -> list:
     cases = []
     for info in list_models():
-        sizes = dict.fromkeys([tuple(info.input_size), (28, 28), (32, 32), OPTIONAL_SIZE])
+        sizes = dict.fromkeys([_contract_size(info), (28, 28), (32, 32), OPTIONAL_SIZE])
         for channels in (1, 3):
             for size in sizes:
                 tag = f"{info.name}-{channels}x{size[0]}x{size[1]}"
@@ -45,7 +58,7 @@ def _build(name: str, channels: int, size: tuple[int, int]) -> nn.Module:
     try:
         return create_model(name, in_channels=channels, num_classes=NUM_CLASSES, input_size=size)
     except ModelError as e:
-        if size == OPTIONAL_SIZE and size != tuple(get_model_info(name).input_size):
+        if size == OPTIONAL_SIZE and size != _contract_size(get_model_info(name)):
             pytest.skip(f"{name} does not take {size}: {e}")
         raise
 
@@ -93,16 +106,22 @@ def test_every_parameter_gets_a_gradient(name, channels, size):
 @pytest.mark.parametrize("name", MODELS)
 def test_reset_head_changes_outputs_and_keeps_body(name):
     info = get_model_info(name)
-    model = _build(name, info.in_channels, tuple(info.input_size))
-    body_before = {k: v.clone() for k, v in model.body.state_dict().items()}
+    size = _contract_size(info)
+    model = _build(name, info.in_channels, size)
+
+    def body_state() -> dict:
+        # Everything outside the head module (`classifier` for Net, `fc` for ResNet).
+        return {k: v for k, v in model.state_dict().items() if not k.startswith(f"{info.head}.")}
+
+    body_before = {k: v.clone() for k, v in body_state().items()}
     model.reset_head(7)
     model.eval()
     with torch.no_grad():
-        out = model(_batch(info.in_channels, tuple(info.input_size)))
+        out = model(_batch(info.in_channels, size))
     assert out.shape == (4, 7)
     assert _last_linear(getattr(model, info.head)).out_features == 7
     assert model.arch["num_classes"] == 7
-    body_after = model.body.state_dict()
+    body_after = body_state()
     assert body_before.keys() == body_after.keys()
     for k, v in body_before.items():
         assert torch.equal(v, body_after[k]), f"reset_head changed body weight {k}"
@@ -126,7 +145,7 @@ def test_arch_round_trip_gives_identical_outputs(name, channels):
 @pytest.mark.parametrize("name", MODELS)
 def test_safetensors_round_trip_gives_identical_outputs(name, tmp_path):
     info = get_model_info(name)
-    size = tuple(info.input_size)
+    size = _contract_size(info)
     model = _build(name, info.in_channels, size)
     # A training step first, so BatchNorm running stats are not their initial values.
     model.train()
@@ -145,7 +164,7 @@ def test_safetensors_round_trip_gives_identical_outputs(name, tmp_path):
 @pytest.mark.parametrize("name", MODELS)
 def test_batch_of_one_in_eval_mode(name):
     info = get_model_info(name)
-    size = tuple(info.input_size)
+    size = _contract_size(info)
     model = _build(name, info.in_channels, size).eval()
     x = _batch(info.in_channels, size)
     with torch.no_grad():
@@ -161,6 +180,19 @@ def test_non_square_input(name):
     model = _build(name, 1, (28, 20)).eval()
     with torch.no_grad():
         assert model(_batch(1, (28, 20))).shape == (4, NUM_CLASSES)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_layer_groups_hold_every_parameter_once(name):
+    model = _build(name, 3, (32, 32))
+    groups = model.layer_groups()
+    assert len(groups) >= 2
+    seen = [id(p) for group in groups for m in group for p in m.parameters()]
+    assert len(seen) == len(set(seen)), "a parameter is in two layer groups"
+    assert set(seen) == {id(p) for p in model.parameters()}
+    # The last group is the head, so freezing all but it trains only the head.
+    head = getattr(model, get_model_info(name).head)
+    assert {id(p) for m in groups[-1] for p in m.parameters()} == {id(p) for p in head.parameters()}
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -265,3 +297,64 @@ def test_options_round_trip_through_json():
     rebuilt = create_model_from_arch(arch)
     rebuilt.load_state_dict(model.state_dict())
     assert [m.out_features for m in rebuilt.modules() if isinstance(m, nn.Linear)] == [32, 16, 10]
+
+
+# --- regression models (task="regression"): floats (N, D) -> (N, E) --------------------------
+
+REGRESSION = [info.name for info in list_models("regression")]
+
+
+def test_list_models_is_scoped_by_task():
+    # The default is the image classifiers: everything image-shaped iterates over it.
+    assert all(info.task == "classification" for info in list_models())
+    assert REGRESSION == ["fit_mlp"]
+    everything = {info.name for info in list_models(None)}
+    assert everything == set(MODELS) | set(REGRESSION)
+
+
+@pytest.mark.parametrize("name", REGRESSION)
+def test_regression_contract(name, tmp_path):
+    torch.manual_seed(0)
+    model = create_model(name, in_features=2, out_features=3)
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(1))
+    out = model(x)
+    assert out.shape == (5, 3) and torch.isfinite(out).all()
+    out.square().mean().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"{pname} got no gradient"
+    arch = json.loads(json.dumps(model.arch))
+    assert arch["task"] == "regression" and "in_channels" not in arch
+    save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
+    torch.manual_seed(123)
+    rebuilt = create_model_from_arch(arch)
+    rebuilt.load_state_dict(load_file(str(tmp_path / "w.safetensors")))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+    with pytest.raises(ModelError, match="regression model: it has no num_classes"):
+        create_model(name, num_classes=3)
+    with pytest.raises(ModelError, match=name):
+        create_model(name, no_such_option=1)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"activation": "relu"},
+        {"activation": "tanh", "fourier": 4},
+        {"activation": "silu", "depth": 0},
+        {"activation": "sine", "fourier": 2, "w0": 10.0},
+    ],
+)
+def test_fit_mlp_options_and_scaling(options):
+    torch.manual_seed(0)
+    model = create_model("fit_mlp", x_range=(-6.0, 2.0), y_range=(10.0, 30.0), **options)
+    assert model(torch.linspace(-6, 2, 7)[:, None]).shape == (7, 1)
+    # The output layer's [-1, 1] is mapped onto y_range: zero weights give its middle.
+    with torch.no_grad():
+        model.out.weight.zero_()
+        model.out.bias.zero_()
+        assert torch.equal(model(torch.zeros(3, 1)), torch.full((3, 1), 20.0))
+    with pytest.raises(ModelError, match="activation"):
+        create_model("fit_mlp", activation="gelu")
+    with pytest.raises(ModelError, match="x_range"):
+        create_model("fit_mlp", x_range=(1.0, 1.0))

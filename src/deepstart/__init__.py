@@ -11,9 +11,12 @@ Example:
 """
 
 from deepstart.bundle import SavedModel, load_model, save_model
-from deepstart.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from deepstart.config import DataConfig, FitConfig, ModelConfig, RunConfig, TrainConfig
 from deepstart.data.catalog import list_datasets, load_dataset
 from deepstart.data.dataset import Batches, DataError, Dataset, ImageSet, Preprocess
+from deepstart.data.expression import parse_expression
+from deepstart.data.function import csv_data, function_data
+from deepstart.data.tensors import TensorData, TensorSet
 from deepstart.errors import ConfigError, DeepstartError
 from deepstart.interpret.analysis import Interpretation
 from deepstart.models.registry import (
@@ -35,6 +38,8 @@ from deepstart.train.callbacks import (
     Recorder,
 )
 from deepstart.train.extras import EMA, EarlyStopping, GradientClip, MaxTime
+from deepstart.train.fit_compare import compare_fits
+from deepstart.train.fitting import fit_function
 from deepstart.train.guard import DivergenceGuard
 from deepstart.train.learner import Learner
 from deepstart.train.losses import make_loss
@@ -59,6 +64,7 @@ __all__ = [
     "DeepstartError",
     "DivergenceGuard",
     "EarlyStopping",
+    "FitConfig",
     "GracefulInterrupt",
     "GradientClip",
     "ImageSet",
@@ -75,17 +81,24 @@ __all__ = [
     "RunConfig",
     "SavedModel",
     "TensorBoardLogger",
+    "TensorData",
+    "TensorSet",
     "TrainConfig",
     "__version__",
     "build_report",
+    "compare_fits",
     "create_model",
+    "csv_data",
     "evaluate_run",
+    "fit_function",
+    "function_data",
     "list_datasets",
     "list_models",
     "load_dataset",
     "load_model",
     "lr_find",
     "make_loss",
+    "parse_expression",
     "register_model",
     "save_model",
     "train_run",

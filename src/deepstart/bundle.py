@@ -1,7 +1,8 @@
 """Saving and loading a trained model: ``model.safetensors`` + ``model.json``. Never pickle.
 
 ``model.json`` holds what is needed to rebuild and use the model: the registry architecture
-and its arguments, the class names and the :class:`Preprocess` the training data got.
+and its arguments, the class names and the :class:`Preprocess` the training data got (a
+regression model, which takes raw numbers, has no classes and no preprocess).
 Loading it can never run code: weights are plain tensors, everything else is JSON.
 """
 
@@ -34,7 +35,7 @@ class SavedModel:
 
     model: nn.Module
     classes: list[str]
-    preprocess: Preprocess
+    preprocess: Preprocess | None  # None for a regression model
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -43,7 +44,7 @@ def save_model(
     directory: str | Path,
     *,
     classes: list[str],
-    preprocess: Preprocess,
+    preprocess: Preprocess | None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model.safetensors`` and ``model.json`` into ``directory``.
@@ -65,7 +66,7 @@ def save_model(
         "version": VERSION,
         "arch": arch,
         "classes": list(classes),
-        "preprocess": preprocess.to_dict(),
+        "preprocess": preprocess.to_dict() if preprocess is not None else None,
         **(extra or {}),
     }
     with atomic_write(directory / "model.json", "w") as f:
@@ -103,4 +104,5 @@ def load_model(directory: str | Path, device: str = "cpu") -> SavedModel:
     except Exception as e:  # safetensors and torch raise several kinds for a broken file
         raise BundleError(f"{weights_path}: cannot load weights ({e})") from None
     model.to(device).eval()
-    return SavedModel(model, list(meta["classes"]), Preprocess.from_dict(meta["preprocess"]), meta)
+    prep = Preprocess.from_dict(meta["preprocess"]) if meta.get("preprocess") else None
+    return SavedModel(model, list(meta["classes"]), prep, meta)

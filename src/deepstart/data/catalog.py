@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from deepstart.data.dataset import DataError, Dataset, ImageSet, Preprocess, make_dataset
 from deepstart.data.dataset import conform_images as _conform
 
@@ -123,7 +125,9 @@ def load_dataset(
         size, channels, resize: bring every split to this size / channel count.
         download: fetch missing public datasets into the cache.
         **options: source settings, e.g. ``n_train=3000, classes=("circle", "star")`` for
-            shapes.
+            shapes. For every other source, ``classes`` keeps only those classes (in that
+            order) and ``train_per_class`` keeps the first N training images of each, to try
+            transfer learning on little data.
 
     Example:
         >>> data = load_dataset("mnist", data_dir="../shared/data/mnist")
@@ -145,7 +149,16 @@ def load_dataset(
         options.setdefault("size", size)
         options.setdefault("channels", channels)
         options.setdefault("resize", resize)
+    keep = options.pop("classes", None) if name != "shapes" else None
+    per_class = options.pop("train_per_class", None)
     train, valid, test, notes = _source(name, data_dir_s, seed, download, options)
+    if keep is not None:
+        keep = [c.strip() for c in keep.split(",")] if isinstance(keep, str) else list(keep)
+        train, valid, test = (_only(s, keep) for s in (train, valid, test))
+        notes.append(f"classes: only {', '.join(keep)}")
+    if per_class is not None:
+        train = _first_per_class(train, int(per_class))
+        notes.append(f"train: the first {int(per_class)} images of each class")
     if size is not None or channels is not None:
         target = Preprocess(
             size=tuple(size) if size is not None else train.size,
@@ -160,6 +173,27 @@ def load_dataset(
     )
     data.notes[:0] = notes
     return data
+
+
+def _only(s: ImageSet | None, keep: list[str]) -> ImageSet | None:
+    """The items of ``keep``'s classes, relabelled ``0..len(keep)-1`` in that order."""
+    if s is None:
+        return None
+    missing = [c for c in keep if c not in s.classes]
+    if missing:
+        raise DataError(f"no class {', '.join(missing)}; the classes are {', '.join(s.classes)}")
+    old = torch.tensor([s.classes.index(c) for c in keep])
+    mask = s.labels[:, None] == old[None, :]  # (N, K') which kept class each item is
+    idx = torch.nonzero(mask.any(dim=1)).flatten()
+    labels = mask[idx].float().argmax(dim=1)
+    return ImageSet(s.images[idx], labels, list(keep))
+
+
+def _first_per_class(s: ImageSet, n: int) -> ImageSet:
+    if n < 1:
+        raise DataError(f"train_per_class must be at least 1, got {n}")
+    idx = torch.cat([torch.nonzero(s.labels == c).flatten()[:n] for c in range(len(s.classes))])
+    return s.subset(torch.sort(idx).values)
 
 
 def _conform_opt(s: ImageSet | None, target: Preprocess) -> ImageSet | None:

@@ -1,10 +1,13 @@
 """The model registry: ``@register_model`` builders, ``create_model`` and ``list_models``.
 
-Every registered builder has the signature
+Models belong to a task. Image classifiers (``task="classification"``, the default) have the
+builder signature
 ``builder(*, in_channels: int, num_classes: int, input_size: tuple[int, int], **kwargs)``
-and returns a module with the shared interface of :class:`Classifier`: ``features(x)``,
+and return a module with the shared interface of :class:`Classifier`: ``features(x)``,
 ``head(f)`` and ``reset_head(num_classes)``, so freezing, Grad-CAM and feature caching work
-the same for every model.
+the same for every model. Regression models (``task="regression"``, e.g. ``fit_mlp``) map
+``(N, in_features)`` floats to ``(N, out_features)``; their builders take keyword options
+only, all with registered defaults.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ class ModelInfo:
         num_classes: the class count it was designed for.
         head: attribute name of the head module (what ``reset_head`` replaces).
         defaults: keyword arguments the builder uses unless told otherwise.
+        task: "classification" (images -> logits, the :class:`Classifier` interface) or
+            "regression" (floats -> floats); the image fields above only apply to the first.
     """
 
     name: str
@@ -49,8 +54,10 @@ class ModelInfo:
     num_classes: int = 10
     head: str = "classifier"
     defaults: dict[str, Any] = field(default_factory=dict)
+    task: str = "classification"
 
 
+TASKS = ("classification", "regression")
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
@@ -62,14 +69,21 @@ def register_model(
     in_channels: int = 1,
     num_classes: int = 10,
     head: str = "classifier",
+    task: str = "classification",
     **defaults: Any,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a model builder under ``name`` (default: the function's name).
+
+    ``task`` is "classification" (an image model with the :class:`Classifier` interface) or
+    "regression" (floats to floats; every builder argument needs a default in ``defaults``).
 
     Example:
         >>> @register_model(description="one linear layer")
         ... def logreg(*, in_channels, num_classes, input_size): ...
     """
+
+    if task not in TASKS:
+        raise ModelError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
 
     def decorate(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or fn.__name__
@@ -78,7 +92,7 @@ def register_model(
         family = fn.__module__.rsplit(".", 1)[-1]
         doc = description or (fn.__doc__ or "").strip().split("\n")[0]
         _REGISTRY[key] = ModelInfo(
-            key, fn, doc, family, input_size, in_channels, num_classes, head, dict(defaults)
+            key, fn, doc, family, input_size, in_channels, num_classes, head, dict(defaults), task
         )
         return fn
 
@@ -88,13 +102,22 @@ def register_model(
 def _ensure_loaded() -> None:
     # The families register themselves on import; importing them here (not at package import)
     # keeps `import deepstart` light.
-    from deepstart.models import basic, cnn  # noqa: F401
+    from deepstart.models import basic, cnn, regression, resnet  # noqa: F401
 
 
-def list_models() -> list[ModelInfo]:
-    """All registered models, sorted by name."""
+def list_models(task: str | None = "classification") -> list[ModelInfo]:
+    """The registered models of ``task``, sorted by name.
+
+    The default lists the image classifiers, the models everything image-shaped (training,
+    interpretation, Grad-CAM, the contract tests) works with; ``task="regression"`` lists the
+    function fitters and ``task=None`` every model.
+
+    Example:
+        >>> [m.name for m in list_models("regression")]
+        ['fit_mlp']
+    """
     _ensure_loaded()
-    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+    return [_REGISTRY[k] for k in sorted(_REGISTRY) if task is None or _REGISTRY[k].task == task]
 
 
 def get_model_info(name: str) -> ModelInfo:
@@ -126,6 +149,15 @@ def create_model(
         torch.Size([2, 10])
     """
     info = get_model_info(name)
+    if info.task != "classification":
+        given = {"in_channels": in_channels, "num_classes": num_classes, "input_size": input_size}
+        named = [k for k, v in given.items() if v is not None]
+        if named:
+            raise ModelError(
+                f"{name} is a {info.task} model: it has no {', '.join(named)}; "
+                f"its options: {', '.join(sorted(info.defaults)) or 'none'}"
+            )
+        return _create_plain(info, kwargs)
     args = {
         "in_channels": int(in_channels if in_channels is not None else info.in_channels),
         "num_classes": int(num_classes if num_classes is not None else info.num_classes),
@@ -138,17 +170,7 @@ def create_model(
             f"{args['in_channels']} channels, {args['num_classes']} classes"
         )
     extra = {**info.defaults, **kwargs}
-    # Check option names against the builder's signature rather than catching TypeError,
-    # which would also hide a genuine bug inside the builder.
-    params = inspect.signature(info.builder).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    unknown = [k for k in extra if k not in params]
-    if unknown and not takes_any:
-        options = sorted(k for k in params if k not in args)
-        raise ModelError(
-            f"model {name!r} has no option {', '.join(map(repr, unknown))}; "
-            f"its options: {', '.join(options) or 'none'}"
-        )
+    _check_options(info, extra, reserved=args)
     model = info.builder(**args, **extra)
     model.arch = {
         "name": name,
@@ -160,8 +182,37 @@ def create_model(
     return model
 
 
+def _check_options(info: ModelInfo, extra: dict[str, Any], reserved: dict[str, Any]) -> None:
+    """Check option names against the builder's signature rather than catching TypeError,
+    which would also hide a genuine bug inside the builder."""
+    params = inspect.signature(info.builder).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = [k for k in extra if k not in params]
+    if unknown and not takes_any:
+        options = sorted(k for k in params if k not in reserved)
+        raise ModelError(
+            f"model {info.name!r} has no option {', '.join(map(repr, unknown))}; "
+            f"its options: {', '.join(options) or 'none'}"
+        )
+
+
+def _create_plain(info: ModelInfo, kwargs: dict[str, Any]) -> nn.Module:
+    """A model whose builder takes options only (regression); arch records them all."""
+    extra = {**info.defaults, **kwargs}
+    _check_options(info, extra, reserved={})
+    model = info.builder(**extra)
+    model.arch = {
+        "name": info.name,
+        "task": info.task,
+        "kwargs": {k: _jsonable(v) for k, v in extra.items()},
+    }
+    return model
+
+
 def create_model_from_arch(arch: dict) -> nn.Module:
     """Rebuild a model from the ``model.arch`` dict that ``create_model`` recorded."""
+    if arch.get("task", "classification") != "classification":
+        return create_model(arch["name"], **arch.get("kwargs", {}))
     return create_model(
         arch["name"],
         in_channels=arch["in_channels"],
@@ -205,6 +256,20 @@ class Classifier(nn.Module):
         replace_last_linear(self.classifier, num_classes)
         if hasattr(self, "arch"):
             self.arch = {**self.arch, "num_classes": int(num_classes)}
+
+    def layer_groups(self) -> list[list[nn.Module]]:
+        """The model's modules in groups from input to head, for discriminative learning rates
+        and gradual unfreezing (fastai's layer groups); every parameter is in exactly one group.
+
+        This default is ``[[body], [classifier]]``; families with more depth split finer.
+
+        Example:
+            >>> groups = create_model("mnist_cnn").layer_groups()
+            >>> params = [[p for m in g for p in m.parameters()] for g in groups]
+            >>> [len(p) for p in params]
+            [4, 4]
+        """
+        return [[self.body], [self.classifier]]
 
 
 def replace_last_linear(module: nn.Module, num_classes: int) -> None:

@@ -85,8 +85,11 @@ class ParamScheduler(Callback):
 class Recorder(Callback):
     """Keeps per-batch losses and LRs and one row of metrics per epoch.
 
-    ``history`` rows hold: epoch (1-based), train_loss, valid_loss, valid_bits, accuracy, lr,
-    seconds. With ``path`` each row is also appended to a JSON-lines file as it is made.
+    ``history`` rows hold: epoch (1-based, counted over every fit of the learner), train_loss,
+    valid_loss, valid_bits, accuracy, lr, seconds. With ``path`` each row is also appended to a
+    JSON-lines file as it is made. For regression (``learn.task``) max_error and rms_error
+    take the places of valid_bits and accuracy, and values keep 6 significant digits (a fit's
+    loss can be 1e-8).
     """
 
     order = 10
@@ -104,6 +107,12 @@ class Recorder(Callback):
 
     def before_fit(self) -> None:
         self.fit_start = time.perf_counter()
+        # Rows and batches of earlier fits stay (fine_tune is two fits): this fit's epoch 0 is
+        # row `epoch_offset`. A resumed fit already holds its first train_iter batches.
+        learn = self.learn
+        per = max(len(learn.train_dl), 1)
+        self.epoch_offset = max(len(self.history) - learn.train_iter // per, 0)
+        self.batch_offset = max(len(self.batch_losses) - (learn.train_iter - learn.restart_at), 0)
         if self.path is not None:  # exists from the start, even if no epoch ends
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.touch()
@@ -115,8 +124,8 @@ class Recorder(Callback):
         if keep == 0:
             self.epoch_start = time.perf_counter()
         # After a restore into an earlier epoch, forget what came after the restored point.
-        del self.history[self.learn.epoch :]
-        done = max(self.learn.train_iter - keep, 0)
+        del self.history[self.epoch_offset + self.learn.epoch :]
+        done = self.batch_offset + max(self.learn.train_iter - keep, 0)
         del self.batch_losses[done:]
         del self.batch_lrs[done:]
         self._losses, self._sizes, self._lrs = (
@@ -132,7 +141,7 @@ class Recorder(Callback):
         # Losses stay on the device until the epoch ends: one host sync per epoch, not per batch.
         self._losses.append(learn.loss.detach())
         self._sizes.append(len(learn.yb))
-        self._lrs.append(float(learn.opt.param_groups[0]["lr"]))
+        self._lrs.append(float(learn.opt.param_groups[-1]["lr"]))
 
     def after_train(self) -> None:
         if self._losses:
@@ -172,13 +181,22 @@ class Recorder(Callback):
 
     def after_epoch(self) -> None:
         learn = self.learn
+        m = learn.metrics
+        if learn.task == "regression":
+            scores = {k: _significant(m[k]) for k in ("valid_loss", "max_error", "rms_error")}
+            train_loss = _significant(self.train_loss)
+        else:
+            scores = {
+                "valid_loss": round(m["valid_loss"], 6),
+                "valid_bits": round(m["valid_loss"] / math.log(2), 6),
+                "accuracy": round(m["accuracy"], 6),
+            }
+            train_loss = round(self.train_loss, 6)
         row = {
-            "epoch": learn.epoch + 1,
-            "train_loss": round(self.train_loss, 6),
-            "valid_loss": round(learn.metrics["valid_loss"], 6),
-            "valid_bits": round(learn.metrics["valid_loss"] / math.log(2), 6),
-            "accuracy": round(learn.metrics["accuracy"], 6),
-            "lr": float(learn.opt.param_groups[0]["lr"]),
+            "epoch": self.epoch_offset + learn.epoch + 1,
+            "train_loss": train_loss,
+            **scores,
+            "lr": float(learn.opt.param_groups[-1]["lr"]),
             "seconds": round(time.perf_counter() - self.epoch_start, 3),
         }
         learn.metrics.update(row)
@@ -189,18 +207,39 @@ class Recorder(Callback):
                 f.write(json.dumps(row) + "\n")
 
 
-def _fmt_row(row: dict[str, Any], n_epochs: int) -> str:
-    return (
-        f"{row['epoch']:>3}/{n_epochs:<3} {row['train_loss']:>10.4f} {row['valid_loss']:>10.4f}"
-        f" {row['valid_bits']:>10.3f} {row['accuracy']:>9.4f} {row['lr']:>9.2e}"
-        f" {row['seconds']:>7.1f}s"
-    )
+def _significant(value: float, digits: int = 6) -> float:
+    return float(f"{value:.{digits}g}") if math.isfinite(value) else value
 
 
-HEADER = (
-    f"{'epoch':>7} {'train_loss':>10} {'valid_loss':>10} {'valid_bits':>10} {'accuracy':>9}"
-    f" {'lr':>9} {'time':>8}"
-)
+# The progress columns between epoch and lr, per task: (row key, width, number format).
+COLUMNS = {
+    "classification": (
+        ("train_loss", 10, ".4f"),
+        ("valid_loss", 10, ".4f"),
+        ("valid_bits", 10, ".3f"),
+        ("accuracy", 9, ".4f"),
+    ),
+    "regression": (
+        ("train_loss", 10, ".3e"),
+        ("valid_loss", 10, ".3e"),
+        ("max_error", 10, ".3e"),
+        ("rms_error", 10, ".3e"),
+    ),
+}
+
+
+def _fmt_row(row: dict[str, Any], epoch: int, n_epochs: int, task: str = "classification") -> str:
+    # epoch / n_epochs of this fit (the row's own epoch counts over every fit)
+    cols = "".join(f" {row[key]:>{width}{fmt}}" for key, width, fmt in COLUMNS[task])
+    return f"{epoch:>3}/{n_epochs:<3}{cols} {row['lr']:>9.2e} {row['seconds']:>7.1f}s"
+
+
+def _header(task: str = "classification") -> str:
+    cols = "".join(f" {key:>{width}}" for key, width, _ in COLUMNS[task])
+    return f"{'epoch':>7}{cols} {'lr':>9} {'time':>8}"
+
+
+HEADER = _header()
 
 
 class Progress(Callback):
@@ -228,7 +267,6 @@ class Progress(Callback):
             print(text, file=self.stream, flush=True)
 
     def before_fit(self) -> None:
-        k = self.learn.num_classes
         if self.mode == "rich":
             from rich.console import Console
             from rich.progress import (
@@ -251,12 +289,25 @@ class Progress(Callback):
                 transient=True,
             )
             self._bar.start()
+        self._print(self._legend())
+        self._print(_header(self.learn.task))
+
+    def _legend(self) -> str:
+        """What the columns mean, printed above them."""
+        learn = self.learn
+        if learn.task == "regression":
+            from deepstart.train.regression import describe_loss
+
+            return (
+                f"loss = {describe_loss(learn.loss_func)}; max_error, rms_error = largest and "
+                f"root-mean-square |f(x) - y| on the {len(learn.data.valid)} validation points"
+            )
+        k = learn.num_classes
         chance = math.log2(k) if k > 1 else 0.0
-        self._print(
+        return (
             f"loss in nats; valid_bits = nats / ln 2; chance level for {k} classes = "
             f"log2({k}) = {chance:.3f} bits"
         )
-        self._print(HEADER)
 
     def before_train(self) -> None:
         if self._bar is not None:
@@ -270,7 +321,8 @@ class Progress(Callback):
             i = self.learn.iter
             fields = {}
             if i % 10 == 0 or i == self.learn.n_iter - 1:
-                fields["loss"] = f"{self.learn.recorder.last_loss():.4f}"
+                fmt = ".3e" if self.learn.task == "regression" else ".4f"
+                fields["loss"] = f"{self.learn.recorder.last_loss():{fmt}}"
             self._bar.update(self._task, advance=1, **fields)
 
     def before_validate(self) -> None:
@@ -280,7 +332,9 @@ class Progress(Callback):
     def after_epoch(self) -> None:
         if self._bar is not None:
             self._bar.remove_task(self._task)
-        self._print(_fmt_row(self.learn.recorder.history[-1], self.learn.n_epochs))
+        learn = self.learn
+        row = learn.recorder.history[-1]
+        self._print(_fmt_row(row, learn.epoch + 1, learn.n_epochs, learn.task))
 
     def after_fit(self) -> None:
         if self._bar is not None:

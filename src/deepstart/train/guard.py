@@ -153,7 +153,7 @@ class DivergenceGuard(Callback):
         learn = self.learn
         if not learn.training or learn.loss is None:
             return
-        lr = float(learn.opt.param_groups[0]["lr"])
+        lr = float(learn.opt.param_groups[-1]["lr"])
         self._pending.append((learn.loss.detach(), learn.iter, lr))
         self._since += 1
         nxt = learn.iter + 1
@@ -170,11 +170,12 @@ class DivergenceGuard(Callback):
     def after_validate(self) -> None:
         learn, watch = self.learn, self.watch
         loss = learn.metrics.get("valid_loss", 0.0)
-        lr = float(learn.opt.param_groups[0]["lr"])
-        # A model whose held-out loss is spike x that of guessing (ln K nats) has blown up,
-        # even if its training losses looked fine (e.g. BatchNorm's running statistics).
-        # Overfitting raises the valid loss too, but slowly and never that far.
-        chance = math.log(max(learn.num_classes, 2))
+        lr = float(learn.opt.param_groups[-1]["lr"])
+        # A model whose held-out loss is spike x that of guessing (ln K nats; for regression,
+        # of predicting the mean) has blown up, even if its training losses looked fine (e.g.
+        # BatchNorm's running statistics). Overfitting raises the valid loss too, but slowly
+        # and never that far.
+        chance = learn.baseline_loss
         best = self._valid_best if math.isfinite(self._valid_best) else None
         kind = "spike" if math.isfinite(loss) else "nan"
         blown = kind == "nan" or loss > watch.spike * max(chance, best or 0.0)

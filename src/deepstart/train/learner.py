@@ -4,6 +4,11 @@ Everything optional (progress, logging, checkpoints, LR schedules) is a callback
 reacts to the events; control flow uses the small exceptions ``CancelFit``, ``CancelEpoch``
 and ``CancelBatch``.
 
+The data decides the task. A :class:`Dataset` of images is classification: cross-entropy,
+accuracy, per-class scores. A :class:`~deepstart.data.tensors.TensorData` of float points is
+regression: mean squared error by default, and every split scored by its loss and its largest
+and RMS error (:mod:`deepstart.train.regression`). The loop is the same for both.
+
 Example:
     >>> data = load_dataset("shapes", size=(16, 16))
     >>> model = create_model("vgg_small", in_channels=1, num_classes=3, input_size=(16, 16))
@@ -24,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepstart.augment import Augmentation, make_augment
 from deepstart.data.dataset import Batches, Dataset, ImageSet, Preprocess, conform_images
+from deepstart.data.tensors import TensorBatches, TensorData, TensorSet
 from deepstart.errors import ConfigError
 from deepstart.train.callbacks import (
     Callback,
@@ -35,7 +42,14 @@ from deepstart.train.callbacks import (
     Recorder,
     RestartEpoch,
 )
+from deepstart.train.finetune import fine_tune, freeze_to, layer_groups, lr_scales, param_groups
 from deepstart.train.guard import DivergenceGuard
+from deepstart.train.regression import (
+    baseline_loss,
+    evaluate_values,
+    predict_values,
+    score_values,
+)
 from deepstart.train.schedule import ScheduleSpec
 
 # The events, in the order one epoch raises them (validation sits inside the epoch).
@@ -127,9 +141,15 @@ def make_optimizer(
     momentum: float = 0.9,
     nesterov: bool = False,
 ) -> torch.optim.Optimizer:
-    """Build an optimizer by name: ``sgd`` (momentum, Nesterov), ``adam`` or ``adamw``.
+    """Build an optimizer by name: ``sgd`` (momentum, Nesterov), ``adam``, ``adamw`` or
+    ``lbfgs``.
 
-    ``wd`` is decoupled weight decay for ``adamw`` and L2 for the others, as in PyTorch.
+    ``wd`` is decoupled weight decay for ``adamw`` and L2 for ``sgd`` and ``adam``, as in
+    PyTorch. ``lbfgs`` (for small full-batch problems) takes a strong-Wolfe line search, so
+    ``lr`` is the first step tried (1 is the usual value); it has no weight decay or momentum
+    and ignores ``wd`` and ``momentum``. One of its steps runs up to 5 iterations; it stops
+    early only when its line search can make no progress (PyTorch's default tolerances are
+    absolute, and would stop a fit whose loss is already 1e-7).
     """
     if name == "sgd":
         return torch.optim.SGD(
@@ -139,17 +159,32 @@ def make_optimizer(
         return torch.optim.Adam(params, lr=lr, betas=(momentum, 0.999), weight_decay=wd)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=(momentum, 0.999), weight_decay=wd)
-    raise ConfigError(f"unknown optimizer {name!r}; use sgd, adam or adamw")
+    if name == "lbfgs":
+        # A few iterations per step, so callbacks (progress, snapshots) see it advance.
+        return torch.optim.LBFGS(
+            params,
+            lr=lr,
+            max_iter=5,
+            max_eval=10,
+            tolerance_grad=0.0,
+            tolerance_change=0.0,
+            history_size=50,
+            line_search_fn="strong_wolfe",
+        )
+    raise ConfigError(f"unknown optimizer {name!r}; use sgd, adam, adamw or lbfgs")
 
 
 class Learner:
-    """Trains ``model`` on ``data`` (a :class:`Dataset`).
+    """Trains ``model`` on ``data`` (a :class:`Dataset`, or a :class:`TensorData` for
+    regression).
 
     Args:
         data: the dataset; its train split is shuffled per epoch, valid is scored per epoch.
-        model: any module mapping ``(N, C, H, W)`` floats to ``(N, K)`` logits.
-        loss_func: defaults to cross-entropy.
-        opt: "sgd", "adam" or "adamw".
+        model: any module mapping ``(N, C, H, W)`` floats to ``(N, K)`` logits; for
+            regression one mapping ``(N, D)`` floats to ``(N, E)``.
+        loss_func: defaults to cross-entropy (mean squared error for regression).
+        opt: "sgd", "adam", "adamw" or "lbfgs" (small full-batch problems; it needs a
+            constant schedule: it picks its own step length by a line search).
         lr: default learning rate for ``fit`` (the peak for ``fit_one_cycle``).
         wd, momentum, nesterov: optimizer settings (momentum is Adam's beta1).
         batch_size: training batch size; evaluation uses twice it.
@@ -164,11 +199,17 @@ class Learner:
             ``callbacks``, to change that.
         preprocess: how images are normalised (and resized for evaluate/predict); defaults to
             the dataset's own, computed on its training split. A loaded model passes its own.
+        augment: augmentation of the training batches, on the device: a preset name
+            ("flip", "cifar", "photo", "digits"; see :mod:`deepstart.augment`), an
+            ``Augmentation``, or None. Validation, evaluation and prediction stay plain.
+
+    Attributes:
+        task: "classification" or "regression", from the data.
     """
 
     def __init__(
         self,
-        data: Dataset,
+        data: Dataset | TensorData,
         model: nn.Module,
         *,
         loss_func: nn.Module | None = None,
@@ -185,12 +226,16 @@ class Learner:
         precision: str = "auto",
         log: Callable[[str], None] = print,
         guard: bool = True,
+        augment: str | Augmentation | None = None,
     ) -> None:
         self.data = data
+        self.task: str = getattr(data, "task", "classification")
         self.preprocess = preprocess if preprocess is not None else data.preprocess
         self.device = resolve_device(device)
         self.model = model.to(self.device)
-        self.loss_func = loss_func if loss_func is not None else nn.CrossEntropyLoss()
+        if loss_func is None:
+            loss_func = nn.MSELoss() if self.task == "regression" else nn.CrossEntropyLoss()
+        self.loss_func = loss_func
         if isinstance(self.loss_func, nn.Module):
             self.loss_func.to(self.device)  # class weights live in a buffer
         self.amp_dtype = resolve_precision(precision, self.device)
@@ -203,6 +248,13 @@ class Learner:
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
+        self.augment = augment
+        self._augment_fn = (
+            make_augment(augment, self.preprocess.mean, self.preprocess.std)
+            if self.preprocess is not None  # regression points have no image statistics
+            else None
+        )
+        self.lr_scales: list[float] | None = None  # per layer group; None: all 1 (see fit)
         self.opt: torch.optim.Optimizer | None = None
         self.callbacks: list[Callback] = []
         self.recorder = Recorder()
@@ -242,8 +294,27 @@ class Learner:
     def num_classes(self) -> int:
         return self.data.num_classes
 
-    def batches(self, split: ImageSet, *, train: bool = False) -> Batches:
-        """Batches of ``split`` on this learner's device, normalised by the train stats."""
+    @property
+    def baseline_loss(self) -> float:
+        """The loss of knowing nothing: ln K nats for K classes (a uniform guess); for
+        regression, the valid loss of always predicting the mean training y."""
+        if self.task == "regression":
+            return baseline_loss(self)
+        return math.log(max(self.num_classes, 2))
+
+    def batches(self, split: ImageSet | TensorSet, *, train: bool = False) -> Any:
+        """Batches of ``split`` on this learner's device, normalised by the train stats
+        (:class:`Batches`); for regression, :class:`TensorBatches` of the points as they are."""
+        if self.task == "regression":
+            return TensorBatches(
+                split,
+                self.batch_size if train else self.batch_size * 2,
+                device=self.device,
+                shuffle=train,
+                drop_last=train and len(split) > self.batch_size,
+                seed=self.seed,
+                passes=self.data.passes if train else 1,
+            )
         return Batches(
             split,
             self.batch_size if train else self.batch_size * 2,
@@ -254,23 +325,42 @@ class Learner:
             # A last batch of 1 breaks BatchNorm and adds a noisy step: drop the remainder.
             drop_last=train and len(split) > self.batch_size,
             seed=self.seed,
+            augment=self._augment_fn if train else None,
         )
 
     def create_opt(self) -> None:
+        """One param group per layer group with trainable parameters, each with its
+        ``lr_scale`` (discriminative learning rates; see :mod:`deepstart.train.finetune`)."""
+        n = len(layer_groups(self.model))
+        scales = self.lr_scales if self.lr_scales and len(self.lr_scales) == n else [1.0] * n
         self.opt = make_optimizer(
             self.opt_name,
-            [p for p in self.model.parameters() if p.requires_grad],
+            param_groups(self.model, scales),
             lr=self.lr,
             wd=self.wd,
             momentum=self.momentum,
             nesterov=self.nesterov,
         )
 
+    def set_optimizer(self, opt: str) -> None:
+        """Train with ``opt`` from the next ``fit`` on: a fresh optimizer, no state kept.
+
+        Example: Adam with one-cycle, then an LBFGS polish of the same model:
+            >>> learn.fit_one_cycle(10, 1e-3)
+            >>> learn.set_optimizer("lbfgs")
+            >>> learn.fit(10, 1.0)
+        """
+        make_optimizer(opt, [torch.zeros(1, requires_grad=True)], lr=1.0)  # checks the name
+        self.opt_name, self.opt = opt, None
+
     def set_hyper(self, name: str, value: float) -> None:
-        """Set ``lr`` or ``momentum`` on every param group (momentum is beta1 for Adam)."""
+        """Set ``lr`` (times each group's ``lr_scale``) or ``momentum`` on every param group
+        (momentum is beta1 for Adam)."""
         assert self.opt is not None
         for group in self.opt.param_groups:
-            if name == "momentum" and "betas" in group:
+            if name == "lr":
+                group["lr"] = value * group.get("lr_scale", 1.0)
+            elif name == "momentum" and "betas" in group:
                 group["betas"] = (value, group["betas"][1])
             elif name in group:
                 group[name] = value
@@ -299,6 +389,40 @@ class Learner:
             self.opt.load_state_dict(snap["opt"])  # moves state to the params' device
         self.train_iter, self.epoch, self.iter = snap["train_iter"], snap["epoch"], snap["iter"]
 
+    def _rescale_groups(self) -> None:
+        """Give the existing optimizer's groups the current ``lr_scales`` (keeps its state)."""
+        assert self.opt is not None
+        scales = self.lr_scales or []
+        for i, group in enumerate(self.opt.param_groups):
+            k = group.get("layer_group", i)
+            group["lr_scale"] = scales[k] if k < len(scales) else 1.0
+
+    # -- transfer learning -----------------------------------------------------------------
+    def freeze_to(self, n: int) -> None:
+        """Freeze the first ``n`` layer groups (BatchNorm stays trainable); the optimizer is
+        rebuilt for the new set of trainable parameters at the next fit."""
+        freeze_to(self.model, n)
+        self.opt = None
+
+    def freeze(self) -> None:
+        """Train only the head (the last layer group)."""
+        self.freeze_to(-1)
+
+    def unfreeze(self) -> None:
+        """Train every layer again."""
+        self.freeze_to(0)
+
+    def fine_tune(self, epochs: int, base_lr: float = 2e-3, **kwargs: Any) -> None:
+        """fastai's fine_tune: one epoch with the body frozen, then ``epochs`` unfrozen with
+        discriminative LRs (see :func:`deepstart.train.finetune.fine_tune`)."""
+        fine_tune(self, epochs, base_lr, **kwargs)
+
+    def tta(self, split: str | ImageSet = "test", **kwargs: Any) -> dict[str, Any]:
+        """Evaluate with test-time augmentation (see :func:`deepstart.train.tta.tta`)."""
+        from deepstart.train.tta import tta
+
+        return tta(self, split, **kwargs)
+
     def lr_find(self, **kwargs: Any) -> Any:
         """Run the LR finder (see :func:`deepstart.train.lr_finder.lr_find`)."""
         from deepstart.train.lr_finder import lr_find
@@ -309,7 +433,7 @@ class Learner:
     def fit(
         self,
         epochs: int,
-        lr: float | None = None,
+        lr: float | slice | None = None,
         *,
         schedule: ScheduleSpec | str = "constant",
         callbacks: Sequence[Callback] = (),
@@ -320,15 +444,22 @@ class Learner:
 
         ``start_epoch`` and ``restart_at`` (first batch of that epoch) continue a run whose
         state was restored from a checkpoint; the schedule continues where it was.
+
+        ``lr=slice(lo, hi)`` gives discriminative learning rates: ``hi`` for the head, down to
+        ``lo`` for the first layer group, spaced geometrically (fastai's convention).
         """
         if epochs < 1:
             raise ConfigError(f"epochs must be at least 1, got {epochs}")
         if lr is not None:
-            self.lr = float(lr)
+            self.lr, self.lr_scales = lr_scales(len(layer_groups(self.model)), lr)
+            if self.opt is not None:
+                self._rescale_groups()
         if isinstance(schedule, str):
             schedule = ScheduleSpec(kind=schedule)
         if self.opt is None:
             self.create_opt()
+        if isinstance(self.opt, torch.optim.LBFGS):
+            self._check_lbfgs(schedule)
         sched = ParamScheduler(schedule.lr(self.lr), schedule.momentum(self._moms()))
         extra = [sched, *callbacks]
         self.add_callbacks(extra)
@@ -362,7 +493,7 @@ class Learner:
     def fit_one_cycle(
         self,
         epochs: int,
-        lr_max: float | None = None,
+        lr_max: float | slice | None = None,
         *,
         pct_start: float = 0.25,
         div: float = 25.0,
@@ -383,6 +514,17 @@ class Learner:
             start_epoch=start_epoch,
             restart_at=restart_at,
         )
+
+    def _check_lbfgs(self, schedule: ScheduleSpec) -> None:
+        """LBFGS chooses its step length itself (line search), so an LR schedule would only
+        rescale the first step it tries; and it cannot step through a loss scaler."""
+        if schedule.kind != "constant":
+            raise ConfigError(
+                f"lbfgs picks its own step length by a line search: train it with a constant "
+                f"schedule (fit(..., schedule='constant')), not {schedule.kind}"
+            )
+        if self.scaler is not None:
+            raise ConfigError("lbfgs cannot step through fp16 loss scaling; use fp32 or bf16")
 
     def _moms(self) -> tuple[float, float, float]:
         # fastai's (0.95, 0.85, 0.95), capped by the momentum the user asked for.
@@ -432,6 +574,8 @@ class Learner:
                 if self.scaler is not None:
                     self.scaler.step(self.opt)
                     self.scaler.update()
+                elif isinstance(self.opt, torch.optim.LBFGS):
+                    self.opt.step(self._closure())
                 else:
                     self.opt.step()
                 self.train_iter += 1  # steps taken so far: what the schedule's pct counts
@@ -445,6 +589,26 @@ class Learner:
             self._halve_batch(e)
         finally:
             self("after_batch")
+
+    def _closure(self) -> Callable[[], torch.Tensor]:
+        """The re-evaluation LBFGS needs: loss and gradients of the current batch at the
+        current weights. Its first call returns what the loop just computed (gradients are
+        in place, after the callbacks' after_backward); line-search calls recompute."""
+        first = True
+
+        def closure() -> torch.Tensor:
+            nonlocal first
+            if first:
+                first = False
+                return self.loss
+            assert self.opt is not None
+            self.opt.zero_grad(set_to_none=True)
+            with self._autocast():
+                loss = self.loss_func(self.model(self.xb), self.yb)
+            loss.backward()
+            return loss
+
+        return closure
 
     def _halve_batch(self, error: BaseException) -> None:
         """Out of memory: halve the batch, keep the per-sample LR, redo this batch.
@@ -477,12 +641,20 @@ class Learner:
         self.model.eval()
         self("before_validate")
         out = self._score(self.valid_dl)
-        self.metrics = {"valid_loss": out["loss"], "accuracy": out["accuracy"]}
+        if self.task == "regression":
+            self.metrics = {
+                "valid_loss": out["loss"],
+                "max_error": out["max_error"],
+                "rms_error": out["rms_error"],
+            }
+        else:
+            self.metrics = {"valid_loss": out["loss"], "accuracy": out["accuracy"]}
         self("after_validate")
 
-    def _score(self, dl: Batches) -> dict[str, Any]:
-        """Loss, accuracy and the per-item predictions of ``dl`` in eval mode; halves the
-        evaluation batch and starts again if the device runs out of memory."""
+    def _score(self, dl: Batches | TensorBatches) -> dict[str, Any]:
+        """Loss, accuracy and the per-item predictions of ``dl`` in eval mode (loss, max and
+        RMS error for regression); halves the evaluation batch and starts again if the device
+        runs out of memory."""
         while True:
             try:
                 return self._score_once(dl)
@@ -497,7 +669,9 @@ class Learner:
                 )
 
     @torch.no_grad()
-    def _score_once(self, dl: Batches) -> dict[str, Any]:
+    def _score_once(self, dl: Batches | TensorBatches) -> dict[str, Any]:
+        if self.task == "regression":
+            return score_values(self, dl)
         was_training = self.model.training
         self.model.eval()
         total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -524,14 +698,17 @@ class Learner:
         }
 
     # -- using the model -------------------------------------------------------------------
-    def evaluate(self, split: str | ImageSet = "test") -> dict[str, Any]:
+    def evaluate(self, split: str | ImageSet | TensorSet = "test") -> dict[str, Any]:
         """Loss, accuracy (overall and per class) on a split ("test", "valid", "train") or
-        on an ImageSet; falls back to valid when the dataset has no test split.
+        on an ImageSet; falls back to valid when the dataset has no test split. For
+        regression: loss, max_error, rms_error and mean_error of ``|f(x) - y|``.
 
         Example:
             >>> learn.evaluate()["accuracy"]
             0.995
         """
+        if self.task == "regression":
+            return evaluate_values(self, split)
         images = self._split(split)
         images = conform_images(images, self.preprocess)
         out = self._score(self.batches(images))
@@ -552,8 +729,8 @@ class Learner:
             "per_class": per_class,
         }
 
-    def _split(self, split: str | ImageSet) -> ImageSet:
-        if isinstance(split, ImageSet):
+    def _split(self, split: str | ImageSet | TensorSet) -> Any:
+        if isinstance(split, (ImageSet, TensorSet)):
             return split
         if split == "test":
             return self.data.test if self.data.test is not None else self.data.valid
@@ -565,12 +742,15 @@ class Learner:
     def predict(self, images: torch.Tensor | np.ndarray | ImageSet) -> torch.Tensor:
         """Class probabilities ``(N, K)`` for uint8 images shaped ``(N, C, H, W)``,
         ``(N, H, W)`` or ``(N, H, W, C)``; other sizes and channel counts are converted the
-        way the training data was.
+        way the training data was. For regression: the outputs ``(N, E)`` for x values
+        shaped ``(N,)`` or ``(N, D)``.
 
         Example:
             >>> probs = learn.predict(data.test.images[:8])
             >>> [data.classes[i] for i in probs.argmax(1)]
         """
+        if self.task == "regression":
+            return predict_values(self, images)
         if not isinstance(images, ImageSet):
             x = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images)
             if x.dtype != torch.uint8:

@@ -34,7 +34,8 @@ from deepstart.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from deepstart.data.cache import atomic_write
 from deepstart.data.catalog import load_dataset
 from deepstart.data.dataset import DataError, Dataset
-from deepstart.errors import DeepstartError
+from deepstart.errors import ConfigError, DeepstartError
+from deepstart.models.pretrained import load_pretrained
 from deepstart.models.registry import count_parameters, create_model
 from deepstart.train.callbacks import (
     Callback,
@@ -113,6 +114,39 @@ def build_model(cfg: ModelConfig, data: Dataset, seed: int) -> Any:
     )
 
 
+def apply_pretrained(
+    cfg: ModelConfig, model: Any, data: Dataset, log: Callable[[str], None]
+) -> None:
+    """Load ``cfg.pretrained`` into ``model`` and switch ``data`` to the normalisation the
+    weights were trained with (ImageNet's for torchvision ResNets; the run's own for a
+    deepstart run or bundle), so that the model sees inputs scaled as in pretraining."""
+    source = Path(cfg.pretrained).expanduser()
+    stats = None
+    if source.is_dir():  # a deepstart run or bundle: its weights and its preprocessing
+        saved = (
+            json.loads((source / "model.json").read_text())
+            if (source / "model.json").is_file()
+            else None
+        )
+        if saved is None:
+            raise DataError(f"{source}: no model.json (is it a deepstart run or bundle?)")
+        prep = saved["preprocess"]
+        stats = (tuple(prep["mean"]), tuple(prep["std"]))
+        source = source / "model.safetensors"
+    report = load_pretrained(model, str(source), sha256=cfg.pretrained_sha256)
+    log(str(report))
+    if stats is None and report.mean is not None:
+        stats = (tuple(report.mean), tuple(report.std))
+    if stats is not None and len(stats[0]) == data.channels:
+        data.mean, data.std = list(stats[0]), list(stats[1])
+        data.notes.append(
+            "normalisation: the pretrained weights' mean/std "
+            f"{[round(m, 4) for m in data.mean]} / {[round(v, 4) for v in data.std]}, "
+            "not this data's"
+        )
+        log(f"  note: {data.notes[-1]}")
+
+
 def _say(text: str, stream: TextIO | None) -> None:
     if stream is not None:
         print(text, file=stream, flush=True)
@@ -165,6 +199,8 @@ def train_run(
         _say(f"  note: {note}", stream)
     data, tc = _debug_modes(data, tc, stream)
     model = build_model(cfg.model, data, tc.seed)
+    if cfg.model.pretrained and resume is None:  # a resumed run has its weights already
+        apply_pretrained(cfg.model, model, data, lambda m: _say(m, stream))
     device = resolve_device(tc.device)
     n_params = count_parameters(model)
     _say(f"model {cfg.model.name}: {n_params:,} parameters; device {device}", stream)
@@ -201,7 +237,10 @@ def train_run(
         precision=tc.precision,
         log=log,
         guard=False,  # added with the other option callbacks, after the LR finder
+        augment=tc.augment,
     )
+    if tc.freeze:
+        learn.freeze()
     if tc.batch_size == "auto" and resume is None:
         learn.batch_size = find_batch_size(learn)
     lr = _choose_lr(learn, tc, run_dir, resume is not None, log)
@@ -223,7 +262,11 @@ def train_run(
     start = time.perf_counter()
     fit_kw = {"start_epoch": start_epoch, "restart_at": restart_at}
     if start_epoch < tc.epochs:
-        if tc.schedule == "one_cycle":
+        if tc.fine_tune:
+            if resume is not None:
+                raise ConfigError("a fine_tune run cannot be resumed yet; start it again")
+            learn.fine_tune(tc.epochs, lr)
+        elif tc.schedule == "one_cycle":
             learn.fit_one_cycle(tc.epochs, lr, pct_start=tc.pct_start, **fit_kw)
         else:
             learn.fit(tc.epochs, lr, schedule=ScheduleSpec(kind=tc.schedule), **fit_kw)
@@ -244,6 +287,13 @@ def train_run(
         shutil.rmtree(run_dir.parent, ignore_errors=True)
         return RunResult(run_dir, learn.recorder.history, None, learn)
     result = _finish(learn, data, run_dir, len(learn.recorder.history), train_seconds, stream)
+    if tc.tta and result.test is not None:
+        # flip for photos; a preset that never flips (digits) is its own TTA
+        res = learn.tta("test", augment=tc.augment or "flip")
+        _say(format_eval(res).replace("test accuracy", "test accuracy with TTA", 1), stream)
+        results = json.loads((run_dir / "results.json").read_text())
+        results["test_tta"] = {k: v for k, v in res.items() if k not in ("probs", "pred", "target")}
+        _write_json(run_dir / "results.json", results)
     if tc.report:
         from deepstart.report import build_report
 

@@ -217,7 +217,7 @@ class TensorBoardLogger(Callback):
             return
         loss = float(learn.loss.detach().float())  # a host sync, on logged batches only
         self.writer.add_scalar("train/loss", loss, self._step)
-        self.writer.add_scalar("train/lr", float(learn.opt.param_groups[0]["lr"]), self._step)
+        self.writer.add_scalar("train/lr", float(learn.opt.param_groups[-1]["lr"]), self._step)
 
     def before_validate(self) -> None:
         # Predict here, with the weights that validation scores (EMA swaps its average in

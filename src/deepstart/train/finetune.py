@@ -1,0 +1,144 @@
+"""Transfer learning: layer groups, freezing, discriminative learning rates, ``fine_tune``.
+
+A model splits into layer groups (``model.layer_groups()``, from the shared interface: for a
+ResNet the early layers, the late layers and the head). Freezing turns off the gradients of
+all but the last groups; discriminative learning rates give each group its own LR, lowest
+for the earliest layers, which change least when a pretrained body meets new data.
+
+fastai's semantics throughout: ``lr=slice(lo, hi)`` spreads the LRs geometrically from ``lo``
+(first group) to ``hi`` (the head); BatchNorm layers stay trainable in frozen groups, because
+their statistics must adapt to the new data; ``fine_tune`` trains one epoch frozen, then
+everything with lower rates for earlier groups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from deepstart.errors import ConfigError
+
+if TYPE_CHECKING:
+    from deepstart.train.learner import Learner
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm)
+
+
+def layer_groups(model: nn.Module) -> list[list[nn.Module]]:
+    """The model's layer groups, earliest first; one group if it does not define any."""
+    if hasattr(model, "layer_groups"):
+        groups = [list(g) if isinstance(g, (list, tuple)) else [g] for g in model.layer_groups()]
+    else:
+        groups = [[model]]
+    return [g for g in groups if g]
+
+
+def _params(group: Sequence[nn.Module]) -> list[nn.Parameter]:
+    seen: dict[int, nn.Parameter] = {}
+    for m in group:
+        for p in m.parameters():
+            seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+def freeze_to(model: nn.Module, n: int, *, train_bn: bool = True) -> None:
+    """Freeze the first ``n`` layer groups (negative counts from the end) and unfreeze the rest.
+
+    With ``train_bn`` the normalisation layers of frozen groups stay trainable.
+
+    Example:
+        >>> freeze_to(model, -1)  # only the head trains
+    """
+    groups = layer_groups(model)
+    n = n if n >= 0 else max(len(groups) + n, 0)
+    for i, group in enumerate(groups):
+        frozen = i < n
+        for m in group:
+            for sub in m.modules():
+                keep = train_bn and isinstance(sub, _BN)
+                for p in sub.parameters(recurse=False):
+                    p.requires_grad_(not frozen or keep)
+
+
+def freeze(model: nn.Module, *, train_bn: bool = True) -> None:
+    """Train only the last layer group (the head), and the BatchNorm layers if ``train_bn``."""
+    freeze_to(model, -1, train_bn=train_bn)
+
+
+def unfreeze(model: nn.Module) -> None:
+    """Make every parameter trainable again."""
+    freeze_to(model, 0)
+
+
+def lr_scales(n_groups: int, lr: float | slice) -> tuple[float, list[float]]:
+    """``(peak_lr, scale per group)`` for ``lr``: a number gives every group the same LR;
+    ``slice(lo, hi)`` spreads them geometrically from ``lo`` to ``hi``; ``slice(None, hi)``
+    gives ``hi / 10`` to all groups but the last (fastai's rules).
+
+    Example:
+        >>> lr_scales(3, slice(1e-5, 1e-3))
+        (0.001, [0.01, 0.1, 1.0])
+    """
+    if not isinstance(lr, slice):
+        return float(lr), [1.0] * n_groups
+    if lr.stop is None or lr.stop <= 0:
+        raise ConfigError(f"a learning-rate slice needs a positive stop, got {lr}")
+    hi = float(lr.stop)
+    if lr.start is None:
+        return hi, [0.1] * (n_groups - 1) + [1.0]
+    lo = float(lr.start)
+    if not 0 < lo <= hi:
+        raise ConfigError(f"a learning-rate slice needs 0 < start <= stop, got {lr}")
+    if n_groups == 1:
+        return hi, [1.0]
+    ratio = lo / hi
+    return hi, [ratio ** (1 - i / (n_groups - 1)) for i in range(n_groups)]
+
+
+def param_groups(model: nn.Module, scales: Sequence[float]) -> list[dict[str, Any]]:
+    """Optimizer param groups, one per layer group that has trainable parameters, each with
+    its ``lr_scale`` (the Learner multiplies the scheduled LR by it)."""
+    groups = layer_groups(model)
+    if len(scales) != len(groups):
+        raise ConfigError(f"{len(scales)} LR scales for {len(groups)} layer groups")
+    out, seen = [], set()
+    for i, (group, scale) in enumerate(zip(groups, scales)):
+        params = [p for p in _params(group) if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for p in params)
+        if params:
+            out.append({"params": params, "lr_scale": float(scale), "layer_group": i})
+    if not out:
+        raise ConfigError("no trainable parameters: unfreeze some layers first")
+    return out
+
+
+def fine_tune(
+    learn: Learner,
+    epochs: int,
+    base_lr: float = 2e-3,
+    *,
+    freeze_epochs: int = 1,
+    lr_mult: float = 100.0,
+    pct_start: float = 0.3,
+    div: float = 5.0,
+) -> None:
+    """fastai's ``fine_tune``: ``freeze_epochs`` one-cycle epochs training the head only at
+    ``base_lr``, then ``epochs`` with everything trainable, at ``base_lr / 2`` for the head
+    down to ``base_lr / 2 / lr_mult`` for the first group.
+
+    Example:
+        >>> fine_tune(learn, 3)  # a pretrained ResNet on a new folder of photos
+    """
+    if freeze_epochs > 0:
+        learn.log(f"fine_tune: {freeze_epochs} epoch(s) training the head, body frozen")
+        learn.freeze()
+        learn.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99)
+    base_lr /= 2
+    learn.log(
+        f"fine_tune: {epochs} epoch(s) training everything, LR {base_lr / lr_mult:.1e} (first "
+        f"layers) to {base_lr:.1e} (head)"
+    )
+    learn.unfreeze()
+    learn.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, div=div)
