@@ -74,13 +74,11 @@ def save_model(
     return directory
 
 
-def load_model(directory: str | Path, device: str = "cpu") -> SavedModel:
-    """Rebuild a model saved by :func:`save_model` (eval mode, on ``device``).
+def read_meta(directory: str | Path) -> dict:
+    """The checked ``model.json`` of a saved model directory (its weights file must exist).
 
-    Example:
-        >>> saved = load_model("runs/20260101-120000-shapes-vgg_small")
-        >>> saved.classes
-        ['circle', 'square', 'triangle']
+    Raises:
+        BundleError: no model, invalid JSON, not a deepstart model, or a newer format.
     """
     directory = Path(directory)
     meta_path, weights_path = directory / "model.json", directory / "model.safetensors"
@@ -97,6 +95,19 @@ def load_model(directory: str | Path, device: str = "cpu") -> SavedModel:
             f"{meta_path}: format version {meta['version']} is newer than this deepstart "
             f"reads ({VERSION}); upgrade deepstart"
         )
+    return meta
+
+
+def load_model(directory: str | Path, device: str = "cpu") -> SavedModel:
+    """Rebuild a model saved by :func:`save_model` (eval mode, on ``device``).
+
+    Example:
+        >>> saved = load_model("runs/20260101-120000-shapes-vgg_small")
+        >>> saved.classes
+        ['circle', 'square', 'triangle']
+    """
+    meta = read_meta(directory)
+    weights_path = Path(directory) / "model.safetensors"
     model = create_model_from_arch(meta["arch"])
     try:
         state = load_file(str(weights_path))

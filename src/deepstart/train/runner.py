@@ -29,7 +29,7 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 
-from deepstart.bundle import load_model, save_model
+from deepstart.bundle import load_model, read_meta, save_model
 from deepstart.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from deepstart.data.cache import atomic_write
 from deepstart.data.catalog import load_dataset
@@ -123,14 +123,7 @@ def apply_pretrained(
     source = Path(cfg.pretrained).expanduser()
     stats = None
     if source.is_dir():  # a deepstart run or bundle: its weights and its preprocessing
-        saved = (
-            json.loads((source / "model.json").read_text())
-            if (source / "model.json").is_file()
-            else None
-        )
-        if saved is None:
-            raise DataError(f"{source}: no model.json (is it a deepstart run or bundle?)")
-        prep = saved["preprocess"]
+        prep = read_meta(source)["preprocess"]
         stats = (tuple(prep["mean"]), tuple(prep["std"]))
         source = source / "model.safetensors"
     report = load_pretrained(model, str(source), sha256=cfg.pretrained_sha256)
