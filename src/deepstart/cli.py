@@ -107,6 +107,14 @@ def _pairs(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
     return out
 
 
+def _model(name: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``--model`` as a ModelConfig's name and options: a layer spec becomes the registry model
+    ``spec`` with the option ``spec=...`` (so run directories are named ``...-spec``)."""
+    from deepstart.models.registry import resolve_spec
+
+    return resolve_spec(name, options)
+
+
 def _add_data_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     p.add_argument("--data", required=required, help="dataset name (deepstart data list) or path")
     p.add_argument("--data-dir", help="directory searched first for the dataset's files")
@@ -144,7 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model; writes a run directory")
     _add_data_args(t, required=False)
     t.set_defaults(data="shapes")
-    t.add_argument("--model", default="vgg_small", help="registry name (deepstart models)")
+    t.add_argument(
+        "--model",
+        default="vgg_small",
+        help="registry name (deepstart models) or a layer spec such as conv32-pool-flat-dense128",
+    )
     t.add_argument(
         "--model-opt", action="append", metavar="KEY=VALUE", help="model option, e.g. hidden=512"
     )
@@ -253,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--freeze", action="store_true", help="train only the head")
     g.add_argument(
+        "--precompute",
+        action="store_true",
+        help="with the body frozen and no augmentation: compute its features once and train "
+        "the head on them (epochs after the first take seconds; BatchNorm stays fixed)",
+    )
+    g.add_argument(
         "--no-report", action="store_true", help="skip report.html at the end (saves seconds)"
     )
     g.add_argument(
@@ -306,6 +324,18 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--classes", type=int, default=None, help="count for this many classes")
     m.add_argument("--size", type=_size, default=None, help="count for this input size")
     m.set_defaults(func=cmd_models)
+    msub = m.add_subparsers(dest="models_command", metavar="show")
+    ms = msub.add_parser(
+        "show", help="a model's layers: output shapes, parameters and FLOPs per image"
+    )
+    ms.add_argument("model", help="a registry name or a layer spec such as conv32-pool-flat")
+    ms.add_argument(
+        "--input-size", type=int, nargs="+", metavar=("H", "W"), dest="show_size", help="H [W]"
+    )
+    ms.add_argument("--channels", type=int, dest="show_channels", help="image channels")
+    ms.add_argument("--classes", type=int, dest="show_classes", help="number of classes")
+    ms.add_argument("--model-opt", action="append", metavar="KEY=VALUE", dest="show_opts")
+    ms.set_defaults(func=cmd_models_show)
 
     e = sub.add_parser("evaluate", help="score a run's model: accuracy, loss, per class")
     e.add_argument("run_dir", help="a run directory written by deepstart train")
@@ -461,8 +491,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     cfg = RunConfig(
         data=_data_config(a),
         model=ModelConfig(
-            a.model,
-            _pairs(a.model_opt, "--model-opt"),
+            *_model(a.model, _pairs(a.model_opt, "--model-opt")),
             pretrained=a.pretrained,
             pretrained_sha256=a.pretrained_sha256,
         ),
@@ -499,6 +528,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             tta=a.tta,
             fine_tune=a.fine_tune,
             freeze=a.freeze,
+            precompute=a.precompute,
             report=not a.no_report,
             tensorboard=a.tensorboard,
         ),
@@ -516,7 +546,7 @@ def cmd_lr_find(a: argparse.Namespace) -> int:
 
     res = lr_find_run(
         _data_config(a),
-        ModelConfig(a.model, _pairs(a.model_opt, "--model-opt")),
+        ModelConfig(*_model(a.model, _pairs(a.model_opt, "--model-opt"))),
         TrainConfig(batch_size=a.batch_size, opt=a.opt, wd=a.wd, seed=a.seed, device=a.device),
         start_lr=a.start_lr,
         end_lr=a.end_lr,
@@ -619,6 +649,28 @@ def cmd_models(a: argparse.Namespace) -> int:
         shape = f"{c}x{size[0]}x{size[1]}, {k} classes"
         table.add_row(info.name, info.family, shape, n, info.description)
     Console().print(table)
+    return 0
+
+
+def cmd_models_show(a: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from deepstart.models.registry import create_model, get_model_info
+    from deepstart.models.summary import summarize
+
+    info = get_model_info(a.model)
+    if info.task != "classification":
+        raise DeepstartError(f"{a.model} is a {info.task} model; models show draws image models")
+    if a.show_size is not None and len(a.show_size) not in (1, 2):
+        raise DeepstartError(f"--input-size takes H [W], got {a.show_size}")
+    h, w = (a.show_size * 2)[:2] if a.show_size else info.input_size
+    c = a.show_channels or info.in_channels
+    k = a.show_classes or info.num_classes
+    model = create_model(
+        a.model, in_channels=c, num_classes=k, input_size=(h, w), **_pairs(a.show_opts, "--model-opt")
+    )
+    title = f"{a.model} ({info.family}): {c}x{h}x{w} -> {k} classes"
+    Console().print(summarize(model, (c, h, w)).table(title=title))
     return 0
 
 

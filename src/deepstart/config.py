@@ -95,6 +95,8 @@ class TrainConfig:
         fine_tune: fastai's fine_tune for a pretrained model: one epoch with the body frozen,
             then ``epochs`` with everything trainable and lower LRs for earlier layers.
         freeze: train only the head (the body stays as it is, e.g. pretrained).
+        precompute: while the body is frozen (``freeze``, fine_tune's first epoch) and nothing
+            is augmented, compute the body's features once and train the head on them.
         report: write ``report.html`` (plots, interpretation, what the network sees) at the end.
         tensorboard: also log to ``tensorboard/`` in the run directory (needs the extra
             ``deepstart[tensorboard]``).
@@ -132,6 +134,7 @@ class TrainConfig:
     tta: bool = False
     fine_tune: bool = False
     freeze: bool = False
+    precompute: bool = False
     report: bool = True
     tensorboard: bool = False
 

@@ -383,6 +383,7 @@ class Checkpoint(Callback):
             "epoch": learn.epoch if mid_epoch else learn.epoch + 1,
             "next_iter": learn.iter + 1 if mid_epoch else 0,
             "n_epochs": learn.n_epochs,
+            "phase": learn.phase,
             "train_iter": learn.train_iter,
             "lr_mult": learn.lr_mult,
             "batch_size": learn.batch_size,
@@ -420,9 +421,13 @@ class Checkpoint(Callback):
 
 def restore_checkpoint(learn: Learner, ckpt: dict[str, Any]) -> tuple[int, int]:
     """Put a checkpoint's state into ``learn``; returns ``(start_epoch, restart_at)`` for
-    ``fit``. The learner must have the same model, data and optimizer kind."""
+    ``fit`` (and sets ``learn.phase``, the fit of a multi-fit plan such as fine_tune to
+    continue in). The learner must have the same model, data and optimizer kind, and the
+    same layers frozen as when the checkpoint was saved (the optimizer holds only the
+    trainable ones)."""
     learn.model.load_state_dict(ckpt["model"])
     learn.batch_size = int(ckpt["batch_size"])
+    learn.phase = int(ckpt.get("phase", 0))
     learn.create_opt()
     if ckpt["opt"]:
         learn.opt.load_state_dict(ckpt["opt"])

@@ -62,6 +62,17 @@ def freeze_to(model: nn.Module, n: int, *, train_bn: bool = True) -> None:
                     p.requires_grad_(not frozen or keep)
 
 
+def frozen_norms_eval(model: nn.Module) -> None:
+    """Put normalisation layers whose parameters are all frozen into eval mode, so a
+    BatchNorm frozen with ``train_bn=False`` also keeps its running statistics (call after
+    ``model.train()``). Layers without parameters are left as they are."""
+    for m in model.modules():
+        if isinstance(m, _BN):
+            params = list(m.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                m.eval()
+
+
 def freeze(model: nn.Module, *, train_bn: bool = True) -> None:
     """Train only the last layer group (the head), and the BatchNorm layers if ``train_bn``."""
     freeze_to(model, -1, train_bn=train_bn)
@@ -123,22 +134,51 @@ def fine_tune(
     lr_mult: float = 100.0,
     pct_start: float = 0.3,
     div: float = 5.0,
+    start_phase: int = 0,
+    start_epoch: int = 0,
+    restart_at: int = 0,
 ) -> None:
     """fastai's ``fine_tune``: ``freeze_epochs`` one-cycle epochs training the head only at
     ``base_lr``, then ``epochs`` with everything trainable, at ``base_lr / 2`` for the head
     down to ``base_lr / 2 / lr_mult`` for the first group.
 
+    The two fits are phases 0 and 1 (``learn.phase``, saved in checkpoints): a resumed run
+    passes the checkpoint's phase, epoch and batch as ``start_phase``, ``start_epoch`` and
+    ``restart_at``. A fit cancelled early (Ctrl-C, a time budget) ends the whole plan.
+
     Example:
         >>> fine_tune(learn, 3)  # a pretrained ResNet on a new folder of photos
     """
-    if freeze_epochs > 0:
+    if start_phase == 0 and start_epoch >= freeze_epochs:
+        start_phase, start_epoch, restart_at = 1, 0, 0  # the frozen phase had finished
+    if start_phase == 0 and freeze_epochs > 0:
         learn.log(f"fine_tune: {freeze_epochs} epoch(s) training the head, body frozen")
+        learn.phase = 0
         learn.freeze()
-        learn.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99)
+        learn.fit_one_cycle(
+            freeze_epochs,
+            slice(base_lr),
+            pct_start=0.99,
+            start_epoch=start_epoch,
+            restart_at=restart_at,
+        )
+        if learn.cancelled:
+            return
+        start_epoch, restart_at = 0, 0
+    if start_epoch >= epochs:
+        return  # a resumed run that had finished both phases
     base_lr /= 2
     learn.log(
         f"fine_tune: {epochs} epoch(s) training everything, LR {base_lr / lr_mult:.1e} (first "
         f"layers) to {base_lr:.1e} (head)"
     )
+    learn.phase = 1
     learn.unfreeze()
-    learn.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, div=div)
+    learn.fit_one_cycle(
+        epochs,
+        slice(base_lr / lr_mult, base_lr),
+        pct_start=pct_start,
+        div=div,
+        start_epoch=start_epoch,
+        restart_at=restart_at,
+    )

@@ -42,8 +42,16 @@ from deepstart.train.callbacks import (
     Recorder,
     RestartEpoch,
 )
-from deepstart.train.finetune import fine_tune, freeze_to, layer_groups, lr_scales, param_groups
+from deepstart.train.finetune import (
+    fine_tune,
+    freeze_to,
+    frozen_norms_eval,
+    layer_groups,
+    lr_scales,
+    param_groups,
+)
 from deepstart.train.guard import DivergenceGuard
+from deepstart.train.precompute import FeatureBatches, FeatureCache, cached_batches
 from deepstart.train.regression import (
     baseline_loss,
     evaluate_values,
@@ -202,6 +210,9 @@ class Learner:
         augment: augmentation of the training batches, on the device: a preset name
             ("flip", "cifar", "photo", "digits"; see :mod:`deepstart.augment`), an
             ``Augmentation``, or None. Validation, evaluation and prediction stay plain.
+        precompute: while the body is frozen and nothing is augmented, compute the body's
+            features once and train the head on them (see :mod:`deepstart.train.precompute`;
+            the body, BatchNorm included, stays fixed while it is used).
 
     Attributes:
         task: "classification" or "regression", from the data.
@@ -227,6 +238,7 @@ class Learner:
         log: Callable[[str], None] = print,
         guard: bool = True,
         augment: str | Augmentation | None = None,
+        precompute: bool = False,
     ) -> None:
         self.data = data
         self.task: str = getattr(data, "task", "classification")
@@ -255,6 +267,14 @@ class Learner:
             else None
         )
         self.lr_scales: list[float] | None = None  # per layer group; None: all 1 (see fit)
+        self.precompute = bool(precompute)
+        self.feature_cache = FeatureCache()
+        self._precompute_note: str | None = None  # the last reason logged for not using it
+        self.head_only = False  # this fit trains model.head on cached features
+        # Which fit of a multi-fit plan runs (fine_tune: 0 frozen, 1 unfrozen): checkpoints
+        # save it so a resumed run continues in the right one.
+        self.phase = 0
+        self.cancelled = False  # the last fit was ended early by CancelFit
         self.opt: torch.optim.Optimizer | None = None
         self.callbacks: list[Callback] = []
         self.recorder = Recorder()
@@ -398,15 +418,19 @@ class Learner:
             group["lr_scale"] = scales[k] if k < len(scales) else 1.0
 
     # -- transfer learning -----------------------------------------------------------------
-    def freeze_to(self, n: int) -> None:
-        """Freeze the first ``n`` layer groups (BatchNorm stays trainable); the optimizer is
-        rebuilt for the new set of trainable parameters at the next fit."""
-        freeze_to(self.model, n)
-        self.opt = None
+    def freeze_to(self, n: int, *, train_bn: bool = True) -> None:
+        """Freeze the first ``n`` layer groups (their BatchNorm layers stay trainable unless
+        ``train_bn=False``, which also fixes their running statistics). When that changes
+        which parameters train, the optimizer is rebuilt for them at the next fit; otherwise
+        it keeps its state (a resumed run re-freezes what its checkpoint had frozen)."""
+        before = [p.requires_grad for p in self.model.parameters()]
+        freeze_to(self.model, n, train_bn=train_bn)
+        if [p.requires_grad for p in self.model.parameters()] != before:
+            self.opt = None
 
-    def freeze(self) -> None:
+    def freeze(self, *, train_bn: bool = True) -> None:
         """Train only the head (the last layer group)."""
-        self.freeze_to(-1)
+        self.freeze_to(-1, train_bn=train_bn)
 
     def unfreeze(self) -> None:
         """Train every layer again."""
@@ -464,11 +488,11 @@ class Learner:
         extra = [sched, *callbacks]
         self.add_callbacks(extra)
         self.n_epochs = epochs
-        self.train_dl = self.batches(self.data.train, train=True)
-        self.valid_dl = self.batches(self.data.valid)
+        self._make_loaders()
         self.total_iters = epochs * len(self.train_dl)
         self.train_iter = start_epoch * len(self.train_dl) + restart_at
         self.restart_at = restart_at
+        self.cancelled = False
         try:
             self("before_fit")
             epoch = start_epoch
@@ -484,11 +508,24 @@ class Learner:
                 self.restart_at = 0
                 epoch += 1
         except CancelFit:
+            self.cancelled = True
             self("after_cancel_fit")
         finally:
             self("after_fit")
             for cb in extra:
                 self.remove_callback(cb)
+            self.head_only = False
+
+    def _make_loaders(self) -> None:
+        """The fit's train and valid batches: cached body features when ``precompute`` can
+        be used (then the loop runs ``model.head`` only), else the images."""
+        cached = cached_batches(self, self.log) if self.precompute else None
+        self.head_only = cached is not None
+        if cached is not None:
+            self.train_dl, self.valid_dl = cached
+        else:
+            self.train_dl = self.batches(self.data.train, train=True)
+            self.valid_dl = self.batches(self.data.valid)
 
     def fit_one_cycle(
         self,
@@ -540,6 +577,7 @@ class Learner:
     def _train_epoch(self) -> None:
         self.training = True
         self.model.train()
+        frozen_norms_eval(self.model)  # a frozen BatchNorm keeps its statistics too
         self.train_dl.set_epoch(self.epoch, start=self.restart_at)
         self.n_iter = len(self.train_dl)
         self("before_train")
@@ -559,7 +597,7 @@ class Learner:
         try:
             self("before_batch")
             with self._autocast():
-                self.pred = self.model(self.xb)
+                self.pred = self.model.head(self.xb) if self.head_only else self.model(self.xb)
                 self("after_pred")
                 self.loss = self.loss_func(self.pred, self.yb)
             self("after_loss")
@@ -604,7 +642,8 @@ class Learner:
             assert self.opt is not None
             self.opt.zero_grad(set_to_none=True)
             with self._autocast():
-                loss = self.loss_func(self.model(self.xb), self.yb)
+                pred = self.model.head(self.xb) if self.head_only else self.model(self.xb)
+                loss = self.loss_func(pred, self.yb)
             loss.backward()
             return loss
 
@@ -624,8 +663,7 @@ class Learner:
         old, new = self.batch_size, self.batch_size // 2
         self.batch_size = new
         self.lr_mult *= new / old  # linear scaling: same LR per sample
-        self.train_dl = self.batches(self.data.train, train=True)
-        self.valid_dl = self.batches(self.data.valid)
+        self._make_loaders()
         self.restart_at = self.iter * old // new
         self.total_iters = self.n_epochs * len(self.train_dl)
         self.train_iter = self.epoch * len(self.train_dl) + self.restart_at
@@ -669,16 +707,18 @@ class Learner:
                 )
 
     @torch.no_grad()
-    def _score_once(self, dl: Batches | TensorBatches) -> dict[str, Any]:
+    def _score_once(self, dl: Batches | TensorBatches | FeatureBatches) -> dict[str, Any]:
         if self.task == "regression":
             return score_values(self, dl)
+        # cached features go through the head only
+        net = self.model.head if isinstance(dl, FeatureBatches) else self.model
         was_training = self.model.training
         self.model.eval()
         total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         preds, targets, probs = [], [], []
         for xb, yb in dl:
             with self._autocast():
-                logits = self.model(xb)
+                logits = net(xb)
             logits = logits.float()
             total_loss += F.cross_entropy(logits, yb, reduction="sum").double()
             p = logits.softmax(dim=1)

@@ -34,7 +34,7 @@ from deepstart.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from deepstart.data.cache import atomic_write
 from deepstart.data.catalog import load_dataset
 from deepstart.data.dataset import DataError, Dataset
-from deepstart.errors import ConfigError, DeepstartError
+from deepstart.errors import DeepstartError
 from deepstart.models.pretrained import load_pretrained
 from deepstart.models.registry import count_parameters, create_model
 from deepstart.train.callbacks import (
@@ -127,6 +127,8 @@ def apply_pretrained(
         stats = (tuple(prep["mean"]), tuple(prep["std"]))
         source = source / "model.safetensors"
     report = load_pretrained(model, str(source), sha256=cfg.pretrained_sha256)
+    if stats is not None:  # a run's weights expect the run's normalisation, not the family's
+        report.mean, report.std = stats
     log(str(report))
     if stats is None and report.mean is not None:
         stats = (tuple(report.mean), tuple(report.std))
@@ -231,9 +233,18 @@ def train_run(
         log=log,
         guard=False,  # added with the other option callbacks, after the LR finder
         augment=tc.augment,
+        precompute=tc.precompute,
     )
     if tc.freeze:
         learn.freeze()
+    ckpt = None
+    if resume is not None:
+        ckpt_path = run_dir / "checkpoints" / "last.pt"
+        if not ckpt_path.is_file():
+            raise DataError(f"{run_dir}: no checkpoints/last.pt to resume from")
+        ckpt = load_checkpoint(ckpt_path)
+        if tc.fine_tune and int(ckpt.get("phase", 0)) == 0:
+            learn.freeze()  # the optimizer in the checkpoint holds the frozen phase's params
     if tc.batch_size == "auto" and resume is None:
         learn.batch_size = find_batch_size(learn)
     lr = _choose_lr(learn, tc, run_dir, resume is not None, log)
@@ -241,12 +252,11 @@ def train_run(
     if tc.tensorboard:
         learn.add_callbacks([TensorBoardLogger(run_dir / "tensorboard")])
     start_epoch, restart_at = 0, 0
-    if resume is not None:
-        ckpt_path = run_dir / "checkpoints" / "last.pt"
-        if not ckpt_path.is_file():
-            raise DataError(f"{run_dir}: no checkpoints/last.pt to resume from")
-        start_epoch, restart_at = restore_checkpoint(learn, load_checkpoint(ckpt_path))
+    if ckpt is not None:
+        start_epoch, restart_at = restore_checkpoint(learn, ckpt)
         where = f"epoch {start_epoch + 1}" + (f" batch {restart_at + 1}" if restart_at else "")
+        if tc.fine_tune:
+            where += " of the frozen phase" if learn.phase == 0 else " of the unfrozen phase"
         _say(f"resuming {run_dir} at {where} of {tc.epochs}", stream)
         # metrics.jsonl may hold a row written after the checkpoint: rewrite it from the record.
         with atomic_write(run_dir / "metrics.jsonl", "w") as f:
@@ -254,12 +264,10 @@ def train_run(
     learn.recorder.path = run_dir / "metrics.jsonl"
     start = time.perf_counter()
     fit_kw = {"start_epoch": start_epoch, "restart_at": restart_at}
-    if start_epoch < tc.epochs:
-        if tc.fine_tune:
-            if resume is not None:
-                raise ConfigError("a fine_tune run cannot be resumed yet; start it again")
-            learn.fine_tune(tc.epochs, lr)
-        elif tc.schedule == "one_cycle":
+    if tc.fine_tune:
+        learn.fine_tune(tc.epochs, lr, start_phase=learn.phase, **fit_kw)
+    elif start_epoch < tc.epochs:
+        if tc.schedule == "one_cycle":
             learn.fit_one_cycle(tc.epochs, lr, pct_start=tc.pct_start, **fit_kw)
         else:
             learn.fit(tc.epochs, lr, schedule=ScheduleSpec(kind=tc.schedule), **fit_kw)
