@@ -2,31 +2,53 @@
 
 ``model.json`` holds what is needed to rebuild and use the model: the registry architecture
 and its arguments, the class names and the :class:`Preprocess` the training data got (a
-regression model, which takes raw numbers, has no classes and no preprocess).
+regression model, which takes raw numbers, has no classes and no preprocess), plus whatever
+the run added (dataset name, test score, statistics of the training inputs).
 Loading it can never run code: weights are plain tensors, everything else is JSON.
+
+A *bundle* is what you ship: a directory or a single ``.zip`` holding ``model.safetensors``,
+``model.json`` and the run's ``config.json`` (the training config). A run directory is a
+bundle too. :func:`load_bundle` opens any of them (and an ``.onnx`` file written by
+:func:`deepstart.onnx_export.export_onnx`) as an object whose ``predict`` takes files, PIL
+images or arrays. Zips are read in memory, member by member, with size limits; nothing is
+extracted.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
 
-from safetensors.torch import load_file, save
+import torch
+from safetensors.torch import load, load_file, save
 from torch import nn
 
 from deepstart.data.cache import atomic_write
-from deepstart.data.dataset import Preprocess
+from deepstart.data.dataset import Batches, ImageSet, Preprocess
 from deepstart.errors import DeepstartError
 from deepstart.models.registry import create_model_from_arch
 
+if TYPE_CHECKING:
+    from deepstart.onnx_export import OnnxBundle, OnnxExport
+    from deepstart.predict import Prediction
+
 FORMAT = "deepstart.model"
 VERSION = 1
+META, WEIGHTS, CONFIG = "model.json", "model.safetensors", "config.json"
+# Limits on what is read from a zip (uncompressed bytes): a bundle holds two JSON files and
+# one weights file, so anything bigger is a broken or hostile archive.
+MAX_JSON_BYTES = 64 * 2**20
+MAX_WEIGHTS_BYTES = 4 * 2**30
+MAX_MEMBERS = 1000
 
 
 class BundleError(DeepstartError):
-    """A model directory that is missing, broken or from a newer deepstart."""
+    """A model directory or bundle that is missing, broken or from a newer deepstart."""
 
 
 @dataclass
@@ -37,6 +59,12 @@ class SavedModel:
     classes: list[str]
     preprocess: Preprocess | None  # None for a regression model
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _weights_bytes(model: nn.Module) -> bytes:
+    # safetensors refuses shared or non-contiguous storage; clone to plain CPU tensors.
+    weights = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    return save(weights, metadata={"format": FORMAT})
 
 
 def save_model(
@@ -57,10 +85,8 @@ def save_model(
         raise BundleError("model has no .arch: build it with create_model() to save it")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    # safetensors refuses shared or non-contiguous storage; clone to plain CPU tensors.
-    weights = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    with atomic_write(directory / "model.safetensors") as f:
-        f.write(save(weights, metadata={"format": FORMAT}))
+    with atomic_write(directory / WEIGHTS) as f:
+        f.write(_weights_bytes(model))
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -69,9 +95,36 @@ def save_model(
         "preprocess": preprocess.to_dict() if preprocess is not None else None,
         **(extra or {}),
     }
-    with atomic_write(directory / "model.json", "w") as f:
+    with atomic_write(directory / META, "w") as f:
         json.dump(meta, f, indent=2)
     return directory
+
+
+def _check_meta(meta: Any, where: str) -> dict:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise BundleError(f"{where}: not a deepstart model (format {got!r})")
+    try:
+        version = int(meta.get("version", 0))
+    except (TypeError, ValueError):
+        raise BundleError(
+            f"{where}: format version {meta.get('version')!r} is not a number"
+        ) from None
+    if version > VERSION:
+        raise BundleError(
+            f"{where}: format version {version} is newer than this deepstart "
+            f"reads ({VERSION}); upgrade deepstart"
+        )
+    if not isinstance(meta.get("arch"), dict) or not isinstance(meta.get("classes"), list):
+        raise BundleError(f"{where}: has no model architecture or class list")
+    return meta
+
+
+def _parse_json(data: bytes | str, where: str) -> Any:
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{where}: not valid JSON ({e})") from None
 
 
 def read_meta(directory: str | Path) -> dict:
@@ -81,21 +134,24 @@ def read_meta(directory: str | Path) -> dict:
         BundleError: no model, invalid JSON, not a deepstart model, or a newer format.
     """
     directory = Path(directory)
-    meta_path, weights_path = directory / "model.json", directory / "model.safetensors"
+    meta_path, weights_path = directory / META, directory / WEIGHTS
     if not meta_path.is_file() or not weights_path.is_file():
-        raise BundleError(f"{directory}: no model.json + model.safetensors (is it a run dir?)")
+        raise BundleError(f"{directory}: no {META} + {WEIGHTS} (is it a run dir?)")
+    return _check_meta(_parse_json(meta_path.read_bytes(), str(meta_path)), str(meta_path))
+
+
+def _build(meta: dict, weights: str | bytes, where: str, device: str) -> nn.Module:
+    """The architecture of ``meta`` with ``weights`` (a file path or the file's bytes)."""
     try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{meta_path}: not valid JSON ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise BundleError(f"{meta_path}: not a deepstart model (format {meta.get('format')!r})")
-    if int(meta.get("version", 0)) > VERSION:
-        raise BundleError(
-            f"{meta_path}: format version {meta['version']} is newer than this deepstart "
-            f"reads ({VERSION}); upgrade deepstart"
-        )
-    return meta
+        model = create_model_from_arch(meta["arch"])
+    except (DeepstartError, KeyError, TypeError) as e:
+        raise BundleError(f"{where}: cannot rebuild the model ({e})") from None
+    try:
+        state = load_file(weights) if isinstance(weights, str) else load(weights)
+        model.load_state_dict(state)
+    except Exception as e:  # safetensors and torch raise several kinds for a broken file
+        raise BundleError(f"{where}: cannot load weights ({e})") from None
+    return model.to(device).eval()
 
 
 def load_model(directory: str | Path, device: str = "cpu") -> SavedModel:
@@ -107,13 +163,251 @@ def load_model(directory: str | Path, device: str = "cpu") -> SavedModel:
         ['circle', 'square', 'triangle']
     """
     meta = read_meta(directory)
-    weights_path = Path(directory) / "model.safetensors"
-    model = create_model_from_arch(meta["arch"])
-    try:
-        state = load_file(str(weights_path))
-        model.load_state_dict(state)
-    except Exception as e:  # safetensors and torch raise several kinds for a broken file
-        raise BundleError(f"{weights_path}: cannot load weights ({e})") from None
-    model.to(device).eval()
+    weights_path = Path(directory) / WEIGHTS
+    model = _build(meta, str(weights_path), str(weights_path), device)
     prep = Preprocess.from_dict(meta["preprocess"]) if meta.get("preprocess") else None
     return SavedModel(model, list(meta["classes"]), prep, meta)
+
+
+# --- bundles ----------------------------------------------------------------------------
+
+
+@dataclass
+class Bundle(SavedModel):
+    """A shippable image classifier: model (eval mode), classes, Preprocess and metadata.
+
+    Attributes:
+        model: the network; maps normalised ``(N, C, H, W)`` floats to ``(N, K)`` logits.
+        classes: class names, ``classes[k]`` is output ``k``.
+        preprocess: size, channels, resize policy and mean/std of the training data.
+        meta: the whole ``model.json`` (arch, dataset, test score, ``input_stats``, ...).
+        config: the training config (``config.json``), or None if the bundle has none.
+        source: where it was loaded from.
+    """
+
+    config: dict[str, Any] | None = None
+    source: str = ""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def probabilities(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Class probabilities ``(N, K)`` (float32, CPU) of ``(N, C, H, W)`` uint8 images
+        already at the bundle's size and channels; normalised exactly as training did.
+
+        Example:
+            >>> bundle.probabilities(torch.zeros(2, 1, 28, 28, dtype=torch.uint8)).shape
+            torch.Size([2, 10])
+        """
+        check_batch(images, self.preprocess)
+        labels = torch.zeros(len(images), dtype=torch.int64)
+        batches = Batches(
+            ImageSet(images, labels, list(self.classes)),
+            batch_size,
+            device=self.device,
+            mean=self.preprocess.mean,
+            std=self.preprocess.std,
+        )
+        out = [self.model(x).float().softmax(dim=1).cpu() for x, _ in batches]
+        return torch.cat(out) if out else torch.zeros(0, len(self.classes))
+
+    def predict(
+        self,
+        inputs: Any,
+        *,
+        top_k: int = 3,
+        batch_size: int = 64,
+        log: Callable[[str], None] | None = None,
+    ) -> list[Prediction]:
+        """Predict files, PIL images or uint8 arrays; see :func:`deepstart.predict.predict`.
+
+        Example:
+            >>> [p.label for p in bundle.predict(["cat.jpg", "dog.png"])]
+            ['cat', 'dog']
+        """
+        from deepstart.predict import predict
+
+        return predict(self, inputs, top_k=top_k, batch_size=batch_size, log=log)
+
+    def save(self, out: str | os.PathLike) -> Path:
+        """Write the bundle to ``out``: a ``.zip`` file, or else a directory.
+
+        Example:
+            >>> load_bundle("runs/x").save("model.zip")
+            PosixPath('model.zip')
+        """
+        files = {
+            META: json.dumps(self.meta, indent=2).encode(),
+            WEIGHTS: _weights_bytes(self.model),
+        }
+        if self.config is not None:
+            files[CONFIG] = json.dumps(self.config, indent=2).encode()
+        return write_bundle(files, out)
+
+    def export_onnx(self, path: str | os.PathLike, **kwargs: Any) -> OnnxExport:
+        """Write an ONNX file; see :func:`deepstart.onnx_export.export_onnx`."""
+        from deepstart.onnx_export import export_onnx
+
+        return export_onnx(self, path, **kwargs)
+
+
+def check_batch(images: torch.Tensor, prep: Preprocess) -> None:
+    """Refuse anything but ``(N, C, H, W)`` uint8 at ``prep``'s channels and size."""
+    want = (prep.channels, *prep.size)
+    if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != want:
+        raise BundleError(
+            f"probabilities() wants (N, {want[0]}, {want[1]}, {want[2]}) uint8 images, got "
+            f"{tuple(images.shape)} {images.dtype}; predict() converts any size and mode"
+        )
+
+
+def shareable(path: Path) -> Path:
+    """Give a file written through a temp file (mode 0600) the usual rights under the umask:
+    a shipped model is meant to be read by others."""
+    mask = os.umask(0)
+    os.umask(mask)
+    path.chmod(0o666 & ~mask)
+    return path
+
+
+def write_bundle(files: dict[str, bytes], out: str | os.PathLike) -> Path:
+    """Write bundle members (name -> bytes) into a ``.zip`` or a directory, atomically."""
+    out = Path(out)
+    if out.suffix.lower() == ".zip":
+        with atomic_write(out) as f, zipfile.ZipFile(f, "w") as zf:
+            for name, data in files.items():
+                # Weights are float noise to deflate (~7% smaller, slower); JSON shrinks well.
+                method = zipfile.ZIP_STORED if name == WEIGHTS else zipfile.ZIP_DEFLATED
+                zf.writestr(name, data, compress_type=method)
+        return shareable(out)
+    if out.exists() and not out.is_dir():
+        raise BundleError(f"{out} exists and is not a directory; use a new name or a .zip")
+    for name, data in files.items():
+        with atomic_write(out / name) as f:
+            f.write(data)
+        shareable(out / name)
+    return out
+
+
+def export_bundle(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Check a run directory's model and write it as a bundle: ``out`` is a ``.zip`` file or a
+    directory. The weights and JSON are copied byte for byte.
+
+    Example:
+        >>> export_bundle("runs/20260101-120000-shapes-vgg_small", "shapes.zip")
+        PosixPath('shapes.zip')
+    """
+    load_bundle(run_dir)  # refuse to ship what cannot be loaded back
+    src = Path(run_dir)
+    if Path(out).resolve() == src.resolve():
+        raise BundleError(f"{out} is the run directory itself; export somewhere else")
+    files = {name: (src / name).read_bytes() for name in (META, WEIGHTS, CONFIG)
+             if (src / name).is_file()}  # fmt: skip
+    return write_bundle(files, out)
+
+
+def load_bundle(path: str | os.PathLike, device: str = "cpu") -> Bundle | OnnxBundle:
+    """Open a bundle: a ``.zip``, a bundle or run directory, or an ``.onnx`` file.
+
+    Loading runs no code from the bundle: the weights are read as plain tensors (from bytes,
+    for a zip), the rest as JSON. An ``.onnx`` file gives an ``OnnxBundle`` (run by
+    onnxruntime) with the same ``predict``, ``classes``, ``preprocess`` and ``meta``.
+
+    Args:
+        path: the bundle.
+        device: where a PyTorch model runs: "cpu", "cuda", "mps" or "auto" (onnxruntime
+            always runs on the CPU).
+
+    Raises:
+        BundleError: a missing path or member, broken JSON or weights, an unsafe or
+            oversized zip, a newer format, or a model that does not classify images.
+
+    Example:
+        >>> bundle = load_bundle("shapes.zip")
+        >>> bundle.predict("circle.png")[0].label
+        'circle'
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise BundleError(f"{path} does not exist")
+    if device == "auto":
+        from deepstart.train.learner import resolve_device
+
+        device = str(resolve_device(device))
+    if path.is_file() and path.suffix.lower() == ".onnx":
+        from deepstart.onnx_export import load_onnx
+
+        return load_onnx(path)
+    if path.is_dir():
+        meta = read_meta(path)
+        config_path = path / CONFIG
+        config = _parse_json(config_path.read_bytes(), str(config_path)) if (
+            config_path.is_file()) else None  # fmt: skip
+        weights: str | bytes = str(path / WEIGHTS)
+    elif zipfile.is_zipfile(path):
+        members = read_zip_members(path)
+        meta = _check_meta(_parse_json(members[META], f"{path}:{META}"), f"{path}:{META}")
+        config = _parse_json(members[CONFIG], f"{path}:{CONFIG}") if CONFIG in members else None
+        weights = members[WEIGHTS]
+    else:
+        raise BundleError(f"{path}: not a bundle (a directory, a .zip or an .onnx file)")
+    if not meta.get("preprocess") or meta["arch"].get("task", "classification") != (
+        "classification"
+    ):
+        raise BundleError(f"{path}: not an image classifier (use load_model for other models)")
+    model = _build(meta, weights, f"{path}:{WEIGHTS}", device)
+    prep = Preprocess.from_dict(meta["preprocess"])
+    return Bundle(model, list(meta["classes"]), prep, meta, config, str(path))
+
+
+def _safe_name(name: str) -> bool:
+    """A relative POSIX member name with no ``..``, drive, backslash or absolute root."""
+    if not name or "\\" in name or "\0" in name or name.startswith("/"):
+        return False
+    parts = PurePosixPath(name).parts
+    return not any(p == ".." for p in parts) and ":" not in parts[0]
+
+
+def read_zip_members(
+    path: str | os.PathLike, names: Sequence[str] = (META, WEIGHTS, CONFIG)
+) -> dict[str, bytes]:
+    """The bytes of a zipped bundle's members, found at the top or in one top folder.
+
+    The whole archive is refused if any member name could escape a folder (``../x``,
+    ``/etc/x``, ``C:x``, backslashes); each member is read with a size limit that does not
+    trust the sizes the archive claims.
+
+    Raises:
+        BundleError: a broken or unsafe zip, a missing or oversized member.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            if len(infos) > MAX_MEMBERS:
+                raise BundleError(f"{path}: {len(infos)} members; a bundle has a few")
+            bad = [i.filename for i in infos if not _safe_name(i.filename)]
+            if bad:
+                raise BundleError(f"{path}: refusing a zip with unsafe member name {bad[0]!r}")
+            by_name = {i.filename: i for i in infos if not i.is_dir()}
+            tops = sorted({n.rsplit("/", 1)[0] + "/" for n in by_name if n.endswith("/" + META)})
+            prefix = "" if META in by_name else (tops[0] if len(tops) == 1 else None)
+            if prefix is None or prefix.count("/") > 1:
+                raise BundleError(f"{path}: no {META} at the top of the zip (is it a bundle?)")
+            out = {}
+            for name in names:
+                info = by_name.get(prefix + name)
+                if info is None:
+                    if name == CONFIG:
+                        continue  # optional: a model saved without a run has no config
+                    raise BundleError(f"{path}: the zip has no {prefix}{name}")
+                limit = MAX_WEIGHTS_BYTES if name == WEIGHTS else MAX_JSON_BYTES
+                with zf.open(info) as f:
+                    data = f.read(limit + 1)  # the header's size may lie; the stream cannot
+                if len(data) > limit:
+                    raise BundleError(f"{path}: {name} is over the {limit:,}-byte limit")
+                out[name] = data
+            return out
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as e:
+        raise BundleError(f"{path}: broken zip ({e})") from None

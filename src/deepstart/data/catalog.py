@@ -46,6 +46,11 @@ DATASETS: dict[str, DatasetInfo] = {
         ),
         DatasetInfo("mnist", "handwritten digits, 28x28 grey, 60k/10k", "IDX files: mnist/"),
         DatasetInfo(
+            "affnist",
+            "MNIST digits affinely moved in a 40x40 frame (affNIST-style); generated",
+            "generated from the MNIST IDX files: mnist/ (cached)",
+        ),
+        DatasetInfo(
             "fashion_mnist",
             "Zalando clothing pictures, 28x28 grey, 60k/10k",
             "IDX files: fashion-mnist/",
@@ -82,6 +87,13 @@ def _source(name: str, data_dir: str | None, seed: int, download: bool, options:
 
         train, test = load_mnist(name, data_dir=data_dir, download=download)
         return train, None, test, []
+    if name == "affnist":
+        from deepstart.data.affnist import load_affnist
+
+        train, valid, test = load_affnist(
+            data_dir, download=download, seed=options.pop("seed", seed), **options
+        )
+        return train, valid, test, []
     if name == "cifar10":
         from deepstart.data.cifar10 import load_cifar10
 
@@ -115,8 +127,8 @@ def load_dataset(
     """Load a dataset by name into memory, split and described.
 
     Args:
-        name: "shapes", "mnist", "fashion_mnist", "kmnist", "cifar10", "folder", or the path
-            of an image folder.
+        name: "shapes", "mnist", "affnist", "fashion_mnist", "kmnist", "cifar10", "folder",
+            or the path of an image folder.
         data_dir: directory searched first for the files (then ``$DEEPSTART_DATA``, then
             the cache); for "folder", the folder itself.
         valid_pct: share of train held out for validation when there is no valid split;
@@ -125,9 +137,10 @@ def load_dataset(
         size, channels, resize: bring every split to this size / channel count.
         download: fetch missing public datasets into the cache.
         **options: source settings, e.g. ``n_train=3000, classes=("circle", "star")`` for
-            shapes. For every other source, ``classes`` keeps only those classes (in that
-            order) and ``train_per_class`` keeps the first N training images of each, to try
-            transfer learning on little data.
+            shapes, ``copies=4, test_pad="corner"`` for affnist. For every other source,
+            ``classes`` keeps only those classes (in that order) and ``train_per_class``
+            keeps the first N training images of each, to try transfer learning on little
+            data.
 
     Example:
         >>> data = load_dataset("mnist", data_dir="../shared/data/mnist")
@@ -145,6 +158,9 @@ def load_dataset(
             raise DataError(f"shapes are square; got size {size}")
         options.setdefault("size", size[0])
         size = None
+    if name == "affnist":
+        # Held out as whole originals (with all their copies), inside the generator.
+        options.setdefault("valid_pct", valid_pct)
     if name == "folder":
         options.setdefault("size", size)
         options.setdefault("channels", channels)
@@ -212,5 +228,6 @@ def locate(name: str, data_dir: str | os.PathLike | None = None) -> str:
     if name == "cifar10":
         found = cifar10.find_cifar10(data_dir)
     else:
-        found = find_files(mnist.FILES, mnist.SUBDIRS[name], data_dir)
+        subdirs = mnist.SUBDIRS["mnist" if name == "affnist" else name]
+        found = find_files(mnist.FILES, subdirs, data_dir)
     return str(found) if found else "not found: downloads into the cache on first use"

@@ -64,10 +64,34 @@ def decode_image(
             # the requested size, and a square request is safe under any EXIF rotation.
             im.draft(None, (max(size), max(size)))
         ImageOps.exif_transpose(im, in_place=True)
-        im = _canonical_mode(im)
-        if size is not None:
-            im = fit(im, size, resize)
-        return to_channels(np.asarray(im), channels)
+        return _prepared(im, size, channels, resize)
+
+
+def prepare_image(
+    im: Image.Image,
+    *,
+    size: int | tuple[int, int] | None = None,
+    channels: int | None = None,
+    resize: str = "squish",
+) -> np.ndarray:
+    """An image already in memory, brought to pixels exactly as :func:`decode_image` brings a
+    file (EXIF orientation, mode, size); ``im`` itself is left unchanged.
+
+    Returns:
+        ``(H, W, C)`` uint8; C is ``channels``, or the image's own 1 or 3 when None.
+
+    Example:
+        >>> prepare_image(Image.new("RGBA", (40, 30)), size=16, channels=1).shape
+        (16, 16, 1)
+    """
+    return _prepared(ImageOps.exif_transpose(im), check_size(size), channels, resize)
+
+
+def _prepared(im: Image.Image, size, channels, resize) -> np.ndarray:
+    im = _canonical_mode(im)
+    if size is not None:
+        im = fit(im, size, resize)
+    return to_channels(np.asarray(im), channels)
 
 
 def _canonical_mode(im: Image.Image) -> Image.Image:
