@@ -264,3 +264,177 @@ class _Cdp:
         if "method" in msg:
             self.events.append(msg)
         return msg
+
+
+# --- driving a live page: evaluate JS, mouse input, wait for the page, screenshot ---------
+
+
+class LivePage:
+    """A page open in headless Chromium, for tests that act on it (see :func:`open_page`).
+
+    Attributes:
+        url: The URL that was loaded.
+    """
+
+    def __init__(self, cdp: _Cdp, session: str, url: str, width: int) -> None:
+        self._cdp, self._sid, self.url, self._width = cdp, session, url, width
+
+    def evaluate(self, expression: str):
+        """The JSON value of a JavaScript expression (a promise is awaited)."""
+        found = self._cdp.call(
+            "Runtime.evaluate",
+            self._sid,
+            expression=expression,
+            returnByValue=True,
+            awaitPromise=True,
+        )
+        if "exceptionDetails" in found:
+            raise RuntimeError(f"{expression!r} threw: {found['exceptionDetails']}")
+        return found["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float = 30, interval: float = 0.1):
+        """Poll ``expression`` until it is truthy and return its value.
+
+        Raises:
+            TimeoutError: still falsy after ``timeout`` seconds.
+        """
+        end = time.monotonic() + timeout
+        while True:
+            value = self.evaluate(expression)
+            if value:
+                return value
+            if time.monotonic() > end:
+                raise TimeoutError(f"{expression!r} still {value!r} after {timeout} s")
+            time.sleep(interval)
+
+    def center(self, selector: str) -> tuple[float, float]:
+        """Viewport coordinates (CSS pixels) of the middle of the first match of a selector."""
+        box = self.evaluate(
+            f"(() => {{ const r = document.querySelector({json.dumps(selector)})"
+            ".getBoundingClientRect(); return [r.left + r.width / 2, r.top + r.height / 2]; })()"
+        )
+        return float(box[0]), float(box[1])
+
+    def mouse(self, kind: str, x: float, y: float, *, pressed: bool = False) -> None:
+        """One ``Input.dispatchMouseEvent``: kind is "mousePressed", "mouseMoved" or
+        "mouseReleased"; Chromium derives the pointer events from it as for a real mouse."""
+        down = kind == "mousePressed" or (kind == "mouseMoved" and pressed)
+        self._cdp.call(
+            "Input.dispatchMouseEvent",
+            self._sid,
+            type=kind,
+            x=x,
+            y=y,
+            button="left" if kind != "mouseMoved" or pressed else "none",
+            buttons=1 if down else 0,
+            clickCount=1 if kind != "mouseMoved" else 0,
+        )
+
+    def drag(self, points: list[tuple[float, float]]) -> None:
+        """Press the left button at the first point, move through the rest, release."""
+        self.mouse("mousePressed", *points[0])
+        for x, y in points[1:]:
+            self.mouse("mouseMoved", x, y, pressed=True)
+        self.mouse("mouseReleased", *points[-1])
+
+    def click(self, selector: str) -> None:
+        """A left click in the middle of the first element matching ``selector``."""
+        x, y = self.center(selector)
+        self.mouse("mousePressed", x, y)
+        self.mouse("mouseReleased", x, y)
+
+    def set_files(self, selector: str, paths: list[Path]) -> None:
+        """Choose files in an ``<input type=file>`` as a user would (fires its change event)."""
+        root = self._cdp.call("DOM.getDocument", self._sid)["root"]["nodeId"]
+        node = self._cdp.call("DOM.querySelector", self._sid, nodeId=root, selector=selector)
+        self._cdp.call(
+            "DOM.setFileInputFiles",
+            self._sid,
+            nodeId=node["nodeId"],
+            files=[str(Path(p).resolve()) for p in paths],
+        )
+
+    def errors(self) -> list[str]:
+        """Console errors, uncaught exceptions and failed loads seen so far."""
+        return [e for e in map(_error_text, self._cdp.events) if e]
+
+    def screenshot(self, path: Path) -> Path:
+        """A full-page PNG, ``width`` pixels wide."""
+        height = self.evaluate(
+            "Math.max(document.documentElement.offsetHeight, document.body.scrollHeight)"
+        )
+        clip = {"x": 0, "y": 0, "width": self._width, "height": max(height, 1), "scale": 1}
+        shot = self._cdp.call(
+            "Page.captureScreenshot", self._sid, format="png", clip=clip, captureBeyondViewport=True
+        )
+        Path(path).write_bytes(base64.b64decode(shot["data"]))
+        return Path(path)
+
+
+@contextlib.contextmanager
+def open_page(url: str, *, width: int = 1280, height: int = 800, timeout: float = 90):
+    """Load ``url`` in a fresh headless Chromium and yield a :class:`LivePage` to act on.
+
+    The page's load event has fired when the block starts. Chromium is killed and its
+    profile removed when the block ends; every CDP read respects one deadline of
+    ``timeout`` seconds from the start.
+
+    Example:
+        >>> with open_page("http://127.0.0.1:8000/") as page:
+        ...     page.drag([(10, 10), (50, 50)])
+        ...     page.wait_for("document.querySelector('#result li')")
+    """
+    chromium = find_chromium()
+    if chromium is None:
+        raise FileNotFoundError("headless Chromium not found (apt-get install chromium)")
+    tmp = Path(tempfile.mkdtemp(prefix="deepstart-chromium-"))
+    fds: list[int] = []
+    proc = None
+    try:
+        cmd_r, cmd_w = os.pipe()
+        out_r, out_w = os.pipe()
+        fds += [cmd_r, cmd_w, out_r, out_w]
+        argv = [chromium, *_FLAGS, f"--user-data-dir={tmp / 'profile'}", "about:blank"]
+        with open(tmp / "stderr.log", "wb") as log:
+            # As in render_page: the pipes reach Chromium as fds 3 and 4 through the shell.
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", 'exec "$@" 3<&0 4>&1 0</dev/null 1>&2', "sh", *argv],
+                stdin=cmd_r,
+                stdout=out_w,
+                stderr=log,
+                start_new_session=True,
+            )
+        for fd in (cmd_r, out_w):
+            os.close(fd)
+            fds.remove(fd)
+        cdp = _Cdp(cmd_w, out_r, time.monotonic() + timeout)
+        target = cdp.call("Target.createTarget", url="about:blank")["targetId"]
+        sid = cdp.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        for domain in ("Page", "Runtime", "Log"):
+            cdp.call(f"{domain}.enable", sid)
+        cdp.call("Page.setLifecycleEventsEnabled", sid, enabled=True)
+        cdp.call(
+            "Emulation.setDeviceMetricsOverride",
+            sid,
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
+        nav = cdp.call("Page.navigate", sid, url=url)
+        if nav.get("errorText"):
+            raise RuntimeError(f"navigation to {url} failed: {nav['errorText']}")
+        cdp.wait_for(
+            lambda m: (
+                m.get("method") == "Page.lifecycleEvent"
+                and m["params"]["name"] == "load"
+                and m["params"]["loaderId"] == nav["loaderId"]
+            )
+        )
+        yield LivePage(cdp, sid, url, width)
+    finally:
+        if proc is not None:
+            _stop(proc, cmd_w)
+        for fd in fds:
+            os.close(fd)
+        shutil.rmtree(tmp, ignore_errors=True)
