@@ -25,6 +25,7 @@ def _resnet():
 
 def _learner(data, model, logs=None, **kw):
     log = logs.append if logs is not None else (lambda m: None)
+    kw.setdefault("precision", "fp32")  # the equalities below are of exact arithmetic
     return Learner(data, model, batch_size=32, device="cpu", log=log, guard=False, **kw)
 
 

@@ -237,6 +237,10 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 class Batches:
     """Batches of an ImageSet held on ``device`` as uint8, normalised per batch.
 
+    In a distributed run (``world`` > 1) batch ``i`` is this ``rank``'s part of global batch
+    ``i``: the global batch holds ``batch_size * world`` items of the epoch's permutation (the
+    same on every rank) and is cut into ``world`` equal parts.
+
     Example:
         >>> batches = Batches(data.train, 128, device="cpu", mean=data.mean, std=data.std)
         >>> for x, y in batches: ...  # x (B, C, H, W) float32, y (B,) int64
@@ -255,8 +259,11 @@ class Batches:
         seed: int = 0,
         augment: Augment | None = None,
         channels_last: bool = False,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         self.device = torch.device(device)
+        self.rank, self.world = int(rank), int(world)
         self.images = images.images.to(self.device)  # (N, C, H, W) uint8, moved once
         self.labels = images.labels.to(self.device)
         self.batch_size = int(batch_size)
@@ -275,12 +282,20 @@ class Batches:
         self._aug_gen = torch.Generator(device=self.device)
 
     def __len__(self) -> int:
-        n = len(self.images)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        n, g = len(self.images), self.batch_size * self.world
+        return n // g if self.drop_last else -(-n // g)
 
     @property
     def num_items(self) -> int:
-        return len(self.images)
+        """Items this rank sees in one pass (all of them in a single process)."""
+        n, g = len(self.images), self.batch_size * self.world
+        if self.world == 1:
+            return n
+        if self.drop_last:
+            return len(self) * self.batch_size
+        rest = n - (n // g) * g  # the short last global batch, cut as tensor_split cuts it
+        mine = rest // self.world + (1 if self.rank < rest % self.world else 0)
+        return (n // g) * self.batch_size + mine
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Choose the shuffle (and augmentations) of ``epoch``; the next iteration begins at
@@ -308,9 +323,17 @@ class Batches:
         else:
             order = None
         start, self.start = self.start, 0  # a start applies to one pass only
+        g = self.batch_size * self.world
         for i in range(start, len(self)):
-            sl = slice(i * self.batch_size, min((i + 1) * self.batch_size, n))
-            if order is None:
+            sl = slice(i * g, min((i + 1) * g, n))
+            if self.world > 1:  # this rank's part of the global batch
+                idx = (
+                    order[sl] if order is not None else torch.arange(n, device=self.device)[sl]
+                ).tensor_split(self.world)[self.rank]
+                if len(idx) == 0:
+                    continue  # a short last batch (evaluation only) may leave a rank nothing
+                xb, yb = self.images[idx], self.labels[idx]
+            elif order is None:
                 xb, yb = self.images[sl], self.labels[sl]
             else:
                 idx = order[sl]
@@ -319,7 +342,9 @@ class Batches:
             if self.augment is not None:
                 # Seeded per batch, not per epoch: a pass started at batch k (a restore)
                 # draws the same augmentations as batch k of a full pass.
-                self._aug_gen.manual_seed(self.augment_seed(self.seed, self.epoch, i))
+                # Each rank draws its own (rank 0 the single-process draws).
+                seed = self.seed + 7919 * self.rank
+                self._aug_gen.manual_seed(self.augment_seed(seed, self.epoch, i))
                 x = self.augment(x, self._aug_gen)
             yield x, yb
 

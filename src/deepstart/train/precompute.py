@@ -101,6 +101,8 @@ def why_not(learn: Learner) -> str | None:
     (which :func:`~deepstart.train.finetune.freeze` keeps trainable; the cache fixes them).
     """
     model = learn.model
+    if learn.dist is not None:
+        return "it is not supported in distributed training yet"
     if learn.task != "classification":
         return "it is for image classifiers"
     if not (hasattr(model, "features") and hasattr(model, "head")):
