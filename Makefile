@@ -24,6 +24,14 @@ test: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
 
+# The speed benchmarks of docs/speed.md (minutes to an hour; not part of `make test`). Run
+# them on a quiet machine: bench/peers.py creates bench/.venv-keras (TensorFlow) on first use.
+bench: $(STAMP)
+	$(PY) bench/ceiling.py
+	$(PY) bench/ablations.py
+	$(PY) bench/peers.py
+	$(PY) bench/recipes.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .

@@ -98,7 +98,9 @@ def test_autocast_paths_train(toy_data, precision):
     assert all(p.dtype == torch.float32 for p in learn.model.parameters())
 
 
-def test_precision_auto_is_fp32_on_cpu_and_names_are_checked():
+def test_precision_auto_is_fp32_on_cpu_and_names_are_checked(monkeypatch):
+    # A CPU without native bf16 (the decision itself: tests/test_recipes.py).
+    monkeypatch.setattr("deepstart.train.learner.cpu_has_native_bf16", lambda: False)
     assert resolve_precision("auto", torch.device("cpu")) is None
     assert resolve_precision("fp32", torch.device("cpu")) is None
     with pytest.raises(ValueError, match="precision"):

@@ -10,7 +10,15 @@ Example:
     >>> learn.evaluate()["accuracy"]
 """
 
-from deepstart.bundle import SavedModel, load_model, save_model
+from deepstart.bundle import (
+    Bundle,
+    BundleError,
+    SavedModel,
+    export_bundle,
+    load_bundle,
+    load_model,
+    save_model,
+)
 from deepstart.config import DataConfig, FitConfig, ModelConfig, RunConfig, TrainConfig
 from deepstart.data.catalog import list_datasets, load_dataset
 from deepstart.data.dataset import Batches, DataError, Dataset, ImageSet, Preprocess
@@ -19,6 +27,7 @@ from deepstart.data.function import csv_data, function_data
 from deepstart.data.tensors import TensorData, TensorSet
 from deepstart.errors import ConfigError, DeepstartError
 from deepstart.interpret.analysis import Interpretation
+from deepstart.mismatch import check_inputs, input_stats
 from deepstart.models.registry import (
     ModelError,
     ModelInfo,
@@ -26,6 +35,9 @@ from deepstart.models.registry import (
     list_models,
     register_model,
 )
+from deepstart.models.sequential import Sequential
+from deepstart.models.summary import summarize
+from deepstart.predict import Prediction
 from deepstart.report import build_report
 from deepstart.train.callbacks import (
     Callback,
@@ -46,12 +58,15 @@ from deepstart.train.losses import make_loss
 from deepstart.train.lr_finder import LRFindResult, lr_find
 from deepstart.train.runner import evaluate_run, train_run
 from deepstart.train.tensorboard import TensorBoardLogger
+from deepstart.tune import TuneConfig, parse_space, tune
 
 __version__ = "0.1.0"
 
 __all__ = [
     "EMA",
     "Batches",
+    "Bundle",
+    "BundleError",
     "Callback",
     "CancelBatch",
     "CancelEpoch",
@@ -75,31 +90,41 @@ __all__ = [
     "ModelConfig",
     "ModelError",
     "ModelInfo",
+    "Prediction",
     "Preprocess",
     "Progress",
     "Recorder",
     "RunConfig",
     "SavedModel",
+    "Sequential",
     "TensorBoardLogger",
     "TensorData",
     "TensorSet",
     "TrainConfig",
+    "TuneConfig",
     "__version__",
     "build_report",
+    "check_inputs",
     "compare_fits",
     "create_model",
     "csv_data",
     "evaluate_run",
+    "export_bundle",
     "fit_function",
     "function_data",
+    "input_stats",
     "list_datasets",
     "list_models",
+    "load_bundle",
     "load_dataset",
     "load_model",
     "lr_find",
     "make_loss",
     "parse_expression",
+    "parse_space",
     "register_model",
     "save_model",
+    "summarize",
     "train_run",
+    "tune",
 ]

@@ -5,6 +5,9 @@ deepstart data list | data show NAME | data make shapes --out DIR
 deepstart models
 deepstart evaluate RUN_DIR [--data NAME]
 deepstart fit-function 'sin(3*x)+0.3*x' [--compare]
+deepstart export RUN_DIR --out model.zip [--onnx model.onnx]
+deepstart predict model.zip photos/ 'more/*.jpg' [--top-k 3] [--json | --csv]
+deepstart serve model.zip [--host 127.0.0.1 --port 8000]
 """
 
 from __future__ import annotations
@@ -154,8 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(data="shapes")
     t.add_argument(
         "--model",
-        default="vgg_small",
-        help="registry name (deepstart models) or a layer spec such as conv32-pool-flat-dense128",
+        help="registry name (deepstart models) or a layer spec such as conv32-pool-flat-dense128; "
+        "default: the recipe's model (vgg_small when the data has no recipe)",
+    )
+    t.add_argument(
+        "--recipe",
+        help="a named recipe (deepstart recipes): model + training settings tuned for "
+        "time-to-accuracy; default: the dataset's own when --model is not given. Flags given "
+        "override the recipe's values",
     )
     t.add_argument(
         "--model-opt", action="append", metavar="KEY=VALUE", help="model option, e.g. hidden=512"
@@ -166,25 +175,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from these weights: .safetensors/.pth file, URL, or a deepstart run dir",
     )
     t.add_argument("--pretrained-sha256", help="the SHA-256 a downloaded weights file must have")
-    t.add_argument("--epochs", type=int, default=5)
+    # The settings a recipe can set default to None (unset): the recipe's value, else
+    # TrainConfig's default (given in the help), fills them in (deepstart.recipes.run_config).
+    t.add_argument("--epochs", type=int, help="epochs (5)")
     t.add_argument(
         "--lr",
         type=_lr,
-        default=1e-3,
         help="peak LR for one_cycle (1e-3); 'auto' runs the LR finder and uses its valley",
     )
     t.add_argument(
         "--batch-size",
         type=_batch,
-        default=128,
         help="items per step (128); 'auto' finds the largest that fits the accelerator",
     )
-    t.add_argument("--opt", default="adamw", choices=OPTIMIZERS)
-    t.add_argument("--wd", type=float, default=0.01, help="weight decay (0.01)")
-    t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum / Adam beta1")
-    t.add_argument("--nesterov", action="store_true", help="Nesterov momentum for sgd")
-    t.add_argument("--schedule", default="one_cycle", choices=SCHEDULES)
-    t.add_argument("--pct-start", type=float, default=0.25, help="one_cycle warm-up share")
+    t.add_argument("--opt", choices=OPTIMIZERS, help="optimizer (adamw)")
+    t.add_argument("--wd", type=float, help="weight decay (0.01)")
+    t.add_argument("--momentum", type=float, help="SGD momentum / Adam beta1 (0.9)")
+    t.add_argument(
+        "--nesterov", action=argparse.BooleanOptionalAction, help="Nesterov momentum for sgd"
+    )
+    t.add_argument("--schedule", choices=SCHEDULES, help="LR schedule (one_cycle)")
+    t.add_argument("--pct-start", type=float, help="one_cycle warm-up share (0.25)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     t.add_argument("--out", default="runs", help="parent of the run directory (runs)")
@@ -204,9 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = t.add_argument_group("training options")
     g.add_argument(
         "--precision",
-        default="auto",
         choices=("auto", "fp32", "bf16", "fp16"),
-        help="autocast: auto = bf16/fp16 on CUDA, fp32 on CPU/MPS",
+        help="autocast (auto): bf16/fp16 on CUDA, bf16 on CPUs with native bf16 "
+        "(avx512_bf16, amx_bf16), else fp32",
     )
     g.add_argument(
         "--no-guard",
@@ -223,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--monitor", default="valid_loss", help="metric for early stopping")
     g.add_argument("--min-delta", type=float, default=0.0, help="smallest change that counts")
     g.add_argument("--grad-clip", type=float, metavar="NORM", help="clip the gradient norm")
-    g.add_argument("--label-smoothing", type=float, default=0.0)
+    g.add_argument("--label-smoothing", type=float, help="(0)")
     g.add_argument(
         "--class-weights",
         type=_weights,
@@ -231,6 +242,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight the loss per class, e.g. for imbalanced data",
     )
     g.add_argument("--ema", type=float, metavar="DECAY", help="average the weights (e.g. 0.999)")
+    g.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train in N processes with DistributedDataParallel (launches torchrun; "
+        "--batch-size is per process)",
+    )
+    g.add_argument(
+        "--sync-bn", action="store_true", help="synchronise BatchNorm over processes (CUDA)"
+    )
+    g.add_argument(
+        "--dist-timeout",
+        type=_duration,
+        default=300.0,
+        metavar="T",
+        help="how long a process waits for the others before the run fails (default 5m)",
+    )
     g.add_argument(
         "--max-time",
         type=_duration,
@@ -256,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(crop, flip, rotate, lighting), digits (no flip)",
     )
     g.add_argument(
-        "--tta", action="store_true", help="also score the test split with test-time augmentation"
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        help="also score the test split with test-time augmentation",
     )
     g.add_argument(
         "--fine-tune",
@@ -336,6 +367,15 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("--classes", type=int, dest="show_classes", help="number of classes")
     ms.add_argument("--model-opt", action="append", metavar="KEY=VALUE", dest="show_opts")
     ms.set_defaults(func=cmd_models_show)
+    rc = sub.add_parser(
+        "recipes",
+        help="the named training recipes: model, epochs, what each reached and how fast",
+        description="Recipes are models with training settings tuned for time-to-accuracy "
+        "(docs/speed.md). deepstart train --data NAME uses the dataset's default recipe when "
+        "no --model is given; --recipe NAME picks one; flags given override its values.",
+    )
+    rc.set_defaults(func=cmd_recipes)
+    _add_tune_parser(sub)
 
     e = sub.add_parser("evaluate", help="score a run's model: accuracy, loss, per class")
     e.add_argument("run_dir", help="a run directory written by deepstart train")
@@ -365,6 +405,57 @@ def build_parser() -> argparse.ArgumentParser:
         "--layer", help="conv layer for feature maps and filters (default: first / last conv)"
     )
     r.set_defaults(func=cmd_report)
+
+    x = sub.add_parser(
+        "export",
+        help="ship a run's model: a bundle (.zip or folder) and/or an ONNX file",
+        description="Write RUN_DIR's model as a bundle (model.safetensors, model.json and the "
+        "training config.json) in a .zip or a folder, and/or as ONNX (needs deepstart[onnx]): "
+        "input float32 (N, C, H, W) in 0-255 pixel units, normalisation inside the graph, "
+        "checked against PyTorch on random inputs.",
+    )
+    x.add_argument("run_dir", help="a run directory (or a bundle) to export")
+    x.add_argument("--out", help="bundle to write: NAME.zip, or else a folder")
+    x.add_argument("--onnx", metavar="FILE", help="also (or only) write an ONNX file")
+    x.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "predict",
+        help="classify image files with a bundle, run dir or .onnx file",
+        description="Predict image files (PNG, JPEG, BMP, GIF, WebP, TIFF), folders (searched "
+        "recursively) and globs with the bundle's own preprocessing. Unreadable files are "
+        "reported and the rest predicted; the exit status is 1 if any file failed.",
+    )
+    p.add_argument("bundle", help="a .zip or folder bundle, a run directory, or a .onnx file")
+    p.add_argument("images", nargs="+", help="image files, folders or globs ('*.jpg')")
+    p.add_argument("--top-k", type=int, default=3, help="classes shown per image (3)")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    fmt.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (64)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
+    p.set_defaults(func=cmd_predict)
+    sv = sub.add_parser(
+        "serve",
+        help="a local web app to try a model: draw or drop an image, see what it thinks",
+        description="Serve a page with a drawing canvas (grey, small models), an image upload, "
+        "the top-k predictions with a Grad-CAM or saliency heat map, and the model card; plus "
+        "a JSON API (POST /api/predict, GET /api/model, schema at /openapi.json). Needs "
+        "pip install 'deepstart[serve]'. See docs/serve.md.",
+    )
+    sv.add_argument("bundle", help="a .zip or folder bundle, a run directory, or a .onnx file")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: only here)")
+    sv.add_argument("--port", type=int, default=8000, help="TCP port (8000)")
+    sv.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
+    sv.add_argument(
+        "--threads",
+        type=int,
+        help="PyTorch threads per prediction (1); cores/threads predictions run at once",
+    )
+    sv.add_argument(
+        "--max-upload-mb", type=float, default=10.0, help="largest image file accepted (10)"
+    )
+    sv.set_defaults(func=cmd_serve)
     ff = sub.add_parser(
         "fit-function",
         help="learn y = f(x) from a formula or a CSV, with pictures of it converging",
@@ -477,10 +568,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    from deepstart.train.distributed import launch, world_from_env
     from deepstart.train.runner import Interrupted, load_run_config, train_run
 
     if a.resume:
         cfg = load_run_config(a.resume)
+        if cfg.train.devices > 1 and world_from_env() == 1:  # resume as it ran: distributed
+            return launch(cfg.train.devices, ["train", "--resume", str(a.resume)])
         try:
             train_run(cfg, resume=a.resume)
         except Interrupted as e:
@@ -488,51 +582,77 @@ def cmd_train(a: argparse.Namespace) -> int:
             return 130
         return 0
 
-    cfg = RunConfig(
-        data=_data_config(a),
-        model=ModelConfig(
-            *_model(a.model, _pairs(a.model_opt, "--model-opt")),
-            pretrained=a.pretrained,
-            pretrained_sha256=a.pretrained_sha256,
-        ),
-        train=TrainConfig(
-            epochs=a.epochs,
-            lr=a.lr,
-            batch_size=a.batch_size,
-            opt=a.opt,
-            wd=a.wd,
-            momentum=a.momentum,
-            nesterov=a.nesterov,
-            schedule=a.schedule,
-            pct_start=a.pct_start,
-            seed=a.seed,
-            device=a.device,
-            out=a.out,
-            checkpoint=not a.no_checkpoint,
-            checkpoint_minutes=a.checkpoint_every,
-            progress=a.progress,
-            precision=a.precision,
-            guard=not a.no_guard,
-            guard_tries=a.guard_tries,
-            early_stop=a.early_stop,
-            monitor=a.monitor,
-            min_delta=a.min_delta,
-            grad_clip=a.grad_clip,
-            label_smoothing=a.label_smoothing,
-            class_weights=a.class_weights,
-            ema=a.ema,
-            max_time=a.max_time,
-            fast_dev_run=a.fast_dev_run,
-            overfit_batches=a.overfit_batches,
-            augment=None if a.augment in (None, "none") else a.augment,
-            tta=a.tta,
-            fine_tune=a.fine_tune,
-            freeze=a.freeze,
-            precompute=a.precompute,
-            report=not a.no_report,
-            tensorboard=a.tensorboard,
-        ),
+    from deepstart.recipes import choose_recipe, run_config
+
+    data = _data_config(a)
+    recipe = choose_recipe(a.recipe, data.name, data.data_dir, model=a.model)
+    model, model_options = (None, _pairs(a.model_opt, "--model-opt"))
+    if a.model is not None:
+        model, model_options = _model(a.model, model_options)
+    # What a recipe may set counts as given only when the flag was typed (None: unset).
+    settable = {
+        "epochs": a.epochs,
+        "lr": a.lr,
+        "batch_size": a.batch_size,
+        "opt": a.opt,
+        "wd": a.wd,
+        "momentum": a.momentum,
+        "nesterov": a.nesterov,
+        "schedule": a.schedule,
+        "pct_start": a.pct_start,
+        "precision": a.precision,
+        "label_smoothing": a.label_smoothing,
+        "ema": a.ema,
+        "augment": None if a.augment == "none" else a.augment,
+        "tta": a.tta,
+    }
+    given = {k: v for k, v in settable.items() if v is not None}
+    if a.augment == "none":
+        given["augment"] = None  # typed: no augmentation, whatever the recipe says
+    cfg = run_config(
+        data,
+        recipe=recipe,
+        model=model,
+        model_options=model_options,
+        pretrained=a.pretrained,
+        pretrained_sha256=a.pretrained_sha256,
+        train={
+            **given,
+            "seed": a.seed,
+            "device": a.device,
+            "out": a.out,
+            "checkpoint": not a.no_checkpoint,
+            "checkpoint_minutes": a.checkpoint_every,
+            "progress": a.progress,
+            "guard": not a.no_guard,
+            "guard_tries": a.guard_tries,
+            "early_stop": a.early_stop,
+            "monitor": a.monitor,
+            "min_delta": a.min_delta,
+            "grad_clip": a.grad_clip,
+            "class_weights": a.class_weights,
+            "max_time": a.max_time,
+            "fast_dev_run": a.fast_dev_run,
+            "overfit_batches": a.overfit_batches,
+            "fine_tune": a.fine_tune,
+            "freeze": a.freeze,
+            "precompute": a.precompute,
+            "devices": a.devices,
+            "sync_bn": a.sync_bn,
+            "dist_timeout": a.dist_timeout,
+            "report": not a.no_report,
+            "tensorboard": a.tensorboard,
+        },
     )
+    if recipe is not None and world_from_env() == 1:
+        overridden = sorted(k for k in given if k in recipe.train) + (
+            ["model"] if model is not None and model != recipe.model else []
+        )
+        note = f" (overridden: {', '.join(overridden)})" if overridden else ""
+        print(f"recipe {recipe.name}: {recipe.summary()}{note}", flush=True)
+    if cfg.train.devices > 1 and world_from_env() == 1:
+        # Start this same command in N processes; each sees WORLD_SIZE and trains its part.
+        return launch(cfg.train.devices, a.argv)
     try:
         train_run(cfg)
     except Interrupted as e:
@@ -652,6 +772,41 @@ def cmd_models(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recipes(a: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from deepstart.recipes import recipe_rows
+
+    rows = recipe_rows()
+    table = Table(title="recipes: deepstart train --recipe NAME")
+    for col in ("recipe", "data", "model", "epochs", "target", "reached", "time", "measured"):
+        right = col in ("epochs", "target", "reached", "time")
+        keep = col in ("recipe", "data", "model")  # names stay whole; the rest may wrap
+        table.add_column(col, justify="right" if right else "left", no_wrap=keep)
+    for r in rows:
+        data = r["dataset"] + (" *" if r["default"] else "")
+        target = f"{r['target']:.1%}" if r["target"] is not None else "-"
+        reached = f"{r['accuracy']:.2%}" if r["accuracy"] is not None else "-"
+        seconds = f"{r['seconds']:.0f} s" if r["seconds"] is not None else "-"
+        cells = (r["name"], data, r["model"], str(r["epochs"]), target, reached, seconds)
+        table.add_row(*cells, r["date"] or "not yet")
+    console = Console()
+    if not console.is_terminal:  # piped or captured: rich would squeeze it into 80 columns
+        console = Console(width=110)
+    console.print(table)
+    machines = sorted({r["machine"] for r in rows if r["machine"]})
+    lines = [
+        "* the dataset's default: what deepstart train --data NAME trains without --model",
+        "time: process start to final test accuracy, median of 3 seeds (python bench/recipes.py)"
+        + (f" on {'; '.join(machines)}" if machines else ""),
+    ]
+    lines += [f"{r['name']}: {r['description']}; {r['summary']}" for r in rows]
+    for line in lines:
+        console.print(line, highlight=False, markup=False)
+    return 0
+
+
 def cmd_models_show(a: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -667,18 +822,156 @@ def cmd_models_show(a: argparse.Namespace) -> int:
     c = a.show_channels or info.in_channels
     k = a.show_classes or info.num_classes
     model = create_model(
-        a.model, in_channels=c, num_classes=k, input_size=(h, w), **_pairs(a.show_opts, "--model-opt")
+        a.model,
+        in_channels=c,
+        num_classes=k,
+        input_size=(h, w),
+        **_pairs(a.show_opts, "--model-opt"),
     )
     title = f"{a.model} ({info.family}): {c}x{h}x{w} -> {k} classes"
     Console().print(summarize(model, (c, h, w)).table(title=title))
     return 0
 
 
+def _add_tune_parser(sub: Any) -> None:
+    tn = sub.add_parser(
+        "tune",
+        help="hyperparameter search with Optuna; every trial is a run directory",
+        description="Search a space of hyperparameters (TPE sampling, median pruning); the "
+        "study is kept in SQLite (or --storage) and can be resumed. See docs/experiment.md.",
+    )
+    _add_data_args(tn, required=False)
+    tn.add_argument(
+        "--model",
+        help="registry name, layer spec, or spec template such as 'conv{width}-pool-gap' "
+        "(default vgg_small)",
+    )
+    tn.add_argument("--model-opt", action="append", metavar="KEY=VALUE", help="fixed model option")
+    sp = tn.add_mutually_exclusive_group()
+    sp.add_argument(
+        "--space",
+        help="what to search, e.g. 'lr=log(1e-4,1e-1) batch_size=[64,128,256] "
+        "width=int(16,64) epochs=3'",
+    )
+    sp.add_argument("--space-file", metavar="YAML", help="the same as a YAML mapping")
+    tn.add_argument("--trials", type=int, default=20, help="trials to run now (20)")
+    tn.add_argument(
+        "--metric",
+        choices=("valid_loss", "valid_bits", "accuracy", "train_loss"),
+        help="last-epoch validation number to optimise (valid_loss)",
+    )
+    tn.add_argument("--direction", choices=("minimize", "maximize"), help="default: the metric's")
+    tn.add_argument(
+        "--max-time", type=_duration, help="time budget: 90s, 30m, 2h; no trial starts after it"
+    )
+    tn.add_argument("--out", default="runs/studies", help="parent of the study directory")
+    tn.add_argument("--study-name", help="default <data>-<model>")
+    tn.add_argument("--storage", help="SQL URL (default: SQLite study.db in the study directory)")
+    tn.add_argument("--resume", action="store_true", help="continue the study, adding --trials")
+    tn.add_argument("--seed", type=int, default=0, help="sampler seed and every trial's seed")
+    tn.add_argument("--pruner", choices=("median", "none"), default="median")
+    tn.add_argument(
+        "--prune-startup", type=int, default=5, help="finished trials before pruning starts (5)"
+    )
+    tn.add_argument(
+        "--prune-warmup", type=int, default=1, help="epochs a trial runs before it can be pruned"
+    )
+    tn.add_argument(
+        "--enqueue",
+        action="append",
+        metavar="'K=V ...'",
+        help="a parameter set to try first, e.g. 'lr=3e-3 width=32' (repeatable)",
+    )
+    tn.add_argument("--trial-reports", action="store_true", help="report.html for every trial")
+    tn.add_argument(
+        "--no-report", action="store_true", help="skip the best trial's report.html (~10 s)"
+    )
+    tn.add_argument("--verbose", action="store_true", help="show each trial's training")
+    g = tn.add_argument_group("training (fixed unless the space sets them)")
+    g.add_argument("--epochs", type=int, default=5)
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--opt", default="adamw", choices=OPTIMIZERS)
+    g.add_argument("--wd", type=float, default=0.01)
+    g.add_argument("--schedule", default="one_cycle", choices=SCHEDULES)
+    g.add_argument("--augment", choices=("flip", "cifar", "photo", "digits"))
+    g.add_argument("--device", default="auto")
+    g.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    tn.set_defaults(func=cmd_tune)
+
+
+def cmd_tune(a: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from deepstart.tune import TuneConfig, load_space, parse_space, tune
+    from deepstart.tune.page import summary_lines, trials_table
+
+    space = None
+    if a.space_file:
+        space = load_space(a.space_file)
+    elif a.space:
+        space = parse_space(a.space)
+    base = None
+    if a.data is not None or a.model is not None or space is not None:
+        if a.data is None or space is None:
+            raise DeepstartError("a study needs --data and --space (or --space-file)")
+        base = RunConfig(
+            data=_data_config(a),
+            # The model stays as written: a template is filled in per trial.
+            model=ModelConfig(a.model or "vgg_small", _pairs(a.model_opt, "--model-opt")),
+            train=TrainConfig(
+                epochs=a.epochs,
+                lr=a.lr,
+                batch_size=a.batch_size,
+                opt=a.opt,
+                wd=a.wd,
+                schedule=a.schedule,
+                augment=a.augment,
+                seed=a.seed,
+                device=a.device,
+                precision=a.precision,
+                checkpoint=False,  # a stopped trial is not continued: the study moves on
+            ),
+        )
+    elif not a.resume:
+        raise DeepstartError("a study needs --data and --space (or --space-file)")
+    enqueue = tuple(parse_space(e).fixed for e in a.enqueue or [])
+    cfg = TuneConfig(
+        base=base,
+        space=space,
+        trials=a.trials,
+        metric=a.metric,
+        direction=a.direction,
+        max_time=a.max_time,
+        out=a.out,
+        study_name=a.study_name,
+        storage=a.storage,
+        resume=a.resume,
+        seed=a.seed,
+        pruner=a.pruner,
+        prune_startup=a.prune_startup,
+        prune_warmup=a.prune_warmup,
+        enqueue=enqueue,
+        trial_reports=a.trial_reports,
+        best_report=not a.no_report,
+        verbose=a.verbose,
+    )
+    result = tune(cfg)
+    console = Console()
+    console.print(trials_table(result))
+    for line in summary_lines(result):
+        console.print(line, highlight=False, markup=False)
+    return 130 if result.interrupted else 0
+
+
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from deepstart.train.runner import evaluate_run, format_eval
 
     data = _data_config(a) if a.data else None
-    res = evaluate_run(a.run_dir, data=data, split=a.split, device=a.device)
+    # Mismatch warnings ("test images are centred at ...") go to stderr under --json, so
+    # stdout stays one JSON document (they are in its "input_warnings" too).
+    log = (lambda m: print(m, file=sys.stderr)) if a.json else print
+    res = evaluate_run(a.run_dir, data=data, split=a.split, device=a.device, log=log)
     if a.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -712,6 +1005,68 @@ def cmd_report(a: argparse.Namespace) -> int:
 
     path = build_report(a.run_dir, split=a.split, device=a.device, layer=a.layer)
     print(f"report: {path}")
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from deepstart.bundle import export_bundle, load_bundle
+
+    if not a.out and not a.onnx:
+        raise DeepstartError("say what to write: --out model.zip (or a folder), --onnx FILE")
+    if a.out:
+        out = export_bundle(a.run_dir, a.out)
+        print(f"bundle: {out}")
+    if a.onnx:
+        res = load_bundle(a.run_dir).export_onnx(a.onnx)
+        print(f"onnx: {res.path} (exported in {res.seconds:.1f} s)")
+        print(
+            f"parity with PyTorch: max abs diff {res.max_abs_diff:.2e} over logits up to "
+            f"{res.max_abs_logit:.2f} (random inputs, batches of 1 and 7)"
+        )
+    return 0
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from deepstart.bundle import load_bundle
+    from deepstart.predict import predictions_csv, predictions_json, predictions_table
+
+    bundle = load_bundle(a.bundle, device=a.device)
+    preds = bundle.predict(
+        a.images,
+        top_k=a.top_k,
+        batch_size=a.batch_size,
+        log=lambda msg: print(f"warning: {msg}", file=sys.stderr),
+    )
+    k = max(1, min(a.top_k, len(bundle.classes)))
+    if a.json:
+        print(predictions_json(preds))
+    elif a.csv:
+        print(predictions_csv(preds, k), end="")
+    else:
+        Console().print(predictions_table(preds, k))
+    failed = [p for p in preds if p.error]
+    for p in failed:
+        print(f"deepstart: {p.source}: {p.error}", file=sys.stderr)
+    if failed:
+        print(f"deepstart: {len(failed)} of {len(preds)} inputs failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from deepstart.serve import run
+
+    if a.max_upload_mb <= 0:
+        raise DeepstartError(f"--max-upload-mb must be positive, got {a.max_upload_mb}")
+    run(
+        a.bundle,
+        host=a.host,
+        port=a.port,
+        device=a.device,
+        threads=a.threads,
+        max_upload_bytes=int(a.max_upload_mb * 2**20),
+    )
     return 0
 
 
@@ -780,6 +1135,7 @@ def cmd_fit_function(a: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # to start it again (torchrun)
     try:
         return int(args.func(args) or 0)
     except DeepstartError as e:

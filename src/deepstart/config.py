@@ -79,7 +79,8 @@ class TrainConfig:
             "cosine".
         opt: "sgd", "adam" or "adamw"; ``wd`` is decoupled for adamw, L2 otherwise.
         device: "auto" picks CUDA, then MPS, then CPU.
-        precision: "auto" (bf16/fp16 autocast on CUDA, fp32 elsewhere), "fp32", "bf16", "fp16".
+        precision: "auto" (bf16/fp16 autocast on CUDA, bf16 on CPUs with native bf16, fp32
+            elsewhere), "fp32", "bf16", "fp16".
         guard: the divergence guard (restore + halve the LR when the loss blows up).
         early_stop: patience in epochs of early stopping on ``monitor`` (None: off).
         grad_clip: clip the gradient norm to this (None: off).
@@ -100,6 +101,13 @@ class TrainConfig:
         report: write ``report.html`` (plots, interpretation, what the network sees) at the end.
         tensorboard: also log to ``tensorboard/`` in the run directory (needs the extra
             ``deepstart[tensorboard]``).
+        devices: processes to train in (DistributedDataParallel through torchrun); the
+            batch size is per process, so the global batch is ``batch_size * devices``.
+        sync_bn: synchronise BatchNorm statistics over processes (CUDA only).
+        dist_timeout: seconds a process waits for the others in a collective before the run
+            fails (a rank that died or hangs ends the run instead of blocking it).
+        recipe: the name of the recipe these settings came from (:mod:`deepstart.recipes`),
+            recorded so a run directory says what was used; None when none was.
     """
 
     epochs: int = 5
@@ -137,6 +145,10 @@ class TrainConfig:
     precompute: bool = False
     report: bool = True
     tensorboard: bool = False
+    devices: int = 1
+    sync_bn: bool = False
+    dist_timeout: float = 300.0
+    recipe: str | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -161,6 +173,10 @@ class TrainConfig:
             raise ConfigError(f"unknown schedule {self.schedule!r}; use one of {SCHEDULES}")
         if self.fine_tune and self.freeze:
             raise ConfigError("choose one of fine_tune (head, then all) and freeze (head only)")
+        if self.devices < 1:
+            raise ConfigError(f"devices must be at least 1, got {self.devices}")
+        if not self.dist_timeout > 0:
+            raise ConfigError(f"dist_timeout must be positive, got {self.dist_timeout}")
         if self.augment is not None:
             from deepstart.augment import PRESETS
 

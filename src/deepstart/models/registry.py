@@ -12,6 +12,7 @@ only, all with registered defaults.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -102,7 +103,7 @@ def register_model(
 def _ensure_loaded() -> None:
     # The families register themselves on import; importing them here (not at package import)
     # keeps `import deepstart` light.
-    from deepstart.models import basic, cnn, regression, resnet  # noqa: F401
+    from deepstart.models import basic, cnn, fast, regression, resnet, spec  # noqa: F401
 
 
 def list_models(task: str | None = "classification") -> list[ModelInfo]:
@@ -121,13 +122,35 @@ def list_models(task: str | None = "classification") -> list[ModelInfo]:
 
 
 def get_model_info(name: str) -> ModelInfo:
-    """The registry entry of ``name``; a ModelError lists the known names if it is unknown."""
+    """The registry entry of ``name``; a ModelError lists the known names if it is unknown.
+
+    A layer spec (``"conv32-pool-flat-dense128"``) gives the ``spec`` model's entry with the
+    spec as its default option.
+    """
     _ensure_loaded()
+    name, kwargs = resolve_spec(name, {})
     try:
-        return _REGISTRY[name]
+        info = _REGISTRY[name]
     except KeyError:
         known = ", ".join(sorted(_REGISTRY))
-        raise ModelError(f"unknown model {name!r}; known models: {known}") from None
+        raise ModelError(
+            f"unknown model {name!r}; known models: {known}; or a layer spec such as "
+            f"conv32-pool-flat-dense128 (docs/experiment.md)"
+        ) from None
+    if kwargs:
+        info = dataclasses.replace(info, defaults={**info.defaults, **kwargs})
+    return info
+
+
+def resolve_spec(name: str, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A layer spec used as a model name is the registry model ``spec`` with ``spec=name``;
+    registry names win, and any other name is returned as it is."""
+    _ensure_loaded()
+    if name in _REGISTRY:
+        return name, kwargs
+    from deepstart.models.spec import is_spec
+
+    return ("spec", {"spec": name, **kwargs}) if is_spec(name) else (name, kwargs)
 
 
 def create_model(
@@ -148,6 +171,7 @@ def create_model(
         >>> model(torch.zeros(2, 1, 28, 28)).shape
         torch.Size([2, 10])
     """
+    name, kwargs = resolve_spec(name, kwargs)
     info = get_model_info(name)
     if info.task != "classification":
         given = {"in_channels": in_channels, "num_classes": num_classes, "input_size": input_size}

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -60,6 +60,9 @@ from deepstart.train.regression import (
 )
 from deepstart.train.schedule import ScheduleSpec
 
+if TYPE_CHECKING:
+    from deepstart.train.distributed import Distributed
+
 # The events, in the order one epoch raises them (validation sits inside the epoch).
 EVENTS = (
     "before_fit",
@@ -96,11 +99,53 @@ def release_cached_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+# x86 feature flags of native bf16 arithmetic (AVX512-BF16 dot products, AMX tiles). AVX512
+# without them (Skylake, Ice Lake) or AVX2 only emulates bf16, which is slower than fp32.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+_NATIVE_BF16: bool | None = None  # cpu_has_native_bf16's answer, asked once per process
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's feature flags, from ``/proc/cpuinfo`` text (read on Linux when not given);
+    empty when unknown (other systems)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return set(value.split())
+    return set()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (``avx512_bf16`` or ``amx_bf16``) and torch
+    has oneDNN to use it. Only then is bf16 autocast faster than fp32 on the CPU (measured:
+    1.67x on an AVX512-BF16 AMD EPYC, docs/benchmarks.md); ARM and Apple CPUs answer False
+    (not measured there)."""
+    global _NATIVE_BF16
+    if _NATIVE_BF16 is None:
+        mkldnn = torch.backends.mkldnn.is_available()
+        _NATIVE_BF16 = mkldnn and any(f in cpu_flags() for f in BF16_CPU_FLAGS)
+    return _NATIVE_BF16
+
+
+def resolve_precision(
+    precision: str, device: torch.device, task: str = "classification"
+) -> torch.dtype | None:
     """The autocast dtype for ``precision`` on ``device``; None means plain fp32.
 
-    "auto" uses bf16 on CUDA GPUs that support it, else fp16 on CUDA, and fp32 on CPU and
-    MPS: CPU bf16 autocast is measured in bench/precision.py (docs/benchmarks.md).
+    "auto" uses bf16 on CUDA GPUs that support it, else fp16 on CUDA; bf16 on CPUs with
+    native bf16 (:func:`cpu_has_native_bf16`: faster there, bench/precision.py), fp32 on
+    other CPUs and on MPS. Regression stays fp32 under "auto": bf16 keeps about 3 digits,
+    and a function fit is judged on errors of 1e-3 and below. Name a precision to override.
+
+    Example:
+        >>> resolve_precision("auto", torch.device("cpu"))  # on an AVX512-BF16 CPU
+        torch.bfloat16
     """
     if precision == "fp32":
         return None
@@ -110,8 +155,12 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
         return torch.float16
     if precision != "auto":
         raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    if task == "regression":
+        return None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
     return None
 
 
@@ -199,8 +248,8 @@ class Learner:
         device: "auto", "cpu", "cuda", "mps" or a ``torch.device``.
         callbacks: extra callbacks; a :class:`Recorder` is always present.
         seed: seeds the shuffle of every epoch (and nothing global).
-        precision: "auto" (bf16 or fp16 autocast on CUDA, fp32 elsewhere), "fp32", "bf16"
-            or "fp16".
+        precision: "auto" (bf16 or fp16 autocast on CUDA, bf16 on CPUs with native bf16,
+            fp32 elsewhere and for regression), "fp32", "bf16" or "fp16".
         log: where one-line notices go (batch size halved after out-of-memory, ...).
         guard: add a :class:`~deepstart.train.guard.DivergenceGuard` (restore the last good
             state and halve the LR when the loss blows up). Pass False, or your own guard in
@@ -210,9 +259,15 @@ class Learner:
         augment: augmentation of the training batches, on the device: a preset name
             ("flip", "cifar", "photo", "digits"; see :mod:`deepstart.augment`), an
             ``Augmentation``, or None. Validation, evaluation and prediction stay plain.
+        dist: this process's place in a distributed run (see
+            :mod:`deepstart.train.distributed`); None for a single process.
         precompute: while the body is frozen and nothing is augmented, compute the body's
             features once and train the head on them (see :mod:`deepstart.train.precompute`;
             the body, BatchNorm included, stays fixed while it is used).
+        train_stats: :func:`deepstart.mismatch.input_stats` of the images the model was
+            trained on (None: of ``data.train``, computed when first needed).
+        input_check: whether :meth:`evaluate` warns (through ``log``) when a split looks
+            prepared differently from the training images.
 
     Attributes:
         task: "classification" or "regression", from the data.
@@ -239,8 +294,19 @@ class Learner:
         guard: bool = True,
         augment: str | Augmentation | None = None,
         precompute: bool = False,
+        dist: Distributed | None = None,
+        train_stats: dict | None = None,
+        input_check: bool = True,
     ) -> None:
         self.data = data
+        # What the training images looked like (deepstart.mismatch.input_stats): evaluate
+        # compares every split with it and logs what differs. None: computed from data.train
+        # when first needed; a loaded model passes the one saved with it.
+        self.train_stats = train_stats
+        self.input_check = bool(input_check)
+        self.dist = dist
+        if dist is not None:
+            device = dist.device
         self.task: str = getattr(data, "task", "classification")
         self.preprocess = preprocess if preprocess is not None else data.preprocess
         self.device = resolve_device(device)
@@ -250,7 +316,7 @@ class Learner:
         self.loss_func = loss_func
         if isinstance(self.loss_func, nn.Module):
             self.loss_func.to(self.device)  # class weights live in a buffer
-        self.amp_dtype = resolve_precision(precision, self.device)
+        self.amp_dtype = resolve_precision(precision, self.device, self.task)
         # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 does not.
         self.scaler = (
             torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
@@ -275,6 +341,9 @@ class Learner:
         # save it so a resumed run continues in the right one.
         self.phase = 0
         self.cancelled = False  # the last fit was ended early by CancelFit
+        self._ddp: nn.Module | None = None  # the model in DDP, during a distributed fit
+        self._stop_vote = False  # a callback asked to stop; agreed on over ranks (DDP)
+        self._voting = False  # inside a distributed fit's epochs: CancelFit becomes a vote
         self.opt: torch.optim.Optimizer | None = None
         self.callbacks: list[Callback] = []
         self.recorder = Recorder()
@@ -303,8 +372,23 @@ class Learner:
     def __call__(self, event: str) -> None:
         for cb in list(self.callbacks):
             handler = getattr(cb, event, None)
-            if handler is not None:
+            if handler is None:
+                continue
+            if self.dist is None or not self._voting:
                 handler()
+                continue
+            try:
+                handler()
+            except CancelFit:
+                # A stop one rank decides alone (a clock, Ctrl-C) must not leave the others
+                # waiting in a collective: vote, and stop together at the end of the batch.
+                self._stop_vote = True
+
+    def _agree_to_stop(self) -> None:
+        if self.dist is not None:
+            vote, self._stop_vote = self._stop_vote, False
+            if self.dist.any(vote):
+                raise CancelFit
 
     def get_callback(self, kind: type) -> Any:
         return next((cb for cb in self.callbacks if isinstance(cb, kind)), None)
@@ -322,10 +406,16 @@ class Learner:
             return baseline_loss(self)
         return math.log(max(self.num_classes, 2))
 
-    def batches(self, split: ImageSet | TensorSet, *, train: bool = False) -> Any:
+    def batches(
+        self, split: ImageSet | TensorSet, *, train: bool = False, shard: bool = False
+    ) -> Any:
         """Batches of ``split`` on this learner's device, normalised by the train stats
-        (:class:`Batches`); for regression, :class:`TensorBatches` of the points as they are."""
+        (:class:`Batches`); for regression, :class:`TensorBatches` of the points as they are.
+        ``shard``: this rank's part of every global batch (distributed fits)."""
+        rank, world = (self.dist.rank, self.dist.world) if shard and self.dist else (0, 1)
         if self.task == "regression":
+            if shard:
+                raise ConfigError("distributed training is for image classifiers")
             return TensorBatches(
                 split,
                 self.batch_size if train else self.batch_size * 2,
@@ -343,9 +433,11 @@ class Learner:
             std=self.preprocess.std,
             shuffle=train,
             # A last batch of 1 breaks BatchNorm and adds a noisy step: drop the remainder.
-            drop_last=train and len(split) > self.batch_size,
+            drop_last=train and len(split) > self.batch_size * world,
             seed=self.seed,
             augment=self._augment_fn if train else None,
+            rank=rank,
+            world=world,
         )
 
     def create_opt(self) -> None:
@@ -484,6 +576,9 @@ class Learner:
             self.create_opt()
         if isinstance(self.opt, torch.optim.LBFGS):
             self._check_lbfgs(schedule)
+        if self.dist is not None:
+            self._check_distributed()
+            self._ddp = self.dist.wrap(self.model)
         sched = ParamScheduler(schedule.lr(self.lr), schedule.momentum(self._moms()))
         extra = [sched, *callbacks]
         self.add_callbacks(extra)
@@ -496,6 +591,7 @@ class Learner:
         try:
             self("before_fit")
             epoch = start_epoch
+            self._voting = self.dist is not None
             while epoch < epochs:
                 self.epoch = epoch
                 try:
@@ -509,12 +605,25 @@ class Learner:
                 epoch += 1
         except CancelFit:
             self.cancelled = True
+            self._voting = False
             self("after_cancel_fit")
         finally:
+            self._voting = False
             self("after_fit")
             for cb in extra:
                 self.remove_callback(cb)
             self.head_only = False
+            self._ddp = None
+
+    def _check_distributed(self) -> None:
+        assert self.dist is not None
+        if isinstance(self.opt, torch.optim.LBFGS):
+            raise ConfigError("lbfgs is not supported in distributed training")
+        if len(self.data.train) < self.batch_size * self.dist.world:
+            raise ConfigError(
+                f"the train split ({len(self.data.train)} images) is smaller than one global "
+                f"batch ({self.batch_size} per process x {self.dist.world} processes)"
+            )
 
     def _make_loaders(self) -> None:
         """The fit's train and valid batches: cached body features when ``precompute`` can
@@ -524,8 +633,9 @@ class Learner:
         if cached is not None:
             self.train_dl, self.valid_dl = cached
         else:
-            self.train_dl = self.batches(self.data.train, train=True)
-            self.valid_dl = self.batches(self.data.valid)
+            shard = self.dist is not None
+            self.train_dl = self.batches(self.data.train, train=True, shard=shard)
+            self.valid_dl = self.batches(self.data.valid, shard=shard)
 
     def fit_one_cycle(
         self,
@@ -573,6 +683,7 @@ class Learner:
         self._train_epoch()
         self._validate()
         self("after_epoch")
+        self._agree_to_stop()
 
     def _train_epoch(self) -> None:
         self.training = True
@@ -597,9 +708,16 @@ class Learner:
         try:
             self("before_batch")
             with self._autocast():
-                self.pred = self.model.head(self.xb) if self.head_only else self.model(self.xb)
+                if self.head_only:
+                    self.pred = self.model.head(self.xb)
+                elif self._ddp is not None and self.training:
+                    self.pred = self._ddp(self.xb)  # gradients averaged over ranks
+                else:
+                    self.pred = self.model(self.xb)
                 self("after_pred")
                 self.loss = self.loss_func(self.pred, self.yb)
+                if self.dist is not None and self.training:
+                    self.loss = self.dist.global_mean(self.loss)
             self("after_loss")
             if self.training:
                 assert self.opt is not None
@@ -622,11 +740,12 @@ class Learner:
         except CancelBatch:
             self("after_cancel_batch")
         except OUT_OF_MEMORY as e:
-            if not self.training or self.batch_size < 2:
-                raise
+            if not self.training or self.batch_size < 2 or self.dist is not None:
+                raise  # (in a distributed run the ranks cannot halve their batches in step)
             self._halve_batch(e)
         finally:
             self("after_batch")
+        self._agree_to_stop()
 
     def _closure(self) -> Callable[[], torch.Tensor]:
         """The re-evaluation LBFGS needs: loss and gradients of the current batch at the
@@ -726,12 +845,15 @@ class Learner:
             preds.append(p.argmax(dim=1).cpu())
             targets.append(yb.cpu())
         self.model.train(was_training)
-        n = max(dl.num_items, 1)
         pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.int64)
         target = torch.cat(targets) if targets else torch.zeros(0, dtype=torch.int64)
+        loss, correct, n = float(total_loss), float((pred == target).sum()), len(target)
+        if getattr(dl, "world", 1) > 1 and self.dist is not None:
+            # a shard per rank: the scores of the whole split (pred/target stay this rank's)
+            loss, correct, n = self.dist.sum([loss, correct, float(n)])
         return {
-            "loss": float(total_loss) / n,
-            "accuracy": float((pred == target).double().mean()) if len(target) else math.nan,
+            "loss": loss / max(n, 1),
+            "accuracy": correct / n if n else math.nan,
             "pred": pred,
             "target": target,
             "probs": torch.cat(probs) if probs else torch.zeros(0, self.num_classes),
@@ -750,6 +872,17 @@ class Learner:
         if self.task == "regression":
             return evaluate_values(self, split)
         images = self._split(split)
+        warnings: list[str] = []
+        if self.input_check and isinstance(images, ImageSet):
+            from deepstart.mismatch import check_inputs, input_stats
+
+            train = getattr(self.data, "train", None)
+            if self.train_stats is None and isinstance(train, ImageSet):
+                self.train_stats = input_stats(train.images)
+            name = f"{split} images" if isinstance(split, str) else "these images"
+            warnings = check_inputs(self.train_stats, images.images, what=name)
+            for w in warnings:
+                self.log(f"warning: {w}")
         images = conform_images(images, self.preprocess)
         out = self._score(self.batches(images))
         k = self.num_classes
@@ -767,6 +900,7 @@ class Learner:
             "chance_bits": math.log2(k) if k > 1 else 0.0,
             "accuracy": out["accuracy"],
             "per_class": per_class,
+            "input_warnings": warnings,
         }
 
     def _split(self, split: str | ImageSet | TensorSet) -> Any:

@@ -34,7 +34,7 @@ from deepstart.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from deepstart.data.cache import atomic_write
 from deepstart.data.catalog import load_dataset
 from deepstart.data.dataset import DataError, Dataset
-from deepstart.errors import DeepstartError
+from deepstart.errors import ConfigError, DeepstartError
 from deepstart.models.pretrained import load_pretrained
 from deepstart.models.registry import count_parameters, create_model
 from deepstart.train.callbacks import (
@@ -45,6 +45,7 @@ from deepstart.train.callbacks import (
     load_checkpoint,
     restore_checkpoint,
 )
+from deepstart.train.distributed import Distributed, prepare_model, shutdown
 from deepstart.train.extras import EMA, EarlyStopping, GradientClip, MaxTime
 from deepstart.train.guard import DivergenceGuard
 from deepstart.train.learner import Learner, resolve_device
@@ -184,7 +185,23 @@ def train_run(
         >>> res.test["accuracy"]
     """
     tc = cfg.train
-    stream = None if quiet else sys.stdout
+    dist = Distributed.from_env(tc.device, timeout=tc.dist_timeout, sync_bn=tc.sync_bn)
+    try:
+        return _train(cfg, callbacks, quiet, resume, dist)
+    finally:
+        shutdown()
+
+
+def _train(
+    cfg: RunConfig,
+    callbacks: list[Callback] | None,
+    quiet: bool,
+    resume: str | Path | None,
+    dist: Distributed | None,
+) -> RunResult:
+    tc = cfg.train
+    main = dist is None or dist.is_main  # only rank 0 prints and writes
+    stream = None if quiet or not main else sys.stdout
     if tc.tensorboard:
         summary_writer_class()  # a missing extra fails now, not after loading the data
     seed_everything(tc.seed)
@@ -196,19 +213,30 @@ def train_run(
     model = build_model(cfg.model, data, tc.seed)
     if cfg.model.pretrained and resume is None:  # a resumed run has its weights already
         apply_pretrained(cfg.model, model, data, lambda m: _say(m, stream))
-    device = resolve_device(tc.device)
+    model = prepare_model(model, dist)
+    device = dist.device if dist is not None else resolve_device(tc.device)
     n_params = count_parameters(model)
-    _say(f"model {cfg.model.name}: {n_params:,} parameters; device {device}", stream)
+    where = f"device {device}"
+    if dist is not None:
+        bs = tc.batch_size
+        where = f"{dist.world} processes on {device.type}, global batch {dist.world} x {bs}"
+        if isinstance(bs, int):
+            where += f" = {dist.world * bs}"
+        if tc.sync_bn and not dist.sync_bn:
+            _say("  note: --sync-bn needs CUDA; each process normalises its own part", stream)
+    _say(f"model {cfg.model.name}: {n_params:,} parameters; {where}", stream)
     if resume is not None:
         run_dir = Path(resume)
-    else:
+    elif main:
         out = tempfile.mkdtemp(prefix="deepstart-fast-dev-run-") if tc.fast_dev_run else tc.out
         run_dir = new_run_dir(out, cfg.data.name, cfg.model.name)
-        _write_config(run_dir, cfg, data, model, n_params, device)
+        _write_config(run_dir, cfg, data, model, n_params, device, dist)
+    if dist is not None and resume is None:
+        run_dir = Path(dist.broadcast(str(run_dir) if main else None))  # one run dir
     log = (lambda m: _say(m, stream)) if stream is not None else (lambda m: None)
     interrupt = GracefulInterrupt(log=lambda m: _say(m, stream or sys.stderr))
     cbs: list[Callback] = [Progress(tc.progress if stream is not None else "none", stream)]
-    if tc.checkpoint:
+    if tc.checkpoint and main:
         cbs.append(Checkpoint(run_dir / "checkpoints", every_minutes=tc.checkpoint_minutes))
     cbs.append(interrupt)
     learn = Learner(
@@ -234,6 +262,7 @@ def train_run(
         guard=False,  # added with the other option callbacks, after the LR finder
         augment=tc.augment,
         precompute=tc.precompute,
+        dist=dist,
     )
     if tc.freeze:
         learn.freeze()
@@ -246,10 +275,12 @@ def train_run(
         if tc.fine_tune and int(ckpt.get("phase", 0)) == 0:
             learn.freeze()  # the optimizer in the checkpoint holds the frozen phase's params
     if tc.batch_size == "auto" and resume is None:
+        if dist is not None:
+            raise ConfigError("--batch-size auto is not supported in distributed runs yet")
         learn.batch_size = find_batch_size(learn)
-    lr = _choose_lr(learn, tc, run_dir, resume is not None, log)
+    lr = _choose_lr(learn, tc, run_dir, resume is not None, log, main)
     learn.add_callbacks([*option_callbacks(tc, log), *(callbacks or [])])
-    if tc.tensorboard:
+    if tc.tensorboard and main:
         learn.add_callbacks([TensorBoardLogger(run_dir / "tensorboard")])
     start_epoch, restart_at = 0, 0
     if ckpt is not None:
@@ -258,10 +289,11 @@ def train_run(
         if tc.fine_tune:
             where += " of the frozen phase" if learn.phase == 0 else " of the unfrozen phase"
         _say(f"resuming {run_dir} at {where} of {tc.epochs}", stream)
-        # metrics.jsonl may hold a row written after the checkpoint: rewrite it from the record.
-        with atomic_write(run_dir / "metrics.jsonl", "w") as f:
-            f.writelines(json.dumps(row) + "\n" for row in learn.recorder.history)
-    learn.recorder.path = run_dir / "metrics.jsonl"
+        if main:  # metrics.jsonl may hold a row written after the checkpoint: rewrite it
+            with atomic_write(run_dir / "metrics.jsonl", "w") as f:
+                f.writelines(json.dumps(row) + "\n" for row in learn.recorder.history)
+    if main:
+        learn.recorder.path = run_dir / "metrics.jsonl"
     start = time.perf_counter()
     fit_kw = {"start_epoch": start_epoch, "restart_at": restart_at}
     if tc.fine_tune:
@@ -271,6 +303,12 @@ def train_run(
             learn.fit_one_cycle(tc.epochs, lr, pct_start=tc.pct_start, **fit_kw)
         else:
             learn.fit(tc.epochs, lr, schedule=ScheduleSpec(kind=tc.schedule), **fit_kw)
+    if dist is not None:
+        # Every collective is done: leave the group together, then rank 0 scores, saves and
+        # reports on its own (no other rank waits on it, so no timeout can strike).
+        dist.barrier()
+        shutdown()
+        learn.dist = None
     if interrupt.interrupted:
         saved = f"saved {interrupt.saved}; " if interrupt.saved else "no checkpoint saved; "
         raise Interrupted(
@@ -278,6 +316,8 @@ def train_run(
             f"resume with: deepstart train --resume {run_dir}"
         )
     train_seconds = time.perf_counter() - start
+    if not main:
+        return RunResult(run_dir, learn.recorder.history, None, learn)
     if tc.fast_dev_run:
         row = learn.recorder.history[-1] if learn.recorder.history else {}
         _say(
@@ -323,7 +363,12 @@ def option_callbacks(tc: TrainConfig, log: Callable[[str], None]) -> list[Callba
 
 
 def _choose_lr(
-    learn: Learner, tc: TrainConfig, run_dir: Path, resuming: bool, log: Callable[[str], None]
+    learn: Learner,
+    tc: TrainConfig,
+    run_dir: Path,
+    resuming: bool,
+    log: Callable[[str], None],
+    main: bool = True,
 ) -> float:
     """The LR to train with: as given, or the LR finder's valley for ``lr="auto"``
     (recorded in lr_find.json and lr_find.png; a resumed run reuses the recorded value)."""
@@ -332,9 +377,11 @@ def _choose_lr(
     record = run_dir / "lr_find.json"
     if resuming and record.is_file():
         return float(json.loads(record.read_text())["chosen"])
-    res = lr_find(learn, plot=run_dir / "lr_find.png")
+    # Every rank sweeps (the losses are reduced over ranks, so all choose the same LR).
+    res = lr_find(learn, plot=run_dir / "lr_find.png" if main else None)
     lr = float(res.suggestions["valley"])
-    _write_json(record, {"chosen": lr, "rule": "valley", **res.to_dict()})
+    if main:
+        _write_json(record, {"chosen": lr, "rule": "valley", **res.to_dict()})
     shown = ", ".join(f"{k} {v:.1e}" for k, v in res.suggestions.items())
     log(f"lr auto: LR finder suggests {shown}; using valley {lr:.2e} (plot {run_dir}/lr_find.png)")
     return lr
@@ -399,7 +446,13 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
 
 
 def _write_config(
-    run_dir: Path, cfg: RunConfig, data: Dataset, model: Any, n_params: int, device: Any
+    run_dir: Path,
+    cfg: RunConfig,
+    data: Dataset,
+    model: Any,
+    n_params: int,
+    device: Any,
+    dist: Distributed | None = None,
 ) -> None:
     _write_json(
         run_dir / "config.json",
@@ -411,6 +464,12 @@ def _write_config(
                 "parameters": n_params,
                 "preprocess": data.preprocess.to_dict(),
                 "device": str(device),
+                "world_size": dist.world if dist is not None else 1,
+                "global_batch_size": (
+                    cfg.train.batch_size * dist.world
+                    if dist is not None and isinstance(cfg.train.batch_size, int)
+                    else cfg.train.batch_size
+                ),
                 "torch": torch.__version__,
                 "python": platform.python_version(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -435,7 +494,7 @@ def _finish(
         run_dir,
         classes=data.classes,
         preprocess=data.preprocess,
-        extra={"dataset": data.name, "test": _brief(test)},
+        extra={"dataset": data.name, "test": _brief(test), "input_stats": _train_stats(learn)},
     )
     _write_json(
         run_dir / "results.json",
@@ -451,13 +510,29 @@ def _finish(
     return RunResult(run_dir, learn.recorder.history, test, learn)
 
 
+def _train_stats(learn: Learner) -> dict | None:
+    """The training images' input statistics (for the mismatch check of later evaluations)."""
+    from deepstart.data.dataset import ImageSet
+    from deepstart.mismatch import input_stats
+
+    if learn.train_stats is None and isinstance(getattr(learn.data, "train", None), ImageSet):
+        learn.train_stats = input_stats(learn.data.train.images)
+    return learn.train_stats
+
+
 def load_run_learner(
-    run_dir: str | Path, *, data: DataConfig | None = None, device: str = "auto"
+    run_dir: str | Path,
+    *,
+    data: DataConfig | None = None,
+    device: str = "auto",
+    log: Callable[[str], None] = print,
 ) -> Learner:
     """A Learner holding a run's saved model and a dataset to use it on, with the model's
     own preprocessing (the training normalisation, size and channels), not the new data's.
 
     ``data`` defaults to the dataset the run trained on (same seed, so the same split).
+    Evaluations compare each split with the training images' ``input_stats`` saved in
+    ``model.json`` and warn through ``log`` when it looks prepared differently.
     """
     run_dir = Path(run_dir)
     saved = load_model(run_dir, device="cpu")
@@ -473,6 +548,7 @@ def load_run_learner(
         raise DataError(
             f"dataset classes {dataset.classes} differ from the model's {saved.classes}"
         )
+    stats = saved.meta.get("input_stats")
     return Learner(
         dataset,
         saved.model,
@@ -480,6 +556,11 @@ def load_run_learner(
         preprocess=saved.preprocess,
         seed=seed,
         guard=False,
+        log=log,
+        train_stats=stats,
+        # Without saved stats, data.train stands for the training images only when it is
+        # the run's own dataset.
+        input_check=stats is not None or data is None,
     )
 
 
@@ -489,9 +570,10 @@ def evaluate_run(
     data: DataConfig | None = None,
     split: str = "test",
     device: str = "auto",
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Score a run's saved model on a split of a dataset (see :func:`load_run_learner`)."""
-    return load_run_learner(run_dir, data=data, device=device).evaluate(split)
+    return load_run_learner(run_dir, data=data, device=device, log=log).evaluate(split)
 
 
 def _brief(res: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -1,0 +1,338 @@
+"""Named training recipes, tuned for time-to-accuracy on a small CPU (docs/speed.md).
+
+A recipe is a model with its options and the training settings that go with it (epochs,
+peak LR, batch size, optimizer, schedule, augmentation, label smoothing, EMA, TTA). Each one
+was chosen by measuring on a 2-core CPU (bench/recipes.py, bench/ablations.py) and carries
+what it reached there, so ``deepstart recipes`` can say what to expect.
+
+``deepstart train --data mnist`` with no ``--model`` trains the dataset's default recipe;
+``--recipe NAME`` picks one by name; any flag given on the command line wins over the
+recipe's value (``--epochs 2``, ``--model mnist_cnn``). Giving ``--model`` without
+``--recipe`` trains that model with the plain defaults, as before recipes existed.
+
+Example:
+    >>> cfg = run_config(DataConfig("mnist"), recipe=get_recipe("mnist-fast"))
+    >>> cfg.model.name, cfg.train.epochs, cfg.train.recipe
+    ('fast_mnist', 4, 'mnist-fast')
+    >>> train_run(cfg).test["accuracy"]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from deepstart.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from deepstart.errors import ConfigError
+
+# The model trained when there is neither a recipe nor --model (the pre-recipe default).
+FALLBACK_MODEL = "vgg_small"
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What a recipe reached when it was measured (``python bench/recipes.py``).
+
+    Attributes:
+        accuracy: median test accuracy over the seeds, in [0, 1].
+        seconds: median wall time from process start to the final test accuracy.
+        date: when it was measured (YYYY-MM-DD).
+        machine: where (and how busy it was).
+    """
+
+    accuracy: float
+    seconds: float
+    date: str
+    machine: str = "2-core AMD EPYC (avx512_bf16), torch 2.13 CPU"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named model + training settings.
+
+    Attributes:
+        name: what ``--recipe`` takes.
+        dataset: the dataset it is tuned for (``deepstart data list`` names).
+        description: one line on what it is for.
+        model: registry name; ``model_options`` its options.
+        train: :class:`~deepstart.config.TrainConfig` fields it sets (the rest keep their
+            defaults).
+        target: the accuracy it aims at, in [0, 1] (issue 7's targets).
+        measured: what it reached on the reference machine (None: not measured yet).
+    """
+
+    name: str
+    dataset: str
+    description: str
+    model: str
+    model_options: Mapping[str, Any] = field(default_factory=dict)
+    train: Mapping[str, Any] = field(default_factory=dict)
+    target: float | None = None
+    measured: Measured | None = None
+
+    def __post_init__(self) -> None:
+        known = {f.name for f in TrainConfig.__dataclass_fields__.values()}
+        unknown = set(self.train) - known
+        if unknown:
+            raise ConfigError(f"recipe {self.name}: unknown training settings {sorted(unknown)}")
+
+    def summary(self) -> str:
+        """One line: model and the settings that matter, for the run's log.
+
+        Example:
+            >>> get_recipe("mnist-fast").summary()
+            'fast_mnist, 4 epochs, adamw lr 0.004 one_cycle, batch 256, ...'
+        """
+        t = {**_TRAIN_DEFAULTS, **self.train}
+        parts = [
+            self.model,
+            f"{t['epochs']} epochs",
+            f"{t['opt']} lr {t['lr']:g} {t['schedule']}",
+            f"batch {t['batch_size']}",
+        ]
+        if t.get("augment"):
+            parts.append(f"augment {t['augment']}")
+        if t.get("label_smoothing"):
+            parts.append(f"label smoothing {t['label_smoothing']:g}")
+        if t.get("ema"):
+            parts.append(f"EMA {t['ema']:g}")
+        if t.get("tta"):
+            parts.append("TTA")
+        parts.append(f"precision {t['precision']}")
+        return ", ".join(parts)
+
+
+_TRAIN_DEFAULTS = {f.name: f.default for f in TrainConfig.__dataclass_fields__.values()}
+
+# Measured with `python bench/recipes.py` (docs/benchmarks.md, "Speed recipes").
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in [
+        Recipe(
+            "shapes-fast",
+            "shapes",
+            "the generated shapes (3 classes, 32x32 grey) in a few seconds",
+            "fast_mnist",
+            {"widths": [16, 32, 64, 64]},
+            {
+                "epochs": 4,
+                "lr": 5e-3,
+                "batch_size": 128,
+                "label_smoothing": 0.1,
+                "augment": "flip",
+            },
+            target=0.999,
+        ),
+        Recipe(
+            "mnist-fast",
+            "mnist",
+            "MNIST to ~99.4% in under a minute",
+            "fast_mnist",
+            {},
+            {"epochs": 4, "lr": 4e-3, "batch_size": 256, "label_smoothing": 0.1},
+            target=0.994,
+        ),
+        Recipe(
+            "mnist-995",
+            "mnist",
+            "MNIST to ~99.5%: small shifts, turns and zooms of the digits, more epochs",
+            "fast_mnist",
+            {},
+            {
+                "epochs": 10,
+                "lr": 4e-3,
+                "batch_size": 256,
+                "label_smoothing": 0.1,
+                "augment": "digits",
+            },
+            target=0.995,
+        ),
+        Recipe(
+            "fashion-fast",
+            "fashion_mnist",
+            "Fashion-MNIST to ~93% in under 3 minutes",
+            "fast_mnist",
+            {},
+            {
+                "epochs": 8,
+                "lr": 4e-3,
+                "batch_size": 256,
+                "label_smoothing": 0.1,
+                "augment": "flip",
+                "tta": True,
+            },
+            target=0.93,
+        ),
+        Recipe(
+            "cifar10-fast",
+            "cifar10",
+            "CIFAR-10 to ~80% in 3 minutes (the notes' 100-epoch Keras result)",
+            "fast_cifar",
+            {"widths": [32, 32, 64, 128], "extra": 0},
+            {
+                "epochs": 10,
+                "lr": 4e-3,
+                "batch_size": 256,
+                "label_smoothing": 0.2,
+                "augment": "cifar",
+                "tta": True,
+            },
+            target=0.80,
+        ),
+        Recipe(
+            "cifar10-90",
+            "cifar10",
+            "CIFAR-10 towards 90%: the wider airbench-like net, longer",
+            "fast_cifar",
+            {},
+            {
+                "epochs": 16,
+                "lr": 4e-3,
+                "batch_size": 256,
+                "label_smoothing": 0.2,
+                "augment": "cifar",
+                "tta": True,
+            },
+            target=0.90,
+        ),
+    ]
+}
+
+# The recipe `deepstart train --data NAME` uses when no --model or --recipe is given.
+DEFAULTS: dict[str, str] = {
+    "shapes": "shapes-fast",
+    "mnist": "mnist-fast",
+    "fashion_mnist": "fashion-fast",
+    "cifar10": "cifar10-fast",
+}
+
+
+def list_recipes() -> list[Recipe]:
+    """Every recipe, in the order of :data:`RECIPES`.
+
+    Example:
+        >>> [r.name for r in list_recipes()][:2]
+        ['shapes-fast', 'mnist-fast']
+    """
+    return list(RECIPES.values())
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe called ``name``; a ConfigError lists the known names."""
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown recipe {name!r}; known recipes: {', '.join(RECIPES)} (deepstart recipes)"
+        ) from None
+
+
+def default_recipe(data: str, data_dir: str | None = None) -> Recipe | None:
+    """The default recipe for a dataset, or None when it has none.
+
+    A ``folder`` dataset (or a folder path) counts as CIFAR-10 when its path names it
+    ("cifar10" or "cifar-10", e.g. the JPEG copy ``cifar10-jpeg.tar.gz``); other folders get
+    no recipe, since their image size and classes are unknown until they are read.
+
+    Example:
+        >>> default_recipe("mnist").name
+        'mnist-fast'
+        >>> default_recipe("folder", "../shared/data/cifar10-jpeg/cifar10-jpeg.tar.gz").name
+        'cifar10-fast'
+    """
+    if data in DEFAULTS:
+        return RECIPES[DEFAULTS[data]]
+    hint = f"{data} {data_dir or ''}".lower()
+    if "cifar10" in hint or "cifar-10" in hint:
+        return RECIPES[DEFAULTS["cifar10"]]
+    return None
+
+
+def choose_recipe(
+    name: str | None, data: str, data_dir: str | None = None, *, model: str | None = None
+) -> Recipe | None:
+    """The recipe a ``deepstart train`` command line asks for: ``--recipe NAME`` if given;
+    else none when ``--model`` is given; else the dataset's default (maybe none).
+
+    Example:
+        >>> choose_recipe(None, "mnist").name
+        'mnist-fast'
+        >>> choose_recipe(None, "mnist", model="mnist_cnn") is None
+        True
+    """
+    if name is not None:
+        return get_recipe(name)
+    if model is not None:
+        return None
+    return default_recipe(data, data_dir)
+
+
+def run_config(
+    data: DataConfig,
+    *,
+    recipe: Recipe | None = None,
+    model: str | None = None,
+    model_options: Mapping[str, Any] | None = None,
+    pretrained: str | None = None,
+    pretrained_sha256: str | None = None,
+    train: Mapping[str, Any] | None = None,
+) -> RunConfig:
+    """The run's config: the recipe's values, with every value given here winning.
+
+    ``model`` replaces the recipe's model (and drops the recipe's model options, which
+    belong to its model); ``model_options`` are merged over the recipe's when the model is
+    the recipe's. ``train`` holds the TrainConfig fields given explicitly. Without a recipe
+    and a model, the model is ``vgg_small``.
+
+    Example:
+        >>> cfg = run_config(DataConfig("mnist"), recipe=get_recipe("mnist-fast"),
+        ...                  train={"epochs": 2})
+        >>> cfg.train.epochs, cfg.train.lr
+        (2, 0.004)
+    """
+    given = dict(train or {})
+    options = dict(model_options or {})
+    if recipe is None:
+        name = model or FALLBACK_MODEL
+        settings = given
+    else:
+        if model is None or model == recipe.model:
+            name, options = recipe.model, {**recipe.model_options, **options}
+        else:
+            name = model
+        settings = {**recipe.train, **given, "recipe": recipe.name}
+    return RunConfig(
+        data=data,
+        model=ModelConfig(
+            name, options, pretrained=pretrained, pretrained_sha256=pretrained_sha256
+        ),
+        train=TrainConfig(**settings),
+    )
+
+
+def recipe_rows() -> list[dict[str, Any]]:
+    """The table ``deepstart recipes`` prints, as dicts (name, dataset, default, model,
+    epochs, target, accuracy, seconds, date, machine, description, summary)."""
+    defaults = {v: k for k, v in DEFAULTS.items()}
+    rows = []
+    for r in list_recipes():
+        t = {**_TRAIN_DEFAULTS, **r.train}
+        m = r.measured
+        rows.append(
+            {
+                "name": r.name,
+                "dataset": r.dataset,
+                "default": r.name in defaults,
+                "model": r.model,
+                "epochs": t["epochs"],
+                "target": r.target,
+                "accuracy": m.accuracy if m else None,
+                "seconds": m.seconds if m else None,
+                "date": m.date if m else None,
+                "machine": m.machine if m else None,
+                "description": r.description,
+                "summary": r.summary(),
+            }
+        )
+    return rows

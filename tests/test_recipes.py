@@ -1,0 +1,253 @@
+"""Recipes (selection, overrides, the `recipes` table) and `--precision auto`'s decision."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from deepstart.cli import main
+from deepstart.config import DataConfig, TrainConfig
+from deepstart.data.catalog import DATASETS
+from deepstart.errors import ConfigError
+from deepstart.models.registry import create_model, get_model_info
+from deepstart.recipes import (
+    DEFAULTS,
+    RECIPES,
+    Recipe,
+    choose_recipe,
+    default_recipe,
+    get_recipe,
+    list_recipes,
+    recipe_rows,
+    run_config,
+)
+from deepstart.train import learner
+from deepstart.train.learner import cpu_flags, cpu_has_native_bf16, resolve_precision
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+# --- --precision auto ------------------------------------------------------------------------
+
+ZEN4 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n"
+SKYLAKE = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512vl\n"
+SAPPHIRE = "processor\t: 0\nflags\t\t: avx512f amx_tile amx_bf16 amx_int8\n"
+ARM = "processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n"
+
+
+def test_cpu_flags_are_read_from_cpuinfo_text():
+    assert {"avx512_bf16", "avx512f", "avx2"} <= cpu_flags(ZEN4)
+    assert "avx512_bf16" not in cpu_flags(SKYLAKE)
+    assert cpu_flags(ARM) == set()  # no x86 "flags" line
+    assert cpu_flags("") == set()
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "mkldnn", "native"),
+    [
+        (ZEN4, True, True),
+        (SAPPHIRE, True, True),
+        (SKYLAKE, True, False),  # AVX512 without bf16 dot products only emulates bf16
+        (ARM, True, False),
+        (ZEN4, False, False),  # no oneDNN: nothing to run native bf16 kernels
+    ],
+)
+def test_native_bf16_needs_the_cpu_flag_and_onednn(monkeypatch, cpuinfo, mkldnn, native):
+    monkeypatch.setattr(learner, "_NATIVE_BF16", None)  # forget this machine's answer
+    monkeypatch.setattr(learner, "cpu_flags", lambda: cpu_flags(cpuinfo))
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: mkldnn)
+    assert cpu_has_native_bf16() is native
+    assert (resolve_precision("auto", CPU) == torch.bfloat16) is native
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_follows_the_capability_and_names_override_it(monkeypatch, native):
+    monkeypatch.setattr(learner, "cpu_has_native_bf16", lambda: native)
+    assert resolve_precision("auto", CPU) == (torch.bfloat16 if native else None)
+    # a named precision is used as it is, whatever the CPU can do
+    assert resolve_precision("fp32", CPU) is None
+    assert resolve_precision("bf16", CPU) == torch.bfloat16
+    # regression is judged on errors of 1e-3 and below: auto keeps it in fp32
+    assert resolve_precision("auto", CPU, task="regression") is None
+    assert resolve_precision("bf16", CPU, task="regression") == torch.bfloat16
+    assert resolve_precision("auto", torch.device("mps")) is None
+
+
+@pytest.mark.parametrize(("bf16_ok", "dtype"), [(True, torch.bfloat16), (False, torch.float16)])
+def test_auto_on_cuda_is_unchanged(monkeypatch, bf16_ok, dtype):
+    monkeypatch.setattr(learner, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16_ok)
+    assert resolve_precision("auto", CUDA) == dtype
+
+
+def test_learner_uses_the_decision(monkeypatch, toy_data):
+    for native, dtype in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(learner, "cpu_has_native_bf16", lambda n=native: n)
+        model = create_model("logreg", in_channels=1, num_classes=3, input_size=(16, 16))
+        learn = learner.Learner(toy_data, model, device="cpu", log=lambda m: None)
+        assert learn.amp_dtype == dtype
+        fixed = learner.Learner(toy_data, model, device="cpu", precision="fp32")
+        assert fixed.amp_dtype is None
+
+
+# --- the recipes themselves --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("recipe", list_recipes(), ids=lambda r: r.name)
+def test_every_recipe_is_a_valid_run_config_with_a_buildable_model(recipe):
+    cfg = run_config(DataConfig(recipe.dataset), recipe=recipe)
+    assert cfg.train.recipe == recipe.name
+    assert cfg.model.name == recipe.model and cfg.model.options == dict(recipe.model_options)
+    assert recipe.dataset in DATASETS
+    assert recipe.description and recipe.target is not None and 0 < recipe.target < 1
+    info = get_model_info(recipe.model)
+    model = create_model(recipe.model, input_size=info.input_size, **recipe.model_options)
+    with torch.no_grad():
+        out = model.eval()(torch.zeros(2, info.in_channels, *info.input_size))
+    assert out.shape == (2, info.num_classes)
+    # every setting it names is a TrainConfig field, and it lands in the config
+    for key, value in recipe.train.items():
+        assert getattr(cfg.train, key) == value
+    assert recipe.summary().startswith(recipe.model)
+
+
+def test_each_dataset_default_is_a_recipe_for_that_dataset():
+    assert set(DEFAULTS) == {"shapes", "mnist", "fashion_mnist", "cifar10"}
+    for data, name in DEFAULTS.items():
+        assert RECIPES[name].dataset == data
+        assert default_recipe(data).name == name
+
+
+@pytest.mark.parametrize(
+    ("data", "data_dir", "expected"),
+    [
+        ("folder", "../shared/data/cifar10-jpeg/cifar10-jpeg.tar.gz", "cifar10-fast"),
+        ("/data/CIFAR-10/train", None, "cifar10-fast"),  # a folder given as a path
+        ("folder", "photos/pets", None),  # unknown images: no recipe
+        ("kmnist", None, None),
+        ("nosuch", None, None),
+    ],
+)
+def test_default_recipe_of_folders_and_others(data, data_dir, expected):
+    r = default_recipe(data, data_dir)
+    assert (r.name if r else None) == expected
+
+
+def test_choose_recipe_by_name_model_or_dataset():
+    assert choose_recipe(None, "mnist").name == "mnist-fast"
+    assert choose_recipe("mnist-995", "mnist").name == "mnist-995"
+    # a model given without --recipe trains with the plain defaults
+    assert choose_recipe(None, "mnist", model="mnist_cnn") is None
+    # a recipe given by name wins, even for another dataset and with a model
+    assert choose_recipe("cifar10-fast", "shapes", model="vgg_small").name == "cifar10-fast"
+    with pytest.raises(ConfigError, match=r"unknown recipe 'nope'.*mnist-fast"):
+        get_recipe("nope")
+
+
+def test_explicit_values_override_the_recipe():
+    recipe = get_recipe("fashion-fast")
+    cfg = run_config(
+        DataConfig("fashion_mnist"),
+        recipe=recipe,
+        model_options={"act": "gelu"},
+        train={"epochs": 2, "tta": False, "augment": None, "seed": 7},
+    )
+    assert cfg.train.epochs == 2 and cfg.train.tta is False and cfg.train.augment is None
+    assert cfg.train.seed == 7
+    assert cfg.train.lr == recipe.train["lr"]  # not given: the recipe's
+    assert cfg.train.label_smoothing == recipe.train["label_smoothing"]
+    # options of the recipe's own model merge; the given one wins
+    assert cfg.model.options == {**recipe.model_options, "act": "gelu"}
+    assert cfg.train.recipe == "fashion-fast"
+
+
+def test_another_model_drops_the_recipes_model_options():
+    recipe = get_recipe("cifar10-fast")
+    cfg = run_config(DataConfig("cifar10"), recipe=recipe, model="resnet20")
+    assert cfg.model.name == "resnet20" and cfg.model.options == {}
+    assert cfg.train.epochs == recipe.train["epochs"]  # the training settings still apply
+
+
+def test_no_recipe_means_the_plain_defaults():
+    cfg = run_config(DataConfig("shapes"), train={"epochs": 3})
+    assert cfg.model.name == "vgg_small" and cfg.model.options == {}
+    assert cfg.train.recipe is None
+    assert cfg.train == TrainConfig(epochs=3)
+
+
+def test_a_recipe_with_an_unknown_setting_fails_when_defined():
+    with pytest.raises(ConfigError, match="epoks"):
+        Recipe("bad", "mnist", "typo", "fast_mnist", train={"epoks": 3})
+
+
+def test_recipe_rows_carry_the_measurements():
+    rows = {r["name"]: r for r in recipe_rows()}
+    assert set(rows) == set(RECIPES)
+    for name, row in rows.items():
+        m = RECIPES[name].measured
+        assert row["default"] == (name in DEFAULTS.values())
+        if m is None:
+            assert row["accuracy"] is None and row["date"] is None
+        else:
+            assert row["accuracy"] == m.accuracy and row["seconds"] == m.seconds
+            assert row["date"] == m.date and len(m.date) == 10
+
+
+# --- the command line -------------------------------------------------------------------------
+
+TINY = ["--data-opt", "n_train=120", "--data-opt", "n_test=30", "--size", "16"]
+QUIET = ["--progress", "plain", "--no-report", "--no-checkpoint", "--batch-size", "32"]
+
+
+def _train(tmp_path, *args):
+    out = tmp_path / "runs"
+    assert main(["train", "--data", "shapes", *TINY, *QUIET, "--out", str(out), *args]) == 0
+    (run_dir,) = out.iterdir()
+    return json.loads((run_dir / "config.json").read_text()), run_dir
+
+
+def test_train_without_a_model_uses_the_datasets_recipe(tmp_path, capsys):
+    cfg, run_dir = _train(tmp_path, "--epochs", "1")
+    out = capsys.readouterr().out
+    assert out.startswith("recipe shapes-fast: fast_mnist, ")
+    assert "(overridden: batch_size, epochs)" in out
+    assert cfg["train"]["recipe"] == "shapes-fast"
+    assert cfg["model"]["name"] == "fast_mnist"
+    assert cfg["model"]["options"] == dict(get_recipe("shapes-fast").model_options)
+    assert cfg["train"]["epochs"] == 1 and cfg["train"]["batch_size"] == 32  # typed: they win
+    assert cfg["train"]["lr"] == get_recipe("shapes-fast").train["lr"]  # not typed: the recipe's
+    assert run_dir.name.endswith("-shapes-fast_mnist")
+
+
+def test_train_with_a_named_recipe_and_overrides(tmp_path, capsys):
+    args = ["--recipe", "fashion-fast", "--epochs", "1", "--no-tta", "--augment", "none"]
+    cfg, _ = _train(tmp_path, *args, "--lr", "1e-3", "--model-opt", "widths=8,8,16,16")
+    out = capsys.readouterr().out
+    assert "recipe fashion-fast:" in out and "augment, batch_size, epochs, lr, tta" in out
+    t = cfg["train"]
+    assert t["recipe"] == "fashion-fast" and t["epochs"] == 1 and t["lr"] == 1e-3
+    assert t["tta"] is False and t["augment"] is None
+    assert t["label_smoothing"] == get_recipe("fashion-fast").train["label_smoothing"]
+    assert cfg["model"]["name"] == "fast_mnist"
+    assert cfg["model"]["options"] == {"widths": [8, 8, 16, 16]}  # merged over the recipe's
+
+
+def test_train_with_a_model_and_no_recipe_is_as_before(tmp_path, capsys):
+    cfg, _ = _train(tmp_path, "--model", "logreg", "--epochs", "1")
+    assert "recipe" not in capsys.readouterr().out
+    assert cfg["train"]["recipe"] is None and cfg["model"]["name"] == "logreg"
+    defaults = TrainConfig()
+    for key in ("lr", "opt", "wd", "schedule", "label_smoothing", "precision", "tta", "augment"):
+        assert cfg["train"][key] == getattr(defaults, key), key
+
+
+def test_recipes_command_lists_every_recipe(capsys):
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    for header in ("recipe", "data", "model", "epochs", "target", "reached", "time", "measured"):
+        assert header in out
+    for r in list_recipes():
+        assert r.name in out and r.model in out
+    assert "shapes *" in out and "mnist *" in out  # the defaults are marked
+    assert "bench/recipes.py" in out
