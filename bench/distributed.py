@@ -6,7 +6,8 @@ Trains the same model for one epoch on MNIST (``--per-class`` training images of
 with the same global batch of 128, interleaved A B A B ...:
 
 - A: one process using every core (torch threads = cores);
-- B: ``--devices 2``, two processes with one thread each and 64 images per process.
+- B: one process with one thread (what each DDP process gets);
+- C: ``--devices 2``, two processes with one thread each and 64 images per process.
 
 It prints the training seconds (``results.json``) and the wall time of each command, and
 their medians. On a 2-core CPU the two processes split the same two cores that one process
@@ -29,7 +30,7 @@ from pathlib import Path
 DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
-def run(devices: int, args: argparse.Namespace) -> tuple[float, float]:
+def run(devices: int, args: argparse.Namespace, threads: int | None = None) -> tuple[float, float]:
     out = tempfile.mkdtemp(prefix="bench-ddp-")
     cmd = [sys.executable, "-m", "deepstart", "train", "--data", "mnist", "--data-dir", DATA]
     cmd += ["--data-opt", f"train_per_class={args.per_class}", "--model", args.model]
@@ -37,6 +38,8 @@ def run(devices: int, args: argparse.Namespace) -> tuple[float, float]:
     cmd += ["--out", out, "--no-checkpoint"]
     cmd += ["--batch-size", str(128 // devices)]
     env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     if devices > 1:
         cmd += ["--devices", str(devices)]
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // devices))
@@ -54,19 +57,21 @@ def main() -> None:
     p.add_argument("--per-class", type=int, default=1000)
     p.add_argument("--model", default="mnist_cnn")
     args = p.parse_args()
-    times: dict[int, list[tuple[float, float]]] = {1: [], 2: []}
+    modes = {
+        "1 process, all threads": (1, None),
+        "1 process, 1 thread": (1, 1),
+        "2 processes": (2, None),
+    }
+    times: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
     for r in range(args.rounds):
-        for devices in (1, 2):
-            train, wall = run(devices, args)
-            times[devices].append((train, wall))
-            print(
-                f"round {r + 1}: {devices} process(es): training {train:.1f} s, wall {wall:.1f} s"
-            )
-    med = {d: [statistics.median(x[i] for x in times[d]) for i in (0, 1)] for d in times}
-    print(
-        f"median training: 1 process {med[1][0]:.1f} s, 2 processes {med[2][0]:.1f} s "
-        f"({med[1][0] / med[2][0]:.2f}x); wall {med[1][1]:.1f} s vs {med[2][1]:.1f} s"
-    )
+        for mode, (devices, threads) in modes.items():
+            train, wall = run(devices, args, threads)
+            times[mode].append((train, wall))
+            print(f"round {r + 1}: {mode}: training {train:.1f} s, wall {wall:.1f} s")
+    base = statistics.median(x[0] for x in times["1 process, all threads"])
+    for mode, xs in times.items():
+        train, wall = (statistics.median(x[i] for x in xs) for i in (0, 1))
+        print(f"median {mode}: training {train:.1f} s ({base / train:.2f}x), wall {wall:.1f} s")
 
 
 if __name__ == "__main__":
