@@ -795,13 +795,14 @@ def cmd_recipes(a: argparse.Namespace) -> int:
     if not console.is_terminal:  # piped or captured: rich would squeeze it into 80 columns
         console = Console(width=110)
     console.print(table)
-    machines = sorted({r["machine"] for r in rows if r["machine"]})
     lines = [
         "* the dataset's default: what deepstart train --data NAME trains without --model",
-        "time: process start to final test accuracy, median of 3 seeds (python bench/recipes.py)"
-        + (f" on {'; '.join(machines)}" if machines else ""),
+        "reached: median test accuracy over seeds; time: from process start to it "
+        "(python bench/recipes.py, docs/benchmarks.md)",
     ]
-    lines += [f"{r['name']}: {r['description']}; {r['summary']}" for r in rows]
+    for r in rows:
+        where = f" [measured on {r['machine']}]" if r["machine"] else ""
+        lines.append(f"{r['name']}: {r['description']}; {r['summary']}{where}")
     for line in lines:
         console.print(line, highlight=False, markup=False)
     return 0
