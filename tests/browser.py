@@ -109,12 +109,28 @@ def render_page(
         >>> page = render_page(run_dir / "report.html", tmp_path / "shot.png")
         >>> assert page.images and not page.broken
     """
-    chromium = find_chromium()
-    if chromium is None:
-        raise FileNotFoundError("headless Chromium not found (apt-get install chromium)")
     text = str(path_or_url)
     url = text if "://" in text or text.startswith(("data:", "about:")) else None
     url = url or Path(text).resolve().as_uri()
+    with _chromium(timeout) as (cdp, stderr_log):
+        try:
+            sid = _load(cdp, url, width, 800)
+            return _check(cdp, sid, url, Path(screenshot), width)
+        except (TimeoutError, ConnectionError, RuntimeError) as e:
+            tail = stderr_log.read_text(errors="replace")[-2000:]
+            raise type(e)(f"{e} (loading {url})\n--- chromium stderr ---\n{tail}") from e
+
+
+@contextlib.contextmanager
+def _chromium(timeout: float):
+    """Start headless Chromium with its DevTools pipe; yield ``(cdp, stderr_log)``.
+
+    Chromium is asked to quit (then killed) and its temporary profile removed on exit;
+    every CDP read respects one deadline of ``timeout`` seconds from the start.
+    """
+    chromium = find_chromium()
+    if chromium is None:
+        raise FileNotFoundError("headless Chromium not found (apt-get install chromium)")
     tmp = Path(tempfile.mkdtemp(prefix="deepstart-chromium-"))
     fds: list[int] = []
     proc = None
@@ -136,12 +152,7 @@ def render_page(
         for fd in (cmd_r, out_w):  # only Chromium holds these now, so its exit is EOF
             os.close(fd)
             fds.remove(fd)
-        cdp = _Cdp(cmd_w, out_r, time.monotonic() + timeout)
-        try:
-            return _check(cdp, url, Path(screenshot), width)
-        except (TimeoutError, ConnectionError, RuntimeError) as e:
-            tail = (tmp / "stderr.log").read_text(errors="replace")[-2000:]
-            raise type(e)(f"{e} (loading {url})\n--- chromium stderr ---\n{tail}") from e
+        yield _Cdp(cmd_w, out_r, time.monotonic() + timeout), tmp / "stderr.log"
     finally:
         if proc is not None:
             _stop(proc, cmd_w)
@@ -150,7 +161,9 @@ def render_page(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _check(cdp: _Cdp, url: str, screenshot: Path, width: int) -> PageCheck:
+def _load(cdp: _Cdp, url: str, width: int, height: int) -> str:
+    """Open a tab at ``width`` x ``height``, navigate to ``url``, wait for its load event;
+    return the tab's CDP session id."""
     target = cdp.call("Target.createTarget", url="about:blank")["targetId"]
     sid = cdp.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
     for domain in ("Page", "Runtime", "Log"):
@@ -160,13 +173,13 @@ def _check(cdp: _Cdp, url: str, screenshot: Path, width: int) -> PageCheck:
         "Emulation.setDeviceMetricsOverride",
         sid,
         width=width,
-        height=800,
+        height=height,
         deviceScaleFactor=1,
         mobile=False,
     )
     nav = cdp.call("Page.navigate", sid, url=url)
     if nav.get("errorText"):
-        raise RuntimeError(f"navigation failed: {nav['errorText']}")
+        raise RuntimeError(f"navigation to {url} failed: {nav['errorText']}")
     # The load event of *this* navigation (matched by loaderId), not about:blank's.
     cdp.wait_for(
         lambda m: (
@@ -175,6 +188,10 @@ def _check(cdp: _Cdp, url: str, screenshot: Path, width: int) -> PageCheck:
             and m["params"]["loaderId"] == nav["loaderId"]
         )
     )
+    return sid
+
+
+def _check(cdp: _Cdp, sid: str, url: str, screenshot: Path, width: int) -> PageCheck:
     found = cdp.call("Runtime.evaluate", sid, expression=_CHECK_JS, returnByValue=True)
     if "exceptionDetails" in found:
         raise RuntimeError(f"page check failed: {found['exceptionDetails']}")
@@ -384,57 +401,6 @@ def open_page(url: str, *, width: int = 1280, height: int = 800, timeout: float 
         ...     page.drag([(10, 10), (50, 50)])
         ...     page.wait_for("document.querySelector('#result li')")
     """
-    chromium = find_chromium()
-    if chromium is None:
-        raise FileNotFoundError("headless Chromium not found (apt-get install chromium)")
-    tmp = Path(tempfile.mkdtemp(prefix="deepstart-chromium-"))
-    fds: list[int] = []
-    proc = None
-    try:
-        cmd_r, cmd_w = os.pipe()
-        out_r, out_w = os.pipe()
-        fds += [cmd_r, cmd_w, out_r, out_w]
-        argv = [chromium, *_FLAGS, f"--user-data-dir={tmp / 'profile'}", "about:blank"]
-        with open(tmp / "stderr.log", "wb") as log:
-            # As in render_page: the pipes reach Chromium as fds 3 and 4 through the shell.
-            proc = subprocess.Popen(
-                ["/bin/sh", "-c", 'exec "$@" 3<&0 4>&1 0</dev/null 1>&2', "sh", *argv],
-                stdin=cmd_r,
-                stdout=out_w,
-                stderr=log,
-                start_new_session=True,
-            )
-        for fd in (cmd_r, out_w):
-            os.close(fd)
-            fds.remove(fd)
-        cdp = _Cdp(cmd_w, out_r, time.monotonic() + timeout)
-        target = cdp.call("Target.createTarget", url="about:blank")["targetId"]
-        sid = cdp.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-        for domain in ("Page", "Runtime", "Log"):
-            cdp.call(f"{domain}.enable", sid)
-        cdp.call("Page.setLifecycleEventsEnabled", sid, enabled=True)
-        cdp.call(
-            "Emulation.setDeviceMetricsOverride",
-            sid,
-            width=width,
-            height=height,
-            deviceScaleFactor=1,
-            mobile=False,
-        )
-        nav = cdp.call("Page.navigate", sid, url=url)
-        if nav.get("errorText"):
-            raise RuntimeError(f"navigation to {url} failed: {nav['errorText']}")
-        cdp.wait_for(
-            lambda m: (
-                m.get("method") == "Page.lifecycleEvent"
-                and m["params"]["name"] == "load"
-                and m["params"]["loaderId"] == nav["loaderId"]
-            )
-        )
+    with _chromium(timeout) as (cdp, _):
+        sid = _load(cdp, url, width, height)
         yield LivePage(cdp, sid, url, width)
-    finally:
-        if proc is not None:
-            _stop(proc, cmd_w)
-        for fd in fds:
-            os.close(fd)
-        shutil.rmtree(tmp, ignore_errors=True)
