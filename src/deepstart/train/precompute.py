@@ -163,8 +163,8 @@ class FeatureCache:
                 f"{tuple(feats.shape[1:])} each, {feats.numel() * 4 / 2**20:.0f} MiB) in "
                 f"{time.perf_counter() - t0:.1f} s"
             )
-        # The fingerprint after computing: eval mode leaves the body untouched.
-        self._store[key] = (id(images), _fingerprint(learn.model), feats, labels)
+        # Computing in eval mode leaves the body untouched, so ``fp`` still describes it.
+        self._store[key] = (id(images), fp, feats, labels)
         return feats, labels
 
 
