@@ -311,10 +311,7 @@ class Batches:
         return ((int(seed) * 1_000_003 + int(epoch)) * 1_000_033 + int(batch) + 1) % 2**63
 
     def normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        x = x_uint8.to(torch.float32) * self._scale + self._shift
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return x_uint8.to(torch.float32) * self._scale + self._shift
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.images)
@@ -346,7 +343,26 @@ class Batches:
                 seed = self.seed + 7919 * self.rank
                 self._aug_gen.manual_seed(self.augment_seed(seed, self.epoch, i))
                 x = self.augment(x, self._aug_gen)
-            yield x, yb
+            yield (to_channels_last(x) if self.channels_last else x), yb
+
+
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (N, C, H, W) stored NHWC: channel stride 1, even for one channel.
+
+    ``x.contiguous(memory_format=torch.channels_last)`` leaves a one-channel batch as it is
+    (its strides are ambiguous), and a convolution then picks NCHW for the whole net, so
+    grey models would miss the channels-last speed-up.
+
+    Example:
+        >>> to_channels_last(torch.zeros(2, 1, 28, 28)).stride()
+        (784, 1, 28, 1)
+    """
+    if x.dim() != 4 or (x.stride(1) == 1 and x.is_contiguous(memory_format=torch.channels_last)):
+        return x
+    n, c, h, w = x.shape
+    # (.permute(0, 2, 3, 1).contiguous() would keep a one-channel batch's strides too.)
+    nhwc = torch.empty((n, h, w, c), dtype=x.dtype, device=x.device).permute(0, 3, 1, 2)
+    return nhwc.copy_(x)
 
 
 def to_uint8_nchw(array: np.ndarray) -> torch.Tensor:

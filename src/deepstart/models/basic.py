@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from deepstart.models.layers import Dropout
 from deepstart.models.registry import Classifier, ModelError, register_model
 
 
@@ -109,7 +110,7 @@ def mlp(
     d = flat_size("mlp", in_channels, input_size)
     layers: list[nn.Module] = [nn.Flatten()]  # (N, C, H, W) -> (N, C*H*W)
     for width in widths:
-        layers += [nn.Linear(d, width), nn.ReLU(), nn.Dropout(dropout)]
+        layers += [nn.Linear(d, width), nn.ReLU(), Dropout(dropout)]
         d = width
     # features(x) is the last hidden layer's activations (N, hidden[-1]).
     return Net(nn.Sequential(*layers), nn.Sequential(nn.Linear(d, num_classes)))

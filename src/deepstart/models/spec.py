@@ -50,6 +50,7 @@ from typing import Any
 from torch import nn
 
 from deepstart.models.basic import Net
+from deepstart.models.layers import Dropout, Flatten
 from deepstart.models.registry import ModelError, register_model
 
 # Activations by token; None ("linear") is no layer at all.
@@ -331,7 +332,7 @@ def _layer(
         return [pool], (c, h2, w2)
     if kind == "flat":
         c, h, w = need_map()
-        return [nn.Flatten()], (c * h * w,)  # (N, C, H, W) -> (N, C*H*W)
+        return [Flatten()], (c * h * w,)  # (N, C, H, W) -> (N, C*H*W)
     if kind == "gap":
         c, _, _ = need_map()
         return [nn.AdaptiveAvgPool2d(1), nn.Flatten()], (c,)  # (N, C, H, W) -> (N, C)
@@ -348,7 +349,7 @@ def _layer(
         norm = nn.BatchNorm2d(shape[0]) if len(shape) == 3 else nn.BatchNorm1d(shape[0])
         return [norm], shape
     if kind == "drop":
-        return [nn.Dropout(a["p"])], shape
+        return [Dropout(a["p"])], shape
     if kind == "act":
         cls = ACTIVATIONS[a["name"]]
         return ([cls()] if cls else []), shape

@@ -42,6 +42,13 @@ from deepstart.train.callbacks import (
     Recorder,
     RestartEpoch,
 )
+from deepstart.train.device import (
+    OUT_OF_MEMORY,
+    release_cached_memory,
+    resolve_device,
+    resolve_precision,
+    use_channels_last,
+)
 from deepstart.train.finetune import (
     fine_tune,
     freeze_to,
@@ -83,100 +90,6 @@ EVENTS = (
     "after_cancel_epoch",
     "after_cancel_fit",
 )
-
-
-# torch.OutOfMemoryError is the device-neutral name (CUDA, MPS, XPU); older torch only had
-# the CUDA one.
-OUT_OF_MEMORY: tuple[type[BaseException], ...] = tuple(
-    {getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError}
-)
-
-
-def release_cached_memory(device: torch.device) -> None:
-    """Give the allocator's cached blocks back after an out-of-memory error (CUDA only:
-    the CPU has no such cache)."""
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-# x86 feature flags of native bf16 arithmetic (AVX512-BF16 dot products, AMX tiles). AVX512
-# without them (Skylake, Ice Lake) or AVX2 only emulates bf16, which is slower than fp32.
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-_NATIVE_BF16: bool | None = None  # cpu_has_native_bf16's answer, asked once per process
-
-
-def cpu_flags(cpuinfo: str | None = None) -> set[str]:
-    """The CPU's feature flags, from ``/proc/cpuinfo`` text (read on Linux when not given);
-    empty when unknown (other systems)."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
-            return set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return set(value.split())
-    return set()
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes in bf16 natively (``avx512_bf16`` or ``amx_bf16``) and torch
-    has oneDNN to use it. Only then is bf16 autocast faster than fp32 on the CPU (measured:
-    1.67x on an AVX512-BF16 AMD EPYC, docs/benchmarks.md); ARM and Apple CPUs answer False
-    (not measured there)."""
-    global _NATIVE_BF16
-    if _NATIVE_BF16 is None:
-        mkldnn = torch.backends.mkldnn.is_available()
-        _NATIVE_BF16 = mkldnn and any(f in cpu_flags() for f in BF16_CPU_FLAGS)
-    return _NATIVE_BF16
-
-
-def resolve_precision(
-    precision: str, device: torch.device, task: str = "classification"
-) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device``; None means plain fp32.
-
-    "auto" uses bf16 on CUDA GPUs that support it, else fp16 on CUDA; bf16 on CPUs with
-    native bf16 (:func:`cpu_has_native_bf16`: faster there, bench/precision.py), fp32 on
-    other CPUs and on MPS. Regression stays fp32 under "auto": bf16 keeps about 3 digits,
-    and a function fit is judged on errors of 1e-3 and below. Name a precision to override.
-
-    Example:
-        >>> resolve_precision("auto", torch.device("cpu"))  # on an AVX512-BF16 CPU
-        torch.bfloat16
-    """
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    if precision != "auto":
-        raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
-    if task == "regression":
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_has_native_bf16():
-        return torch.bfloat16
-    return None
-
-
-def default_device() -> torch.device:
-    """CUDA if present, else Apple's MPS, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or str(device) == "auto":
-        return default_device()
-    return torch.device(device)
 
 
 def _to_cpu(obj: Any) -> Any:
@@ -268,6 +181,9 @@ class Learner:
             trained on (None: of ``data.train``, computed when first needed).
         input_check: whether :meth:`evaluate` warns (through ``log``) when a split looks
             prepared differently from the training images.
+        channels_last: give the model NHWC batches (None: where that is faster, i.e. conv
+            nets on the CPU and on CUDA under autocast; see
+            :func:`deepstart.train.device.use_channels_last`). Only speed changes.
 
     Attributes:
         task: "classification" or "regression", from the data.
@@ -297,6 +213,7 @@ class Learner:
         dist: Distributed | None = None,
         train_stats: dict | None = None,
         input_check: bool = True,
+        channels_last: bool | None = None,
     ) -> None:
         self.data = data
         # What the training images looked like (deepstart.mismatch.input_stats): evaluate
@@ -320,6 +237,12 @@ class Learner:
         # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 does not.
         self.scaler = (
             torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
+        )
+        # NHWC batches for conv nets where that is faster (deepstart.train.device); None: decide.
+        self.channels_last = (
+            use_channels_last(self.model, self.device, self.amp_dtype)
+            if channels_last is None
+            else bool(channels_last)
         )
         self.log = log
         self.opt_name, self.lr, self.wd = opt, float(lr), float(wd)
@@ -436,6 +359,7 @@ class Learner:
             drop_last=train and len(split) > self.batch_size * world,
             seed=self.seed,
             augment=self._augment_fn if train else None,
+            channels_last=self.channels_last,
             rank=rank,
             world=world,
         )

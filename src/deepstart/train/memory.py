@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from deepstart.train.device import OUT_OF_MEMORY, release_cached_memory
+
 if TYPE_CHECKING:
     from deepstart.train.learner import Learner
 
@@ -31,8 +33,6 @@ def find_batch_size(
     Example:
         >>> learn.batch_size = find_batch_size(learn)
     """
-    from deepstart.train.learner import OUT_OF_MEMORY, release_cached_memory
-
     if learn.device.type == "cpu" and not probe_cpu:
         learn.log(f"batch size auto: no device memory limit on the CPU; using {CPU_DEFAULT}")
         return CPU_DEFAULT

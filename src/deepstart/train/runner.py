@@ -45,10 +45,11 @@ from deepstart.train.callbacks import (
     load_checkpoint,
     restore_checkpoint,
 )
+from deepstart.train.device import busy_cpu_note, resolve_device
 from deepstart.train.distributed import Distributed, prepare_model, shutdown
 from deepstart.train.extras import EMA, EarlyStopping, GradientClip, MaxTime
 from deepstart.train.guard import DivergenceGuard
-from deepstart.train.learner import Learner, resolve_device
+from deepstart.train.learner import Learner
 from deepstart.train.losses import make_loss
 from deepstart.train.lr_finder import lr_find
 from deepstart.train.memory import find_batch_size
@@ -225,6 +226,10 @@ def _train(
         if tc.sync_bn and not dist.sync_bn:
             _say("  note: --sync-bn needs CUDA; each process normalises its own part", stream)
     _say(f"model {cfg.model.name}: {n_params:,} parameters; {where}", stream)
+    # (Not in a distributed run: there the other ranks are the other running threads.)
+    busy = busy_cpu_note(device) if resume is None and dist is None else None
+    if busy is not None:
+        _say(f"  note: {busy}", stream)
     if resume is not None:
         run_dir = Path(resume)
     elif main:
