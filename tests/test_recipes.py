@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -23,8 +24,8 @@ from deepstart.recipes import (
     recipe_rows,
     run_config,
 )
-from deepstart.train import learner
-from deepstart.train.learner import cpu_flags, cpu_has_native_bf16, resolve_precision
+from deepstart.train import device, learner
+from deepstart.train.device import cpu_flags, cpu_has_native_bf16, resolve_precision
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -54,8 +55,8 @@ def test_cpu_flags_are_read_from_cpuinfo_text():
     ],
 )
 def test_native_bf16_needs_the_cpu_flag_and_onednn(monkeypatch, cpuinfo, mkldnn, native):
-    monkeypatch.setattr(learner, "_NATIVE_BF16", None)  # forget this machine's answer
-    monkeypatch.setattr(learner, "cpu_flags", lambda: cpu_flags(cpuinfo))
+    monkeypatch.setattr(device, "_NATIVE_BF16", None)  # forget this machine's answer
+    monkeypatch.setattr(device, "cpu_flags", lambda: cpu_flags(cpuinfo))
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: mkldnn)
     assert cpu_has_native_bf16() is native
     assert (resolve_precision("auto", CPU) == torch.bfloat16) is native
@@ -63,7 +64,7 @@ def test_native_bf16_needs_the_cpu_flag_and_onednn(monkeypatch, cpuinfo, mkldnn,
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_follows_the_capability_and_names_override_it(monkeypatch, native):
-    monkeypatch.setattr(learner, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: native)
     assert resolve_precision("auto", CPU) == (torch.bfloat16 if native else None)
     # a named precision is used as it is, whatever the CPU can do
     assert resolve_precision("fp32", CPU) is None
@@ -76,14 +77,14 @@ def test_auto_follows_the_capability_and_names_override_it(monkeypatch, native):
 
 @pytest.mark.parametrize(("bf16_ok", "dtype"), [(True, torch.bfloat16), (False, torch.float16)])
 def test_auto_on_cuda_is_unchanged(monkeypatch, bf16_ok, dtype):
-    monkeypatch.setattr(learner, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16_ok)
     assert resolve_precision("auto", CUDA) == dtype
 
 
 def test_learner_uses_the_decision(monkeypatch, toy_data):
     for native, dtype in ((True, torch.bfloat16), (False, None)):
-        monkeypatch.setattr(learner, "cpu_has_native_bf16", lambda n=native: n)
+        monkeypatch.setattr(device, "cpu_has_native_bf16", lambda n=native: n)
         model = create_model("logreg", in_channels=1, num_classes=3, input_size=(16, 16))
         learn = learner.Learner(toy_data, model, device="cpu", log=lambda m: None)
         assert learn.amp_dtype == dtype
@@ -251,3 +252,17 @@ def test_recipes_command_lists_every_recipe(capsys):
         assert r.name in out and r.model in out
     assert "shapes *" in out and "mnist *" in out  # the defaults are marked
     assert "bench/recipes.py" in out
+
+
+def test_a_recipes_valid_pct_applies_unless_typed(tmp_path, capsys, monkeypatch):
+    every_image = dataclasses.replace(get_recipe("shapes-fast"), name="all-in", valid_pct=0.0)
+    monkeypatch.setitem(RECIPES, "all-in", every_image)
+    cfg, _ = _train(tmp_path / "a", "--recipe", "all-in", "--epochs", "1")
+    out = capsys.readouterr().out
+    assert "all training images (no valid split)" in out
+    assert cfg["data"]["valid_pct"] == 0.0
+    cfg, _ = _train(tmp_path / "b", "--recipe", "all-in", "--epochs", "1", "--valid-pct", "0.2")
+    assert "valid_pct" in capsys.readouterr().out.split("overridden:")[1]
+    assert cfg["data"]["valid_pct"] == 0.2
+    cfg, _ = _train(tmp_path / "c", "--epochs", "1")  # shapes-fast sets none: the default
+    assert cfg["data"]["valid_pct"] == 0.1

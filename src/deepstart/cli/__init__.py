@@ -1,0 +1,52 @@
+"""The command line: subcommands map flags onto config dataclasses and call the library.
+
+deepstart train --data shapes --model vgg_small --epochs 5
+deepstart data list | data show NAME | data make shapes --out DIR
+deepstart models
+deepstart evaluate RUN_DIR [--data NAME]
+deepstart fit-function 'sin(3*x)+0.3*x' [--compare]
+deepstart export RUN_DIR --out model.zip [--onnx model.onnx]
+deepstart predict model.zip photos/ 'more/*.jpg' [--top-k 3] [--json | --csv]
+deepstart serve model.zip [--host 127.0.0.1 --port 8000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from deepstart.cli import data, fit_function, models, ship, train, tune
+from deepstart.errors import DeepstartError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deepstart",
+        description="Train, understand and ship an image classifier on your own data.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # Registration order is the order `deepstart --help` lists the commands in.
+    train.add_parsers(sub)
+    data.add_parsers(sub)
+    models.add_parsers(sub)
+    tune.add_parsers(sub)
+    ship.add_parsers(sub)
+    fit_function.add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # to start it again (torchrun)
+    try:
+        return int(args.func(args) or 0)
+    except DeepstartError as e:
+        print(f"deepstart: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("deepstart: interrupted", file=sys.stderr)
+        return 130

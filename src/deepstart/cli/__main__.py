@@ -1,0 +1,7 @@
+"""``python -m deepstart.cli``: the same as the ``deepstart`` command."""
+
+import sys
+
+from deepstart.cli import main
+
+sys.exit(main())

@@ -1,0 +1,129 @@
+"""Argument types and the data flags that several subcommands share."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from deepstart.config import DataConfig
+from deepstart.errors import DeepstartError
+
+
+def _size(text: str) -> tuple[int, int]:
+    parts = text.lower().replace("x", ",").split(",")
+    try:
+        nums = [int(p) for p in parts if p]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}") from None
+    if len(nums) == 1:
+        return nums[0], nums[0]
+    if len(nums) == 2:
+        return nums[0], nums[1]
+    raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}")
+
+
+def _lr(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"lr must be a number or 'auto', got {text!r}") from None
+
+
+def _batch(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"batch size must be N or 'auto', got {text!r}") from None
+
+
+def _duration(text: str) -> float:
+    """Seconds from "90", "90s", "5m" or "1.5h"."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    t = text.strip().lower()
+    scale = units.get(t[-1:])
+    try:
+        return float(t[:-1]) * scale if scale else float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"time must be like 90, 90s, 5m or 1.5h: {text!r}"
+        ) from None
+
+
+def _weights(text: str) -> str | list[float]:
+    if text == "balanced":
+        return text
+    try:
+        return [float(w) for w in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"class weights must be 'balanced' or numbers w1,w2,...: {text!r}"
+        ) from None
+
+
+def _value(text: str) -> Any:
+    """A KEY=VALUE value: JSON when it parses (numbers, lists, true), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        if "," in text:
+            return [_value(t) for t in text.split(",")]
+        return text
+
+
+def _pairs(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise DeepstartError(f"{flag} wants KEY=VALUE, got {item!r}")
+        key, val = item.split("=", 1)
+        out[key.strip().replace("-", "_")] = _value(val.strip())
+    return out
+
+
+def _model(name: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``--model`` as a ModelConfig's name and options: a layer spec becomes the registry model
+    ``spec`` with the option ``spec=...`` (so run directories are named ``...-spec``)."""
+    from deepstart.models.registry import resolve_spec
+
+    return resolve_spec(name, options)
+
+
+# The held-out share when --valid-pct is not typed (and the recipe, if any, sets none).
+VALID_PCT: float = DataConfig.__dataclass_fields__["valid_pct"].default
+
+
+def _add_data_args(p: argparse.ArgumentParser, *, required: bool) -> None:
+    p.add_argument("--data", required=required, help="dataset name (deepstart data list) or path")
+    p.add_argument("--data-dir", help="directory searched first for the dataset's files")
+    p.add_argument(
+        "--valid-pct",
+        type=float,
+        help=f"share of train held out ({VALID_PCT}; a recipe may say otherwise)",
+    )
+    p.add_argument("--size", type=_size, help="resize images to N or HxW")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="convert to 1 or 3 channels")
+    p.add_argument("--resize", default="squish", choices=("squish", "crop", "pad"))
+    p.add_argument(
+        "--data-opt",
+        action="append",
+        metavar="KEY=VALUE",
+        help="source option, e.g. n_train=6000 or classes=circle,star (repeatable)",
+    )
+
+
+def _data_config(a: argparse.Namespace) -> DataConfig:
+    return DataConfig(
+        name=a.data,
+        data_dir=a.data_dir,
+        valid_pct=VALID_PCT if a.valid_pct is None else a.valid_pct,
+        size=a.size,
+        channels=a.channels,
+        resize=a.resize,
+        options=_pairs(a.data_opt, "--data-opt"),
+    )

@@ -1,0 +1,128 @@
+"""``deepstart models``, ``deepstart models show`` and ``deepstart recipes``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from deepstart.cli.args import _pairs, _size
+from deepstart.errors import DeepstartError
+
+
+def add_parsers(sub: Any) -> None:
+    """Register ``models`` (with ``show``) and ``recipes`` on the top-level subparsers."""
+    m = sub.add_parser("models", help="the model registry with parameter counts")
+    m.add_argument("--channels", type=int, default=None, help="count for this many channels")
+    m.add_argument("--classes", type=int, default=None, help="count for this many classes")
+    m.add_argument("--size", type=_size, default=None, help="count for this input size")
+    m.set_defaults(func=cmd_models)
+    msub = m.add_subparsers(dest="models_command", metavar="show")
+    ms = msub.add_parser(
+        "show", help="a model's layers: output shapes, parameters and FLOPs per image"
+    )
+    ms.add_argument("model", help="a registry name or a layer spec such as conv32-pool-flat")
+    ms.add_argument(
+        "--input-size", type=int, nargs="+", metavar=("H", "W"), dest="show_size", help="H [W]"
+    )
+    ms.add_argument("--channels", type=int, dest="show_channels", help="image channels")
+    ms.add_argument("--classes", type=int, dest="show_classes", help="number of classes")
+    ms.add_argument("--model-opt", action="append", metavar="KEY=VALUE", dest="show_opts")
+    ms.set_defaults(func=cmd_models_show)
+    rc = sub.add_parser(
+        "recipes",
+        help="the named training recipes: model, epochs, what each reached and how fast",
+        description="Recipes are models with training settings tuned for time-to-accuracy "
+        "(docs/speed.md). deepstart train --data NAME uses the dataset's default recipe when "
+        "no --model is given; --recipe NAME picks one; flags given override its values.",
+    )
+    rc.set_defaults(func=cmd_recipes)
+
+
+def cmd_models(a: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from deepstart.models.registry import count_parameters, create_model, list_models
+
+    table = Table(title="models")
+    for col in ("name", "family", "input", "parameters", "description"):
+        table.add_column(col, justify="right" if col == "parameters" else "left")
+    for info in list_models(task=None):
+        if info.task == "regression":
+            n = f"{count_parameters(create_model(info.name)):,}"
+            table.add_row(info.name, info.family, "x (N, 1) -> y (N, 1)", n, info.description)
+            continue
+        c = a.channels or info.in_channels
+        size = a.size or info.input_size
+        k = a.classes or info.num_classes
+        try:
+            model = create_model(info.name, in_channels=c, num_classes=k, input_size=size)
+            n = f"{count_parameters(model):,}"
+        except DeepstartError as e:
+            n = f"n/a ({e})"
+        shape = f"{c}x{size[0]}x{size[1]}, {k} classes"
+        table.add_row(info.name, info.family, shape, n, info.description)
+    Console().print(table)
+    return 0
+
+
+def cmd_recipes(a: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from deepstart.recipes import recipe_rows
+
+    rows = recipe_rows()
+    table = Table(title="recipes: deepstart train --recipe NAME")
+    for col in ("recipe", "data", "model", "epochs", "target", "reached", "time", "measured"):
+        right = col in ("epochs", "target", "reached", "time")
+        keep = col in ("recipe", "data", "model")  # names stay whole; the rest may wrap
+        table.add_column(col, justify="right" if right else "left", no_wrap=keep)
+    for r in rows:
+        data = r["dataset"] + (" *" if r["default"] else "")
+        target = f"{r['target']:.1%}" if r["target"] is not None else "-"
+        reached = f"{r['accuracy']:.2%}" if r["accuracy"] is not None else "-"
+        seconds = f"{r['seconds']:.0f} s" if r["seconds"] is not None else "-"
+        cells = (r["name"], data, r["model"], str(r["epochs"]), target, reached, seconds)
+        table.add_row(*cells, r["date"] or "not yet")
+    console = Console()
+    if not console.is_terminal:  # piped or captured: rich would squeeze it into 80 columns
+        console = Console(width=110)
+    console.print(table)
+    lines = [
+        "* the dataset's default: what deepstart train --data NAME trains without --model",
+        "reached: median test accuracy over seeds; time: from process start to it "
+        "(python bench/recipes.py, docs/benchmarks.md)",
+    ]
+    for r in rows:
+        where = f" [measured on {r['machine']}]" if r["machine"] else ""
+        lines.append(f"{r['name']}: {r['description']}; {r['summary']}{where}")
+    for line in lines:
+        console.print(line, highlight=False, markup=False)
+    return 0
+
+
+def cmd_models_show(a: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from deepstart.models.registry import create_model, get_model_info
+    from deepstart.models.summary import summarize
+
+    info = get_model_info(a.model)
+    if info.task != "classification":
+        raise DeepstartError(f"{a.model} is a {info.task} model; models show draws image models")
+    if a.show_size is not None and len(a.show_size) not in (1, 2):
+        raise DeepstartError(f"--input-size takes H [W], got {a.show_size}")
+    h, w = (a.show_size * 2)[:2] if a.show_size else info.input_size
+    c = a.show_channels or info.in_channels
+    k = a.show_classes or info.num_classes
+    model = create_model(
+        a.model,
+        in_channels=c,
+        num_classes=k,
+        input_size=(h, w),
+        **_pairs(a.show_opts, "--model-opt"),
+    )
+    title = f"{a.model} ({info.family}): {c}x{h}x{w} -> {k} classes"
+    Console().print(summarize(model, (c, h, w)).table(title=title))
+    return 0
