@@ -309,3 +309,31 @@ def test_show_batch_writes_a_png(tmp_path, toy_data):
     path = show_batch(s, "photo", tmp_path / "rgb.png", n=8, mean=MEAN, std=STD, title="photo")
     with Image.open(path) as im:
         assert im.format == "PNG" and im.size[0] > 100
+
+
+def test_whole_pixel_shifts_move_pixels_exactly_by_integers():
+    """The cifar preset shifts by whole pixels: each augmented image is its original moved
+    by an integer (dx, dy) in -2..2 (and maybe mirrored), every pixel value kept exactly."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 3, 32, 32, generator=g)
+    aug = Augmentation(flip=True, shift=0.0625, whole_pixels=True)
+    out = aug(x, torch.Generator().manual_seed(1))
+    seen = set()
+    for a, b in zip(x, out, strict=True):
+        found = None
+        for img, flipped in ((a, False), (a.flip(2), True)):
+            for dy in range(-2, 3):
+                for dx in range(-2, 3):
+                    # Compare the interior, which comes from inside the image for any shift.
+                    moved = img[:, 2 - dy : 30 - dy, 2 - dx : 30 - dx]
+                    if torch.equal(b[:, 2:30, 2:30], moved):
+                        found = (dx, dy, flipped)
+        assert found is not None
+        seen.add(found)
+    assert len({(dx, dy) for dx, dy, _ in seen}) >= 15  # the 25 offsets are all reachable
+    assert {f for _, _, f in seen} == {True, False}
+
+
+def test_whole_pixels_refuses_warps_that_resample():
+    with pytest.raises(ConfigError):
+        Augmentation(degrees=5, shift=0.1, whole_pixels=True)
