@@ -29,7 +29,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/ceiling.py
 	$(PY) bench/ablations.py
+	$(PY) bench/layers.py
 	$(PY) bench/peers.py
+	$(PY) bench/omp_wait.py
 	$(PY) bench/recipes.py
 
 lint: $(STAMP)

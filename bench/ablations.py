@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from deepstart.data.dataset import ImageSet, make_dataset
+from deepstart.models import layers
 from deepstart.models.registry import create_model
 from deepstart.models.summary import summarize
 from deepstart.train.learner import Learner
@@ -37,6 +38,20 @@ class Variant:
     precision: str = "bf16"
     batch: int = 256
     options: dict[str, Any] = field(default_factory=dict)
+    learner: dict[str, Any] = field(default_factory=dict)  # Learner options (channels_last)
+    torch_layers: bool = False  # swap deepstart's Dropout/Flatten for torch's own
+
+
+def torch_layers(model: torch.nn.Module) -> torch.nn.Module:
+    """The model with PyTorch's nn.Dropout and nn.Flatten in place of deepstart's (the
+    baseline for models/layers.py)."""
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, layers.Dropout):
+                setattr(parent, name, torch.nn.Dropout(child.p))
+            elif isinstance(child, layers.Flatten):
+                setattr(parent, name, torch.nn.Flatten())
+    return model
 
 
 MN, CF = (1, 28, 28), (3, 32, 32)
@@ -73,6 +88,12 @@ GROUPS: dict[str, list[Variant]] = {
             options={"widths": [32, 32, 64, 128]},
         ),
         Variant(
+            "fast_cifar 64-192-256 extra 1",
+            "fast_cifar",
+            CF,
+            options={"widths": [32, 64, 192, 256]},
+        ),
+        Variant(
             "fast_cifar 64-256-256 extra 1 (airbench)",
             "fast_cifar",
             CF,
@@ -87,6 +108,32 @@ GROUPS: dict[str, list[Variant]] = {
         Variant("fast_mnist 32-64-128-128", "fast_mnist", MN),
         Variant("fast_mnist 16-32-64-64", "fast_mnist", MN, options={"widths": [16, 32, 64, 64]}),
         Variant("fast_mnist 32-64-128-128 extra 1", "fast_mnist", MN, options={"extra": 1}),
+    ],
+    # The notes' models, batch 128 as in bench/peers.py: what each speed-up of the Keras
+    # nets is worth (channels-last batches; models/layers.py's Dropout and Flatten).
+    "layout-notes": [
+        Variant(
+            "mnist_cnn NCHW, torch layers",
+            "mnist_cnn",
+            MN,
+            batch=128,
+            learner={"channels_last": False},
+            torch_layers=True,
+        ),
+        Variant("mnist_cnn NCHW", "mnist_cnn", MN, batch=128, learner={"channels_last": False}),
+        Variant(
+            "mnist_cnn channels_last, torch layers", "mnist_cnn", MN, batch=128, torch_layers=True
+        ),
+        Variant("mnist_cnn channels_last", "mnist_cnn", MN, batch=128),
+        Variant(
+            "keras_cifar_cnn NCHW, torch layers",
+            "keras_cifar_cnn",
+            CF,
+            batch=128,
+            learner={"channels_last": False},
+            torch_layers=True,
+        ),
+        Variant("keras_cifar_cnn channels_last", "keras_cifar_cnn", CF, batch=128),
     ],
     "notes-models": [
         Variant("mnist_cnn fp32", "mnist_cnn", MN, "fp32", 128),
@@ -107,8 +154,16 @@ def images_per_second(v: Variant, n_images: int) -> float:
     data = make_dataset("bench", s, None, valid=s.subset(range(v.batch)))
     torch.manual_seed(0)
     model = create_model(v.model, in_channels=c, num_classes=10, input_size=(h, w), **v.options)
+    if v.torch_layers:
+        model = torch_layers(model)
     learn = Learner(
-        data, model, batch_size=v.batch, precision=v.precision, device="cpu", log=lambda m: None
+        data,
+        model,
+        batch_size=v.batch,
+        precision=v.precision,
+        device="cpu",
+        log=lambda m: None,
+        **v.learner,
     )
     warm = ImageSet(images[: 2 * v.batch], labels[: 2 * v.batch], s.classes)
     learn.data = make_dataset("warm", warm, None, valid=s.subset(range(v.batch)))
