@@ -7,7 +7,9 @@ from PIL import Image
 from deepstart.augment import (
     PRESETS,
     Augmentation,
+    View,
     adjust_lighting,
+    apply_view,
     flip,
     lighting,
     list_augments,
@@ -337,3 +339,64 @@ def test_whole_pixel_shifts_move_pixels_exactly_by_integers():
 def test_whole_pixels_refuses_warps_that_resample():
     with pytest.raises(ConfigError):
         Augmentation(degrees=5, shift=0.1, whole_pixels=True)
+
+
+# -- fixed test-time views ---------------------------------------------------------------------
+
+
+def test_fixed_views_exist_only_for_mirrors_and_whole_pixel_shifts():
+    flip_views = PRESETS["flip"].views(32, 32)
+    assert flip_views == [View(False, 0, 0, 0.5), View(True, 0, 0, 0.5)]
+    cifar = PRESETS["cifar"].views(32, 32)
+    assert len(cifar) == 6 and math.isclose(sum(v.weight for v in cifar), 1.0)
+    # the unshifted pair carries half the weight, one-pixel diagonal shifts the other half
+    assert sum(v.weight for v in cifar if (v.dx, v.dy) == (0, 0)) == 0.5
+    assert {(v.mirror, v.dx, v.dy) for v in cifar if v.dx} == {
+        (m, d, d) for m in (False, True) for d in (1, -1)
+    }
+    # too small to shift a whole pixel: the mirrors only
+    assert PRESETS["cifar"].views(8, 8) == flip_views
+    # anything that resamples or relights has no fixed set
+    for name in ("digits", "photo"):
+        assert PRESETS[name].views(32, 32) is None
+    assert Augmentation(shift=0.1).views(32, 32) is None  # sub-pixel shifts
+    assert Augmentation(flip=True, brightness=0.1).views(32, 32) is None
+    assert Augmentation().views(32, 32) is None  # nothing to vary
+
+
+def test_apply_view_mirrors_and_shifts_by_whole_pixels():
+    x = torch.rand(3, 2, 16, 16, generator=_gen(0))
+    assert torch.equal(apply_view(x, View(True, 0, 0, 1.0)), x.flip(3))
+    assert torch.equal(apply_view(x, View(False, 0, 0, 1.0)), x)
+    a = apply_view(x, View(False, 1, 1, 1.0))
+    b = apply_view(x, View(False, -1, -1, 1.0))
+    # one view moves the picture by (+1, +1), the other by (-1, -1); interiors exactly
+    s = 1 if torch.equal(a[..., 1:15, 1:15], x[..., 2:16, 2:16]) else -1
+    assert torch.equal(a[..., 1:15, 1:15], x[..., 1 + s : 15 + s, 1 + s : 15 + s])
+    assert torch.equal(b[..., 1:15, 1:15], x[..., 1 - s : 15 - s, 1 - s : 15 - s])
+    # the rim is filled by the padding asked for, as in training (reflection: a real pixel)
+    m = apply_view(x, View(True, 1, 1, 1.0))
+    assert torch.equal(m[..., 1:15, 1:15], x.flip(3)[..., 1 + s : 15 + s, 1 + s : 15 + s])
+
+
+def test_tta_default_mixes_the_fixed_views(trained):
+    out = tta(trained, "test", augment="flip")
+    assert out["tta"]["views"] == [[False, 0, 0, 0.5], [True, 0, 0, 0.5]]
+    # the same mix by hand: the mean of the plain and mirrored probabilities
+    trained.model.eval()
+    images = trained.data.test
+    with torch.no_grad():
+        want = torch.cat(
+            [
+                (trained.model(x).softmax(1) + trained.model(x.flip(3)).softmax(1)) / 2
+                for x, _ in trained.batches(images)
+            ]
+        )
+    torch.testing.assert_close(out["probs"], want, atol=1e-5, rtol=1e-5)
+    assert out["accuracy"] == float((want.argmax(1) == images.labels).double().mean())
+    # an augmentation without fixed views falls back to fastai's random copies
+    digits = tta(trained, "test", augment="digits")
+    assert digits["tta"]["views"] == "random" and digits["tta"]["n"] == 4
+    assert torch.equal(digits["probs"], tta(trained, "test", n=4, augment="digits")["probs"])
+    # n given: random copies even where fixed views exist
+    assert tta(trained, "test", n=2, augment="flip")["tta"]["views"] == "random"

@@ -22,6 +22,7 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -161,6 +162,16 @@ def adjust_lighting(
 def _uniform(gen: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
     """``(N,)`` float32 uniform draws in ``[lo, hi)`` on the generator's device."""
     return torch.rand(n, generator=gen, device=gen.device) * (hi - lo) + lo
+
+
+class View(NamedTuple):
+    """One fixed test-time view: mirrored or not, shifted by ``(dx, dy)`` whole pixels,
+    and its weight in the mix (a view list's weights sum to 1)."""
+
+    mirror: bool
+    dx: int
+    dy: int
+    weight: float
 
 
 @dataclass(frozen=True)
@@ -319,6 +330,32 @@ class Augmentation:
             x = adjust_lighting(x, *light, mean=mean, std=std)
         return x
 
+    def views(self, height: int, width: int) -> list[View] | None:
+        """Fixed test-time views standing for this augmentation's draws, or None.
+
+        Only mirrors and whole-pixel shifts have a few views that cover them: the image
+        and its mirror carry half the weight, and both shifted one pixel diagonally each
+        way the other half (airbench's test-time views); a flip alone is the image and its
+        mirror, equally weighted. Anything that resamples (turns, zooms, crops, sub-pixel
+        shifts) or changes lighting has no such set: None, and TTA draws random copies.
+
+        Example:
+            >>> [v.mirror for v in PRESETS["flip"].views(32, 32)]
+            [False, True]
+        """
+        if self.crop_scale is not None or self.degrees > 0 or self.zoom != (1.0, 1.0):
+            return None
+        if self.lights or (self.shift > 0 and not self.whole_pixels):
+            return None
+        mirrors = (False, True) if self.flip else (False,)
+        steps = min(round(self.shift * width), round(self.shift * height), 1)
+        if steps == 0:  # mirrors only (or nothing at all)
+            return [View(m, 0, 0, 1 / len(mirrors)) for m in mirrors] if self.flip else None
+        out = [View(m, 0, 0, 0.5 / len(mirrors)) for m in mirrors]
+        for m in mirrors:
+            out += [View(m, d, d, 0.25 / len(mirrors)) for d in (1, -1)]
+        return out
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -329,6 +366,31 @@ class Augmentation:
             if d.get(key) is not None:
                 d[key] = tuple(float(v) for v in d[key])
         return cls(**d)
+
+
+def apply_view(
+    x: torch.Tensor,
+    view: View,
+    *,
+    padding: str = "reflection",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """``x`` ``(N, C, H, W)`` seen through ``view``: mirrored exactly, shifted by whole
+    pixels with ``padding`` for what comes in from outside (as training's shifts were).
+
+    Example:
+        >>> apply_view(x, View(True, 0, 0, 0.5)).equal(x.flip(3))
+        True
+    """
+    if view.mirror:
+        x = x.flip(3)
+    if view.dx or view.dy:
+        n, _, h, w = x.shape
+        one = torch.ones(n, device=x.device)
+        theta = scale_matrix(one, one, one * (2 * view.dx / w), one * (2 * view.dy / h))
+        x = warp(x, theta, mode="nearest", padding=padding, mean=mean, std=std)
+    return x
 
 
 # -- one transform at a time -------------------------------------------------------------------
