@@ -119,6 +119,8 @@ _TRAIN_DEFAULTS = {f.name: f.default for f in TrainConfig.__dataclass_fields__.v
 # accuracy over the seeds (a seed's accuracy repeats exactly), and the time of a run on the
 # quietest machine we had (other developers' jobs share the 2 cores; see the load).
 MACHINE = "2-core AMD EPYC (Zen 5), avx512_bf16, torch 2.13 CPU"
+# The slower VM of a later session: AVX-512 in 256-bit halves, half the bf16 matmul rate.
+ZEN4 = "2-core AMD EPYC (Zen 4), avx512_bf16, torch 2.13 CPU"
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in [
@@ -144,9 +146,12 @@ RECIPES: dict[str, Recipe] = {
             "MNIST to ~99.4% in under a minute",
             "fast_mnist",
             {},
-            {"epochs": 4, "lr": 4e-3, "batch_size": 256, "label_smoothing": 0.1},
+            # 3 epochs and a weight average: 99.42% median where 3 epochs without it gave
+            # 99.38% and 4 epochs 99.41% (in 40 s on Zen 5, 65 s on Zen 4). Over 633 steps
+            # the EMA's warm-up ramp, (1 + t) / (10 + t) < 0.99, sets how far it averages.
+            {"epochs": 3, "lr": 4e-3, "batch_size": 256, "label_smoothing": 0.1, "ema": 0.99},
             target=0.994,
-            measured=Measured(0.9941, 40.3, "2026-11-23", MACHINE + ", 3 seeds, quiet"),
+            measured=Measured(0.9942, 57.4, "2026-11-23", ZEN4 + ", 3 seeds, quiet"),
         ),
         Recipe(
             "mnist-995",
@@ -179,7 +184,9 @@ RECIPES: dict[str, Recipe] = {
                 "tta": True,
             },
             target=0.93,
-            measured=Measured(0.9310, 80.0, "2026-11-23", MACHINE + ", 3 seeds, quiet"),
+            # Fixed mirror views for TTA since the night of 2026-11-23 (93.10% in 80 s on Zen 5
+            # with random flips).
+            measured=Measured(0.9308, 139.1, "2026-11-23", ZEN4 + ", 3 seeds, quiet"),
         ),
         Recipe(
             "cifar10-fast",
@@ -196,7 +203,8 @@ RECIPES: dict[str, Recipe] = {
                 "tta": True,
             },
             target=0.80,
-            measured=Measured(0.8190, 125.0, "2026-11-23", MACHINE + ", 3 seeds, quiet"),
+            # With the 6 fixed TTA views; 81.90% in 125 s on Zen 5 with random copies.
+            measured=Measured(0.8226, 209.2, "2026-11-23", ZEN4 + ", 3 seeds, quiet"),
         ),
         Recipe(
             "cifar10-90",
