@@ -48,8 +48,21 @@ def _run_dir(out: Path) -> Path:
     return d
 
 
-def _start_and_stop(out: Path, sig: int, extra=(), after_epochs: int = 1) -> subprocess.Popen:
-    """Start a run, wait until `after_epochs` epochs are checkpointed, then send `sig`."""
+def _mid_epoch_checkpoint(out: Path) -> bool:
+    """Whether the run's last.pt is a mid-epoch checkpoint early in an epoch after the first
+    (so the kill lands mid-epoch however slowly a loaded machine runs)."""
+    ckpt = list(out.glob("*/checkpoints/last.pt"))
+    if not ckpt:
+        return False
+    state = torch.load(ckpt[0], map_location="cpu", weights_only=True)  # written atomically
+    return state["epoch"] >= 1 and 0 < state["next_iter"] <= 10
+
+
+def _start_and_stop(
+    out: Path, sig: int, extra=(), after_epochs: int = 1, ready=None
+) -> subprocess.Popen:
+    """Start a run, wait until `after_epochs` epochs are checkpointed (and `ready(out)`, if
+    given), then send `sig`."""
     p = subprocess.Popen(
         _cmd(*ARGS, "--out", str(out), *extra),
         env=ENV,
@@ -62,11 +75,14 @@ def _start_and_stop(out: Path, sig: int, extra=(), after_epochs: int = 1) -> sub
         metrics = list(out.glob("*/metrics.jsonl"))
         ckpt = list(out.glob("*/checkpoints/last.pt"))
         if metrics and ckpt and len(metrics[0].read_text().splitlines()) >= after_epochs:
-            break
+            if ready is None:
+                time.sleep(0.4)  # well into the next epoch
+                break
+            if ready(out):
+                break
         if p.poll() is not None:
             pytest.fail(f"run ended before it could be stopped: {p.communicate()}")
         time.sleep(0.02)
-    time.sleep(0.4)  # well into the next epoch
     assert p.poll() is None, "run finished before the signal: make the test run longer"
     p.send_signal(sig)
     p.wait(timeout=120)
@@ -128,7 +144,12 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, reference
 @pytest.mark.slow
 def test_sigkill_after_a_mid_epoch_checkpoint_resumes_mid_epoch(tmp_path, reference):
     # --checkpoint-every 0.0001 minutes: a checkpoint after (almost) every batch
-    p = _start_and_stop(tmp_path, signal.SIGKILL, extra=["--checkpoint-every", "0.0001"])
+    p = _start_and_stop(
+        tmp_path,
+        signal.SIGKILL,
+        extra=["--checkpoint-every", "0.0001"],
+        ready=_mid_epoch_checkpoint,
+    )
     assert p.returncode == -signal.SIGKILL
     run_dir = _run_dir(tmp_path)
     r = _resume(run_dir)
