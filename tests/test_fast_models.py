@@ -152,11 +152,54 @@ def test_logits_are_scaled():
     assert isinstance(ninth, FastNet) and isinstance(ninth.classifier[2], nn.Linear)
 
 
+def test_dirac_convs_start_as_the_identity_on_their_input_channels():
+    torch.manual_seed(0)
+    model = create_model("fast_cifar", widths=[8, 16, 32, 32], extra=1, dirac=True)
+    convs = [m for m in model.body.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [
+        (24, 16),
+        (16, 16),
+        (16, 32),
+        (32, 32),
+        (32, 32),
+        (32, 32),
+    ]
+    for conv in convs:
+        w = conv.weight.detach()
+        k = min(conv.in_channels, conv.out_channels)
+        identity = torch.zeros(k, conv.in_channels, 3, 3)
+        identity[range(k), range(k), 1, 1] = 1.0
+        assert torch.equal(w[:k], identity)  # filter i passes channel i through unchanged
+        if conv.out_channels > k:  # the rest keep their random (Kaiming) start
+            assert w[k:].std() > 0.01
+        x = torch.randn(2, conv.in_channels, 5, 5)
+        torch.testing.assert_close(F.conv2d(x, w, padding=1)[:, :k], x[:, :k])
+    torch.manual_seed(0)  # off by default
+    plain = create_model("fast_cifar", widths=[8, 16, 32, 32], extra=1)
+    assert (plain.body[2][0].weight[:16, :, 1, 1] == torch.eye(16)).float().mean() < 0.5
+
+
+def test_batchnorm_without_a_scale_and_with_its_own_momentum():
+    torch.manual_seed(0)
+    model = create_model("fast_cifar", widths=[8, 16, 16, 16], bn_scale=False, bn_momentum=0.4)
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(norms) == 6 and all(m.weight is None and m.momentum == 0.4 for m in norms)
+    assert not any(k.endswith(".weight") and "body.1.2" in k for k in model.state_dict())
+    x = torch.randn(4, 16, 5, 5) * 3 + 1
+    bn = norms[1]
+    out = bn.train()(x)  # normalised, shifted by the bias, not scaled
+    torch.testing.assert_close(out.mean(dim=(0, 2, 3)), bn.bias.detach(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(bn.running_mean, 0.4 * x.mean(dim=(0, 2, 3)))
+    with pytest.raises(ModelError, match="bn_momentum"):
+        create_model("fast_cifar", bn_momentum=0.0)
+
+
 @pytest.mark.parametrize(
     ("name", "options"),
     [
         ("fast_mnist", {"widths": [8, 16, 16, 32]}),
         ("fast_cifar", {"widths": [8, 16, 16, 32], "extra": 0}),
+        ("fast_cifar", {"widths": [8, 16, 16, 32], "extra": 1, "dirac": True, "bn_scale": False}),
     ],
 )
 def test_converges_on_tiny_data(toy_data, name, options):

@@ -74,24 +74,43 @@ class PatchWhitening(nn.Module):
         return F.conv2d(x, self.weight.to(x.dtype), self.bias.to(x.dtype))
 
 
+def batch_norm(c: int, *, scale: bool = True, momentum: float = 0.1) -> nn.BatchNorm2d:
+    """BatchNorm2d over ``c`` channels; ``scale=False`` drops the learned scale (fixed at 1,
+    only the shift learns: airbench), ``momentum`` weighs each new batch in the running
+    statistics (PyTorch's convention; airbench's "0.6" is 0.4 here)."""
+    bn = nn.BatchNorm2d(c, momentum=momentum)
+    if not scale:
+        bn.register_parameter("weight", None)  # batch_norm then scales by 1
+    return bn
+
+
 class ConvBlock(nn.Sequential):
     """conv3x3 - maxpool2 - BN - act, then ``extra`` more conv3x3 - BN - act at the pooled size.
 
     Pooling before BatchNorm and the activation gives the same function class (max-pool
-    commutes with a per-channel increasing map) at a quarter of their cost.
+    commutes with a per-channel increasing map) at a quarter of their cost. ``norm`` holds
+    :func:`batch_norm`'s options.
     """
 
-    def __init__(self, c_in: int, c_out: int, act: type[nn.Module], extra: int = 0) -> None:
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        act: type[nn.Module],
+        extra: int = 0,
+        norm: dict | None = None,
+    ) -> None:
+        norm = norm or {}
         layers: list[nn.Module] = [
             nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),  # BN follows: no bias
             nn.MaxPool2d(2),
-            nn.BatchNorm2d(c_out),
+            batch_norm(c_out, **norm),
             act(),
         ]
         for _ in range(extra):
             layers += [
                 nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
-                nn.BatchNorm2d(c_out),
+                batch_norm(c_out, **norm),
                 act(),
             ]
         super().__init__(*layers)
@@ -129,6 +148,11 @@ class FastNet(Classifier):
         channels_last: keep activations NHWC: oneDNN's bf16 convolutions want it (NCHW
             makes them reorder every tensor), as do tensor cores on GPUs (bench/ablations.py).
         logit_scale: multiplies the logits.
+        dirac: start each block's convs as the identity on their first ``c_in`` output
+            channels (airbench's initialisation: an implicit residual, so a fresh deep net
+            passes its input through; the other channels keep the random init).
+        bn_scale: BatchNorm learns a scale (False: fixed at 1, only its shift learns).
+        bn_momentum: BatchNorm's running-statistics momentum (PyTorch's convention, 0.1).
     """
 
     def __init__(
@@ -142,9 +166,14 @@ class FastNet(Classifier):
         whiten: bool = False,
         channels_last: bool = False,
         logit_scale: float = 1.0,
+        dirac: bool = False,
+        bn_scale: bool = True,
+        bn_momentum: float = 0.1,
     ) -> None:
         super().__init__()
         widths = [int(w) for w in widths]
+        if not 0 < bn_momentum <= 1:
+            raise ModelError(f"bn_momentum must be in (0, 1], got {bn_momentum}")
         if len(widths) < 2 or min(widths) < 1 or extra < 0 or act not in ACTIVATIONS:
             raise ModelError(
                 f"a fast net needs a stem width and at least one block width (all positive), "
@@ -159,13 +188,14 @@ class FastNet(Classifier):
         else:
             stem = nn.Sequential(
                 nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
-                nn.BatchNorm2d(widths[0]),
+                batch_norm(widths[0], scale=bn_scale, momentum=bn_momentum),
                 activation(),
             )
             c = widths[0]
         blocks: list[nn.Module] = [stem]
+        norm = {"scale": bool(bn_scale), "momentum": float(bn_momentum)}
         for w in widths[1:]:
-            blocks.append(ConvBlock(c, w, activation, extra))
+            blocks.append(ConvBlock(c, w, activation, extra, norm))
             c = w
         self.body = nn.Sequential(*blocks)
         self.classifier = nn.Sequential(
@@ -177,6 +207,9 @@ class FastNet(Classifier):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if dirac and m.kernel_size == (3, 3):
+                    with torch.no_grad():
+                        nn.init.dirac_(m.weight[: m.in_channels])
         # Only the activations go NHWC (the input, converted in features; every layer keeps
         # its input's layout): the weights stay contiguous, so state dicts save as they are.
         self.channels_last = bool(channels_last)
@@ -220,6 +253,9 @@ def _check_size(name: str, input_size: tuple[int, int], pools: int, whiten: bool
     act="relu",
     channels_last=True,
     logit_scale=1.0,
+    dirac=False,
+    bn_scale=True,
+    bn_momentum=0.1,
 )
 def fast_mnist(
     *,
@@ -231,6 +267,9 @@ def fast_mnist(
     act: str,
     channels_last: bool,
     logit_scale: float,
+    dirac: bool,
+    bn_scale: bool,
+    bn_momentum: float,
 ) -> FastNet:
     """conv16 stem | conv-pool-BN-ReLU x3 (32, 64, 128) | global max-pool - linear.
 
@@ -244,6 +283,8 @@ def fast_mnist(
         channels_last: NHWC activations (default on: with bf16 autocast on the CPU, 2-3x
             faster steps than NCHW, docs/speed.md).
         logit_scale: multiplies the logits (1).
+        dirac: identity-initialised 3x3 convs (off).
+        bn_scale, bn_momentum: BatchNorm learns a scale (on); its statistics' momentum (0.1).
 
     Example:
         >>> create_model("fast_mnist").features(torch.zeros(2, 1, 28, 28)).shape
@@ -258,6 +299,9 @@ def fast_mnist(
         act=act,
         channels_last=channels_last,
         logit_scale=logit_scale,
+        dirac=dirac,
+        bn_scale=bn_scale,
+        bn_momentum=bn_momentum,
     )
 
 
@@ -272,6 +316,9 @@ def fast_mnist(
     whiten=True,
     channels_last=True,
     logit_scale=1.0,
+    dirac=False,
+    bn_scale=True,
+    bn_momentum=0.1,
 )
 def fast_cifar(
     *,
@@ -284,6 +331,9 @@ def fast_cifar(
     whiten: bool,
     channels_last: bool,
     logit_scale: float,
+    dirac: bool,
+    bn_scale: bool,
+    bn_momentum: float,
 ) -> FastNet:
     """whiten2x2 | conv-pool-BN-GELU(-conv-BN-GELU) x3 (64, 128, 256) | max-pool - linear.
 
@@ -299,6 +349,9 @@ def fast_cifar(
             faster steps than NCHW, docs/speed.md).
         logit_scale: multiplies the logits (1; airbench's 1/9 suits its SGD, and slowed
             AdamW down here: the head's weights must grow 9x first).
+        dirac: identity-initialised 3x3 convs (airbench; off by default).
+        bn_scale, bn_momentum: BatchNorm learns a scale (on; airbench: off); its statistics'
+            momentum (0.1; airbench: 0.4).
 
     Example:
         >>> create_model("fast_cifar").features(torch.zeros(2, 3, 32, 32)).shape
@@ -314,4 +367,7 @@ def fast_cifar(
         whiten=whiten,
         channels_last=channels_last,
         logit_scale=logit_scale,
+        dirac=dirac,
+        bn_scale=bn_scale,
+        bn_momentum=bn_momentum,
     )
