@@ -241,6 +241,47 @@ def test_batches_labels_unaffected_and_epochs_differ():
     assert not torch.equal(e0[0], e1[0])
 
 
+def _mirrored(batches, images, epoch):
+    """{label: mirrored?} for one pass (each image's label is its index)."""
+    batches.set_epoch(epoch)
+    out = {}
+    for x, y in batches:
+        plain = batches.normalize(images[y])
+        for xi, pi, yi in zip(x, plain, y, strict=True):
+            assert torch.equal(xi, pi) or torch.equal(xi, pi.flip(2))
+            out[int(yi)] = not torch.equal(xi, pi)
+    return out
+
+
+def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
+    n = 64
+    images = _pixels(n=n, h=6, w=6, seed=3)
+    s = ImageSet(images, torch.arange(n), [str(i) for i in range(n)])
+    aug = make_augment("cifar-alt", MEAN, STD)
+    assert aug.alternate_flip and not make_augment("cifar", MEAN, STD).alternate_flip
+    flips_only = make_augment(Augmentation(flip=True, alternate_flip=True), MEAN, STD)
+    b = Batches(s, 16, mean=MEAN, std=STD, shuffle=True, seed=5, augment=flips_only)
+    e0, e1, e2, e3 = (_mirrored(b, images, e) for e in range(4))
+    assert 20 <= sum(e0.values()) <= 44  # a random half, fixed by the seed
+    assert all(e0[i] != e1[i] for i in range(n))  # every image both ways in two epochs
+    assert e0 == e2 and e1 == e3
+    other = Batches(s, 16, mean=MEAN, std=STD, shuffle=True, seed=6, augment=flips_only)
+    assert _mirrored(other, images, 0) != e0
+    # Restarting mid-epoch (a restore) replays the same flips.
+    b.set_epoch(1)
+    full = list(b)
+    b.set_epoch(1, start=2)
+    for (x, _), (xf, _) in zip(list(b), full[2:], strict=True):
+        assert torch.equal(x, xf)
+    # Outside Batches (no flips given) it is a coin per image, as with flip alone.
+    x = torch.randn(200, 3, 4, 4)
+    out = flips_only(x, _gen(0))
+    mirrored = [not torch.equal(o, xi) for o, xi in zip(out, x, strict=True)]
+    assert 70 <= sum(mirrored) <= 130
+    with pytest.raises(ConfigError, match="alternate_flip"):
+        Augmentation(alternate_flip=True)
+
+
 def test_batches_restart_from_batch_k_replays_the_same_augmentations():
     s = _photo_set()
     b = Batches(

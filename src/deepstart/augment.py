@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -199,6 +198,11 @@ class Augmentation:
         contrast: contrast factor drawn in ``[1 - contrast, 1 + contrast]``.
         padding: "reflection", "border" or "zeros" (black pixels) for what comes from outside.
         mode: "bilinear" or "nearest" interpolation.
+        alternate_flip: with ``flip``, mirror each training image in every other epoch
+            instead of on a fresh coin each time (airbench): ``Batches`` mirrors a fixed
+            random half of the images in even epochs and the other half in odd ones, so any
+            two epochs in a row show every image both ways. Called without that (a lone
+            batch), the flip is a coin as usual.
 
     Example:
         >>> aug = Augmentation(flip=True, degrees=10, brightness=0.2)
@@ -216,6 +220,7 @@ class Augmentation:
     contrast: float = 0.0
     padding: str = "reflection"
     mode: str = "bilinear"
+    alternate_flip: bool = False
 
     def __post_init__(self) -> None:
         if self.padding not in PADDINGS:
@@ -234,6 +239,8 @@ class Augmentation:
             self.crop_scale is not None or self.degrees > 0 or self.zoom != (1.0, 1.0)
         ):
             raise ConfigError("whole_pixels shifts go with flip and shift only (no crop/turn/zoom)")
+        if self.alternate_flip and not self.flip:
+            raise ConfigError("alternate_flip needs flip=True")
 
     @property
     def warps(self) -> bool:
@@ -250,19 +257,26 @@ class Augmentation:
         return self.brightness > 0 or self.contrast > 0
 
     def sample_theta(
-        self, n: int, height: int, width: int, gen: torch.Generator
+        self,
+        n: int,
+        height: int,
+        width: int,
+        gen: torch.Generator,
+        flips: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """Draw ``(N, 3, 3)`` output-to-input matrices (None when nothing warps).
 
         Applied to the output coordinates in turn: flip, rotate, zoom, shift, then the crop
         maps into the input — i.e. the picture is cropped, shifted, zoomed, rotated, flipped.
+        ``flips`` ``(N,)`` bool, when given, says which images to mirror instead of a coin.
         """
         if not self.warps and not self.flip:
             return None
         one, zero = torch.ones(n, device=gen.device), torch.zeros(n, device=gen.device)
         theta = torch.eye(3, device=gen.device).expand(n, 3, 3)
         if self.flip:
-            sx = torch.where(_uniform(gen, n, 0, 1) < 0.5, -one, one)
+            mirror = flips.to(gen.device) if flips is not None else _uniform(gen, n, 0, 1) < 0.5
+            sx = torch.where(mirror, -one, one)
             theta = scale_matrix(sx, one, zero, zero)
         if self.degrees > 0:
             angle = _uniform(gen, n, -self.degrees, self.degrees)
@@ -313,10 +327,15 @@ class Augmentation:
         *,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        flips: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Augment ``x`` ``(N, C, H, W)`` (normalised by ``mean``/``std``; None: pixels)."""
+        """Augment ``x`` ``(N, C, H, W)`` (normalised by ``mean``/``std``; None: pixels).
+
+        ``flips`` ``(N,)`` bool: which images to mirror (``Batches`` passes them for
+        ``alternate_flip``); None draws a coin per image.
+        """
         n, _, h, w = x.shape
-        theta = self.sample_theta(n, h, w, gen)
+        theta = self.sample_theta(n, h, w, gen, flips if self.flip else None)
         if theta is not None and self.warps:
             # Whole-pixel shifts (and flips) land every sample on a pixel centre: "nearest"
             # copies those pixels exactly, where bilinear would only come within rounding.
@@ -482,6 +501,8 @@ PRESETS: dict[str, Augmentation | None] = {
     # edges reflected. (Sub-pixel shifts up to 4 px, this preset before 2026-11-23, blurred
     # the training images; see whole_pixels.)
     "cifar": Augmentation(flip=True, shift=0.0625, whole_pixels=True),
+    # The same, each image mirrored in every other epoch (airbench's alternating flip).
+    "cifar-alt": Augmentation(flip=True, shift=0.0625, whole_pixels=True, alternate_flip=True),
     # fastai aug_transforms-like for photos of things.
     "photo": Augmentation(
         flip=True,
@@ -500,6 +521,7 @@ PRESET_DOCS: dict[str, str] = {
     "none": "no augmentation",
     "flip": "mirror left-right (p=0.5), exact",
     "cifar": "flip + shift by whole pixels up to 1/16 of the size, reflected edges (photos)",
+    "cifar-alt": "cifar, each image mirrored in every other epoch instead of at random",
     "photo": "random resized crop (35-100% area) + flip + rotate +-10 deg + lighting +-0.2",
     "digits": "rotate +-10 deg + zoom 0.9-1.1 + shift +-10%, black edges, no flip",
 }
@@ -541,4 +563,22 @@ def make_augment(
     aug = resolve_augmentation(spec)
     if aug is None:
         return None
-    return functools.partial(aug, mean=tuple(mean), std=tuple(std))
+    return BoundAugment(aug, tuple(mean), tuple(std))
+
+
+class BoundAugment:
+    """An :class:`Augmentation` bound to the normalisation of the batches it augments:
+    ``(x, generator) -> x``, and ``flips=`` for ``alternate_flip`` (which ``Batches`` reads
+    to decide who is mirrored)."""
+
+    def __init__(self, aug: Augmentation, mean: tuple[float, ...], std: tuple[float, ...]):
+        self.augmentation, self.mean, self.std = aug, mean, std
+
+    @property
+    def alternate_flip(self) -> bool:
+        return self.augmentation.alternate_flip
+
+    def __call__(
+        self, x: torch.Tensor, gen: torch.Generator, flips: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.augmentation(x, gen, mean=self.mean, std=self.std, flips=flips)

@@ -150,9 +150,10 @@ def add_parsers(sub: Any) -> None:
     )
     g.add_argument(
         "--augment",
-        choices=("none", "flip", "cifar", "photo", "digits"),
-        help="augment training batches on the device: flip, cifar (flip+shift), photo "
-        "(crop, flip, rotate, lighting), digits (no flip)",
+        choices=("none", "flip", "cifar", "cifar-alt", "photo", "digits"),
+        help="augment training batches on the device: flip, cifar (flip+shift), cifar-alt "
+        "(cifar, each image mirrored every other epoch), photo (crop, flip, rotate, "
+        "lighting), digits (no flip)",
     )
     g.add_argument(
         "--tta",

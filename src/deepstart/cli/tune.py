@@ -72,7 +72,7 @@ def add_parsers(sub: Any) -> None:
     g.add_argument("--opt", default="adamw", choices=OPTIMIZERS)
     g.add_argument("--wd", type=float, default=0.01)
     g.add_argument("--schedule", default="one_cycle", choices=SCHEDULES)
-    g.add_argument("--augment", choices=("flip", "cifar", "photo", "digits"))
+    g.add_argument("--augment", choices=("flip", "cifar", "cifar-alt", "photo", "digits"))
     g.add_argument("--device", default="auto")
     g.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     tn.set_defaults(func=cmd_tune)

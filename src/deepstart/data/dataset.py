@@ -280,6 +280,12 @@ class Batches:
         self._scale = (1.0 / (255.0 * self.std)).view(1, c, 1, 1)
         self._shift = (-self.mean / self.std).view(1, c, 1, 1)
         self._aug_gen = torch.Generator(device=self.device)
+        # Alternating flips (an augmentation's ``alternate_flip``): a fixed random half of
+        # the images is mirrored in even epochs, the other half in odd ones.
+        self._flip_half: torch.Tensor | None = None
+        if getattr(augment, "alternate_flip", False):
+            coins = torch.rand(len(self.images), generator=torch.Generator().manual_seed(seed))
+            self._flip_half = (coins < 0.5).to(self.device)
 
     def __len__(self) -> int:
         n, g = len(self.images), self.batch_size * self.world
@@ -323,18 +329,16 @@ class Batches:
         g = self.batch_size * self.world
         for i in range(start, len(self)):
             sl = slice(i * g, min((i + 1) * g, n))
+            idx: torch.Tensor | slice
             if self.world > 1:  # this rank's part of the global batch
                 idx = (
                     order[sl] if order is not None else torch.arange(n, device=self.device)[sl]
                 ).tensor_split(self.world)[self.rank]
                 if len(idx) == 0:
                     continue  # a short last batch (evaluation only) may leave a rank nothing
-                xb, yb = self.images[idx], self.labels[idx]
-            elif order is None:
-                xb, yb = self.images[sl], self.labels[sl]
             else:
-                idx = order[sl]
-                xb, yb = self.images[idx], self.labels[idx]
+                idx = sl if order is None else order[sl]
+            xb, yb = self.images[idx], self.labels[idx]
             x = self.normalize(xb)
             if self.augment is not None:
                 # Seeded per batch, not per epoch: a pass started at batch k (a restore)
@@ -342,7 +346,11 @@ class Batches:
                 # Each rank draws its own (rank 0 the single-process draws).
                 seed = self.seed + 7919 * self.rank
                 self._aug_gen.manual_seed(self.augment_seed(seed, self.epoch, i))
-                x = self.augment(x, self._aug_gen)
+                if self._flip_half is None:
+                    x = self.augment(x, self._aug_gen)
+                else:
+                    flips = self._flip_half[idx] ^ bool(self.epoch % 2)
+                    x = self.augment(x, self._aug_gen, flips=flips)
             yield (to_channels_last(x) if self.channels_last else x), yb
 
 
