@@ -11,7 +11,7 @@ from torch import nn
 from deepstart.errors import ConfigError
 from deepstart.models.registry import create_model
 from deepstart.train.callbacks import Callback, CancelFit, RestartEpoch
-from deepstart.train.extras import EMA, EarlyStopping, GradientClip, MaxTime
+from deepstart.train.extras import EMA, EarlyStopping, GradientClip, Lookahead, MaxTime
 from deepstart.train.learner import Learner
 from deepstart.train.losses import balanced_class_weights, make_loss
 
@@ -247,6 +247,49 @@ def test_ema_use_ema_false_keeps_live_weights_and_copies_buffers(toy_data):
         assert torch.equal(held[k], log.steps[-1][k])
     name = next(k for k, _ in learn.model.named_parameters())
     assert not torch.equal(held[name], log.steps[-1][name])  # parameters are averaged
+
+
+class PreLog(StepLog):
+    """The weights right after each optimizer step, before Lookahead (order 5) pulls them."""
+
+    order = 1
+
+
+def test_lookahead_matches_hand_computation_and_ends_epochs_on_the_slow_weights(toy_data):
+    torch.manual_seed(0)
+    model = create_model(
+        "fast_mnist", in_channels=1, num_classes=3, input_size=(16, 16), widths=[8, 8, 8, 8]
+    )
+    pre, post, la = PreLog(), StepLog(), Lookahead(every=2, base=0.9, start=0.25)
+    learn = Learner(toy_data, model, batch_size=32, opt="sgd", lr=0.05, callbacks=[pre, post, la])
+    learn.fit(2, 0.05)
+    total = len(pre.steps)
+    per_epoch = total // 2
+    assert total == 2 * (len(toy_data.train) // 32)
+    floats = [k for k, v in pre.start.items() if v.is_floating_point()]
+    assert any("running_mean" in k for k in floats)  # BatchNorm statistics are averaged too
+    slow, pulls = None, 0
+    for t, (w, after) in enumerate(zip(pre.steps, post.steps, strict=True), start=1):
+        expect = w
+        if t / total >= 0.25 and t % 2 == 0:
+            if slow is None:
+                slow = {k: w[k].clone() for k in floats}
+            else:
+                rho = 0.9**2 * (t / total) ** 3
+                assert la.rho(t / total) == pytest.approx(rho)
+                slow = {k: rho * slow[k] + (1 - rho) * w[k] for k in floats}
+                expect, pulls = {**w, **slow}, pulls + 1
+        if t % per_epoch == 0 and slow is not None:
+            # the end of an epoch: training (and validation) goes on from the slow weights
+            for k in floats:
+                torch.testing.assert_close(post.at_epoch_end[t // per_epoch - 1][k], slow[k])
+        for k in floats:
+            torch.testing.assert_close(after[k], expect[k], rtol=1e-5, atol=1e-6)
+    assert pulls >= 2
+    for k in floats:  # the model ends on the slow weights
+        torch.testing.assert_close(learn.model.state_dict()[k], slow[k], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError):
+        Lookahead(every=0)
 
 
 def test_ema_warmup_decay():

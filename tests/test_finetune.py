@@ -78,6 +78,30 @@ def test_slice_gives_each_group_its_lr_and_the_recorder_the_head_lr(toy_data):
     assert [g["lr"] for g in learn.opt.param_groups] == pytest.approx([1e-3] * 3)
 
 
+def test_norm_bias_lr_gives_batchnorm_shifts_their_own_faster_group(toy_data):
+    learn = _learner(
+        toy_data, ThreeGroups(_net().body, _net().classifier), opt="sgd", wd=0.01, norm_bias_lr=64.0
+    )
+    learn.fit(1, slice(1e-5, 1e-3))
+    bn = learn.model.body[1]
+    groups = learn.opt.param_groups
+    (shift,) = [g for g in groups if any(p is bn.bias for p in g["params"])]
+    assert shift["params"] == [bn.bias] and shift["layer_group"] == 1
+    assert shift["lr"] == pytest.approx(1e-4 * 64)
+    assert shift["lr"] * shift["weight_decay"] == pytest.approx(1e-4 * 0.01)  # same decay
+    (scale,) = [g for g in groups if any(p is bn.weight for p in g["params"])]
+    assert scale["lr"] == pytest.approx(1e-4) and scale["weight_decay"] == 0.01
+    # new LRs keep the multiplier
+    learn.fit(1, 1e-3)
+    assert shift["lr"] == pytest.approx(1e-3 * 64) and scale["lr"] == pytest.approx(1e-3)
+    # 1 (the default) leaves the groups as they were
+    plain = _learner(toy_data, ThreeGroups(_net().body, _net().classifier))
+    plain.fit(1, 1e-3)
+    assert len(plain.opt.param_groups) == 3
+    with pytest.raises(ConfigError, match="norm_bias_lr"):
+        TrainConfig(norm_bias_lr=0)
+
+
 def test_one_cycle_with_a_slice_scales_the_whole_schedule(toy_data):
     learn = _learner(toy_data, ThreeGroups(_net().body, _net().classifier))
     seen = []

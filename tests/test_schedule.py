@@ -13,6 +13,7 @@ from deepstart.train.schedule import (
     one_cycle,
     one_cycle_momentum,
     step_decay,
+    triangle,
 )
 
 
@@ -62,6 +63,15 @@ def test_step_decay_and_combine():
     assert c(0.75) == pytest.approx(0.5)
     with pytest.raises(ValueError):
         combine([0.5, 0.4], [constant(1), constant(2)])
+
+
+def test_triangle_is_airbench_straight_up_then_down():
+    s = triangle(2.0, pct_start=0.25)
+    assert s(0.0) == pytest.approx(0.4) and s(0.25) == pytest.approx(2.0)
+    assert s(0.125) == pytest.approx(1.2)  # straight lines
+    assert s(1.0) == pytest.approx(0.14) and s(0.625) == pytest.approx((2.0 + 0.14) / 2)
+    spec = ScheduleSpec("triangle", pct_start=0.5)
+    assert spec.lr(1.0)(0.5) == pytest.approx(1.0) and spec.momentum((0.95, 0.85, 0.95)) is None
 
 
 def test_schedule_spec_by_name():

@@ -16,7 +16,7 @@ from typing import Any
 from deepstart.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("one_cycle", "constant", "step", "cosine")
+SCHEDULES = ("one_cycle", "constant", "step", "cosine", "triangle")
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,10 @@ class TrainConfig:
         lr: the peak learning rate (``lr_max`` of one-cycle; the constant LR otherwise), or
             "auto": run the LR finder first and use its valley suggestion.
         batch_size: items per step, or "auto": the largest that fits the accelerator.
-        schedule: "one_cycle" (fastai's), "constant", "step" (x0.1 at 50% and 75%) or
-            "cosine".
+        schedule: "one_cycle" (fastai's), "constant", "step" (x0.1 at 50% and 75%),
+            "cosine" or "triangle" (airbench's: linear from 0.2 lr up to lr at
+            ``pct_start``, then down to 0.07 lr; momentum constant).
+        pct_start: where one_cycle and triangle peak (a share of training).
         opt: "sgd", "adam" or "adamw"; ``wd`` is decoupled for adamw, L2 otherwise.
         device: "auto" picks CUDA, then MPS, then CPU.
         precision: "auto" (bf16/fp16 autocast on CUDA, bf16 on CPUs with native bf16, fp32
@@ -86,6 +88,11 @@ class TrainConfig:
         grad_clip: clip the gradient norm to this (None: off).
         label_smoothing, class_weights: the loss ("balanced" or a weight per class).
         ema: decay of an exponential moving average of the weights (None: off).
+        lookahead: airbench's lookahead (:class:`deepstart.train.extras.Lookahead`): from
+            30% of training on, every 5 steps the weights move to a slow average of
+            themselves, which they end each epoch at.
+        norm_bias_lr: multiplies the LR of BatchNorm shifts (airbench trains them 64x faster
+            with SGD); their L2 is divided by it, so their decay per step stays ``lr * wd``.
         max_time: stop cleanly after this many seconds of training (None: no limit).
         fast_dev_run: one training batch and one validation batch, to catch bugs; saves nothing.
         overfit_batches: train (and validate) on this many fixed batches: a model that cannot
@@ -135,6 +142,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     class_weights: str | list[float] | None = None
     ema: float | None = None
+    lookahead: bool = False
+    norm_bias_lr: float = 1.0
     max_time: float | None = None
     fast_dev_run: bool = False
     overfit_batches: int = 0
@@ -163,6 +172,8 @@ class TrainConfig:
             raise ConfigError(f"precision must be auto, fp32, bf16 or fp16: {self.precision!r}")
         if self.ema is not None and not 0 < self.ema < 1:
             raise ConfigError(f"ema decay must be in (0, 1), got {self.ema}")
+        if not self.norm_bias_lr > 0:
+            raise ConfigError(f"norm_bias_lr must be positive, got {self.norm_bias_lr}")
         if self.early_stop is not None and self.early_stop < 1:
             raise ConfigError(f"early_stop patience must be at least 1, got {self.early_stop}")
         if self.overfit_batches < 0:

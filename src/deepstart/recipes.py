@@ -94,15 +94,20 @@ class Recipe:
         parts = [
             self.model,
             f"{t['epochs']} epochs",
-            f"{t['opt']} lr {t['lr']:g} {t['schedule']}",
+            f"{t['opt']}{' nesterov' if t['opt'] == 'sgd' and t['nesterov'] else ''} "
+            f"lr {t['lr']:g} {t['schedule']}",
             f"batch {t['batch_size']}",
         ]
+        if t.get("norm_bias_lr", 1.0) != 1.0:
+            parts.append(f"BN shifts at {t['norm_bias_lr']:g}x lr")
         if t.get("augment"):
             parts.append(f"augment {t['augment']}")
         if t.get("label_smoothing"):
             parts.append(f"label smoothing {t['label_smoothing']:g}")
         if t.get("ema"):
             parts.append(f"EMA {t['ema']:g}")
+        if t.get("lookahead"):
+            parts.append("lookahead")
         if t.get("tta"):
             parts.append("TTA")
         if self.valid_pct == 0:

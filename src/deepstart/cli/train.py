@@ -65,7 +65,13 @@ def add_parsers(sub: Any) -> None:
         "--nesterov", action=argparse.BooleanOptionalAction, help="Nesterov momentum for sgd"
     )
     t.add_argument("--schedule", choices=SCHEDULES, help="LR schedule (one_cycle)")
-    t.add_argument("--pct-start", type=float, help="one_cycle warm-up share (0.25)")
+    t.add_argument("--pct-start", type=float, help="one_cycle/triangle warm-up share (0.25)")
+    t.add_argument(
+        "--norm-bias-lr",
+        type=float,
+        metavar="MULT",
+        help="LR multiplier of BatchNorm shifts (1; airbench's SGD: 64)",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     t.add_argument("--out", default="runs", help="parent of the run directory (runs)")
@@ -112,6 +118,11 @@ def add_parsers(sub: Any) -> None:
         help="weight the loss per class, e.g. for imbalanced data",
     )
     g.add_argument("--ema", type=float, metavar="DECAY", help="average the weights (e.g. 0.999)")
+    g.add_argument(
+        "--lookahead",
+        action=argparse.BooleanOptionalAction,
+        help="pull the weights to a slow average every 5 steps (airbench's lookahead)",
+    )
     g.add_argument(
         "--devices",
         type=int,
@@ -237,6 +248,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         "precision": a.precision,
         "label_smoothing": a.label_smoothing,
         "ema": a.ema,
+        "lookahead": a.lookahead,
+        "norm_bias_lr": a.norm_bias_lr,
         "augment": None if a.augment == "none" else a.augment,
         "tta": a.tta,
     }

@@ -1,4 +1,5 @@
-"""Training options as callbacks: early stopping, gradient clipping, weight EMA, a time budget.
+"""Training options as callbacks: early stopping, gradient clipping, weight EMA, lookahead, a
+time budget.
 
 Each is independent; pass any of them to ``Learner(callbacks=...)`` or ``fit(callbacks=...)``.
 
@@ -123,6 +124,72 @@ class EMA(Callback):
         if self.use_ema and self.steps > 0:
             for a, b in zip(self._live + self._live_other, self.ema + self.ema_other):
                 a.copy_(b)
+
+
+class Lookahead(Callback):
+    """airbench's (and hlb-CIFAR10's) lookahead: the weights are pulled back to a slow
+    average of themselves every ``every`` steps.
+
+    From ``start`` (a share of training) on, every ``every`` optimizer steps: ``slow <- rho *
+    slow + (1 - rho) * weights``, then ``weights <- slow``, with ``rho = base**every * pct**3``
+    at training progress ``pct``, so the average is loose at first and tight at the end. At
+    the end of each epoch the weights are set to the slow ones (what is validated and kept).
+    BatchNorm's running statistics are averaged with the weights (they belong to them).
+    Unlike :class:`EMA` the model trains on from the averaged weights. A run resumed from a
+    checkpoint, or an epoch redone by the divergence guard, starts the average again from
+    the weights it goes on with.
+
+    Args:
+        every: steps between pulls (5).
+        base: the decay per step the average tends to (0.95).
+        start: share of training before the first pull (0.3).
+
+    Example:
+        >>> learn.fit(8, 1.5, schedule="triangle", callbacks=[Lookahead()])
+    """
+
+    order = 5  # before validation readers, like EMA
+    skip_lr_find = True
+
+    def __init__(self, every: int = 5, base: float = 0.95, start: float = 0.3) -> None:
+        if every < 1 or not 0.0 < base < 1.0 or not 0.0 <= start < 1.0:
+            raise ConfigError("Lookahead wants every >= 1, 0 < base < 1 and 0 <= start < 1")
+        self.every, self.base, self.start = int(every), float(base), float(start)
+        self.slow: list[torch.Tensor] | None = None
+        self._epoch = -1
+
+    def before_fit(self) -> None:
+        state = self.learn.model.state_dict(keep_vars=True).values()
+        self._live = [t.detach() for t in state if t.is_floating_point()]
+        self.slow, self._epoch = None, -1
+
+    def before_epoch(self) -> None:
+        # An epoch redone after a restore (the divergence guard) restarts the average from
+        # the restored weights, which the slow copy may have never seen.
+        if self.learn.epoch <= self._epoch:
+            self.slow = None
+        self._epoch = self.learn.epoch
+
+    def rho(self, pct: float) -> float:
+        """The decay of a pull at training progress ``pct``."""
+        return self.base**self.every * min(max(pct, 0.0), 1.0) ** 3
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        learn = self.learn
+        pct = learn.train_iter / max(learn.total_iters, 1)
+        if pct < self.start or learn.train_iter % self.every:
+            return
+        if self.slow is None:
+            self.slow = [t.clone() for t in self._live]
+            return
+        torch._foreach_lerp_(self.slow, self._live, 1.0 - self.rho(pct))
+        torch._foreach_copy_(self._live, self.slow)
+
+    @torch.no_grad()
+    def after_train(self) -> None:
+        if self.slow is not None:
+            torch._foreach_copy_(self._live, self.slow)
 
 
 class EarlyStopping(Callback):

@@ -125,6 +125,39 @@ def param_groups(model: nn.Module, scales: Sequence[float]) -> list[dict[str, An
     return out
 
 
+def split_norm_biases(
+    model: nn.Module, groups: list[dict[str, Any]], mult: float, wd: float
+) -> list[dict[str, Any]]:
+    """``groups`` with each one's BatchNorm shifts moved into a group of their own whose
+    ``lr_scale`` is ``mult`` times larger and whose weight decay is ``wd / mult`` (so
+    ``lr * weight_decay``, the decay per step, is unchanged): airbench's "bias scaler".
+    ``mult == 1`` returns ``groups`` as they are."""
+    if mult == 1.0:
+        return groups
+    shifts = {
+        id(m.bias)
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None
+    }
+    out = []
+    for g in groups:
+        mine = [p for p in g["params"] if id(p) in shifts]
+        rest = [p for p in g["params"] if id(p) not in shifts]
+        if rest:
+            out.append({**g, "params": rest})
+        if mine:
+            out.append(
+                {
+                    **g,
+                    "params": mine,
+                    "lr_scale": g["lr_scale"] * mult,
+                    "norm_mult": float(mult),
+                    "weight_decay": wd / mult,
+                }
+            )
+    return out
+
+
 def fine_tune(
     learn: Learner,
     epochs: int,

@@ -56,6 +56,7 @@ from deepstart.train.finetune import (
     layer_groups,
     lr_scales,
     param_groups,
+    split_norm_biases,
 )
 from deepstart.train.guard import DivergenceGuard
 from deepstart.train.precompute import FeatureBatches, FeatureCache, cached_batches
@@ -157,6 +158,8 @@ class Learner:
             constant schedule: it picks its own step length by a line search).
         lr: default learning rate for ``fit`` (the peak for ``fit_one_cycle``).
         wd, momentum, nesterov: optimizer settings (momentum is Adam's beta1).
+        norm_bias_lr: LR multiplier of BatchNorm shifts, their L2 divided by it (airbench's
+            64 with SGD; see :func:`deepstart.train.finetune.split_norm_biases`).
         batch_size: training batch size; evaluation uses twice it.
         device: "auto", "cpu", "cuda", "mps" or a ``torch.device``.
         callbacks: extra callbacks; a :class:`Recorder` is always present.
@@ -200,6 +203,7 @@ class Learner:
         wd: float = 0.01,
         momentum: float = 0.9,
         nesterov: bool = False,
+        norm_bias_lr: float = 1.0,
         batch_size: int = 128,
         device: str | torch.device | None = "auto",
         callbacks: Sequence[Callback] = (),
@@ -247,6 +251,7 @@ class Learner:
         self.log = log
         self.opt_name, self.lr, self.wd = opt, float(lr), float(wd)
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
+        self.norm_bias_lr = float(norm_bias_lr)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.augment = augment
@@ -369,9 +374,11 @@ class Learner:
         ``lr_scale`` (discriminative learning rates; see :mod:`deepstart.train.finetune`)."""
         n = len(layer_groups(self.model))
         scales = self.lr_scales if self.lr_scales and len(self.lr_scales) == n else [1.0] * n
+        groups = param_groups(self.model, scales)
+        groups = split_norm_biases(self.model, groups, self.norm_bias_lr, self.wd)
         self.opt = make_optimizer(
             self.opt_name,
-            param_groups(self.model, scales),
+            groups,
             lr=self.lr,
             wd=self.wd,
             momentum=self.momentum,
@@ -431,7 +438,9 @@ class Learner:
         scales = self.lr_scales or []
         for i, group in enumerate(self.opt.param_groups):
             k = group.get("layer_group", i)
-            group["lr_scale"] = scales[k] if k < len(scales) else 1.0
+            group["lr_scale"] = (scales[k] if k < len(scales) else 1.0) * group.get(
+                "norm_mult", 1.0
+            )
 
     # -- transfer learning -----------------------------------------------------------------
     def freeze_to(self, n: int, *, train_bn: bool = True) -> None:

@@ -47,7 +47,7 @@ from deepstart.train.callbacks import (
 )
 from deepstart.train.device import busy_cpu_note, resolve_device
 from deepstart.train.distributed import Distributed, prepare_model, shutdown
-from deepstart.train.extras import EMA, EarlyStopping, GradientClip, MaxTime
+from deepstart.train.extras import EMA, EarlyStopping, GradientClip, Lookahead, MaxTime
 from deepstart.train.guard import DivergenceGuard
 from deepstart.train.learner import Learner
 from deepstart.train.losses import make_loss
@@ -258,6 +258,7 @@ def _train(
         wd=tc.wd,
         momentum=tc.momentum,
         nesterov=tc.nesterov,
+        norm_bias_lr=tc.norm_bias_lr,
         batch_size=tc.batch_size if isinstance(tc.batch_size, int) else 128,
         device=device,
         callbacks=cbs,
@@ -307,7 +308,8 @@ def _train(
         if tc.schedule == "one_cycle":
             learn.fit_one_cycle(tc.epochs, lr, pct_start=tc.pct_start, **fit_kw)
         else:
-            learn.fit(tc.epochs, lr, schedule=ScheduleSpec(kind=tc.schedule), **fit_kw)
+            spec = ScheduleSpec(kind=tc.schedule, pct_start=tc.pct_start)
+            learn.fit(tc.epochs, lr, schedule=spec, **fit_kw)
     if dist is not None:
         # Every collective is done: leave the group together, then rank 0 scores, saves and
         # reports on its own (no other rank waits on it, so no timeout can strike).
@@ -356,6 +358,8 @@ def option_callbacks(tc: TrainConfig, log: Callable[[str], None]) -> list[Callba
         cbs.append(GradientClip(max_norm=tc.grad_clip))
     if tc.ema:
         cbs.append(EMA(decay=tc.ema))
+    if tc.lookahead:
+        cbs.append(Lookahead())
     if tc.early_stop:
         cbs.append(
             EarlyStopping(

@@ -81,6 +81,24 @@ def one_cycle(
     )
 
 
+def triangle(
+    lr_max: float, *, pct_start: float = 0.23, start: float = 0.2, end: float = 0.07
+) -> Schedule:
+    """airbench's triangular LR: a straight line from ``start * lr_max`` up to ``lr_max`` over
+    ``pct_start``, then straight down to ``end * lr_max`` (no momentum schedule).
+
+    Example:
+        >>> s = triangle(1.0)
+        >>> round(s(0.0), 3), round(s(0.23), 3), round(s(1.0), 3)
+        (0.2, 1.0, 0.07)
+    """
+    if pct_start <= 0:
+        return linear(lr_max, lr_max * end)
+    return combine(
+        [pct_start, 1 - pct_start], [linear(lr_max * start, lr_max), linear(lr_max, lr_max * end)]
+    )
+
+
 def one_cycle_momentum(
     moms: tuple[float, float, float] = (0.95, 0.85, 0.95), *, pct_start: float = 0.25
 ) -> Schedule:
@@ -99,7 +117,8 @@ def step_decay(lr: float, *, step_pcts: Sequence[float], gamma: float = 0.1) -> 
 @dataclass(frozen=True)
 class ScheduleSpec:
     """A schedule by name, so it can live in a JSON config: ``constant``, ``one_cycle``,
-    ``step`` (decay by ``gamma`` at ``steps``) or ``cosine`` (to lr/final_div)."""
+    ``step`` (decay by ``gamma`` at ``steps``), ``cosine`` (to lr/final_div) or ``triangle``
+    (:func:`triangle`, peaking at ``pct_start``)."""
 
     kind: str = "one_cycle"
     pct_start: float = 0.25
@@ -119,7 +138,11 @@ class ScheduleSpec:
             return step_decay(lr_max, step_pcts=self.steps, gamma=self.gamma)
         if self.kind == "cosine":
             return cosine(lr_max, lr_max / self.final_div)
-        raise ValueError(f"unknown schedule {self.kind!r}: use one_cycle, constant, step, cosine")
+        if self.kind == "triangle":
+            return triangle(lr_max, pct_start=self.pct_start)
+        raise ValueError(
+            f"unknown schedule {self.kind!r}: use one_cycle, constant, step, cosine, triangle"
+        )
 
     def momentum(self, moms: tuple[float, float, float]) -> Schedule | None:
         if self.kind == "one_cycle":
