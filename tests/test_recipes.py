@@ -234,6 +234,37 @@ def test_train_with_a_named_recipe_and_overrides(tmp_path, capsys):
     assert cfg["model"]["options"] == {"widths": [8, 8, 16, 16]}  # merged over the recipe's
 
 
+def test_airbench_settings_from_the_recipe_and_the_command_line(tmp_path, capsys):
+    # cifar10-90's optimiser, net options and augmentation run end to end (on tiny shapes).
+    args = ["--recipe", "cifar10-90", "--epochs", "2", "--no-tta", "--valid-pct", "0.2"]
+    cfg, run_dir = _train(tmp_path / "a", *args, "--model-opt", "widths=8,8,16,16")
+    out = capsys.readouterr().out
+    assert "sgd nesterov lr 1.5 triangle" in out and "BN shifts at 64x lr" in out
+    assert "lookahead" in out and "augment cifar-alt" in out
+    t = cfg["train"]
+    assert (t["opt"], t["schedule"], t["norm_bias_lr"], t["lookahead"]) == (
+        "sgd",
+        "triangle",
+        64.0,
+        True,
+    )
+    assert cfg["model"]["options"]["bn_scale"] is False and cfg["model"]["options"]["dirac"]
+    assert json.loads((run_dir / "results.json").read_text())["test"]["accuracy"] > 0
+    # ... and as flags on another recipe
+    flags = ["--lookahead", "--norm-bias-lr", "8", "--schedule", "triangle", "--pct-start", "0.3"]
+    cfg, _ = _train(
+        tmp_path / "b", "--epochs", "1", "--opt", "sgd", "--augment", "cifar-alt", *flags
+    )
+    t = cfg["train"]
+    assert (t["lookahead"], t["norm_bias_lr"], t["schedule"], t["pct_start"]) == (
+        True,
+        8.0,
+        "triangle",
+        0.3,
+    )
+    assert t["augment"] == "cifar-alt"
+
+
 def test_train_with_a_model_and_no_recipe_is_as_before(tmp_path, capsys):
     cfg, _ = _train(tmp_path, "--model", "logreg", "--epochs", "1")
     assert "recipe" not in capsys.readouterr().out

@@ -532,7 +532,7 @@ def list_augments() -> dict[str, str]:
 
     Example:
         >>> sorted(list_augments())
-        ['cifar', 'digits', 'flip', 'none', 'photo']
+        ['cifar', 'cifar-alt', 'digits', 'flip', 'none', 'photo']
     """
     return dict(PRESET_DOCS)
 
