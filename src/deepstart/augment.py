@@ -335,7 +335,7 @@ class Augmentation:
         ``alternate_flip``); None draws a coin per image.
         """
         n, _, h, w = x.shape
-        theta = self.sample_theta(n, h, w, gen, flips if self.flip else None)
+        theta = self.sample_theta(n, h, w, gen, flips)  # (flips count only with flip)
         if theta is not None and self.warps:
             # Whole-pixel shifts (and flips) land every sample on a pixel centre: "nearest"
             # copies those pixels exactly, where bilinear would only come within rounding.
