@@ -21,6 +21,7 @@ from deepstart.recipes import (
     default_recipe,
     get_recipe,
     list_recipes,
+    recipe_for,
     recipe_rows,
     run_config,
 )
@@ -120,19 +121,37 @@ def test_each_dataset_default_is_a_recipe_for_that_dataset():
         assert default_recipe(data).name == name
 
 
+def _folder(root, size, mode="RGB", n=4):
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.new(mode, size[::-1], color=40 * i).save(root / c / f"{i}.png")
+    return str(root)
+
+
 @pytest.mark.parametrize(
-    ("data", "data_dir", "expected"),
+    ("size", "mode", "expected", "why"),
     [
-        ("folder", "../shared/data/cifar10-jpeg/cifar10-jpeg.tar.gz", "cifar10-fast"),
-        ("/data/CIFAR-10/train", None, "cifar10-fast"),  # a folder given as a path
-        ("folder", "photos/pets", None),  # unknown images: no recipe
-        ("kmnist", None, None),
-        ("nosuch", None, None),
+        ((375, 500), "RGB", "photos", "the images are photos (median 375x500 px"),
+        ((96, 96), "L", "photos", "the images are photos (median 96x96 px"),
+        ((32, 32), "RGB", "cifar10-fast", "small colour pictures (median 32x32 px"),
+        ((28, 28), "L", None, "small grey pictures (median 28x28 px"),
     ],
 )
-def test_default_recipe_of_folders_and_others(data, data_dir, expected):
-    r = default_recipe(data, data_dir)
-    assert (r.name if r else None) == expected
+def test_a_folder_gets_its_recipe_from_its_images(tmp_path, size, mode, expected, why):
+    # The folder's name says nothing: "cifar10" in a path of photos does not make them CIFAR.
+    path = _folder(tmp_path / "cifar10", size, mode)
+    for data, data_dir in (("folder", path), (path, None)):
+        r, reason = recipe_for(data, data_dir)
+        assert (r.name if r else None) == expected and reason.startswith(why)
+        assert "over 8 of 8 training images" in reason
+
+
+@pytest.mark.parametrize(("data", "data_dir"), [("kmnist", None), ("nosuch", None)])
+def test_datasets_without_a_default_recipe(data, data_dir):
+    assert default_recipe(data, data_dir) is None
 
 
 def test_choose_recipe_by_name_model_or_dataset():

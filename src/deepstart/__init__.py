@@ -37,6 +37,7 @@ from deepstart.models.registry import (
 )
 from deepstart.models.sequential import Sequential
 from deepstart.models.summary import summarize
+from deepstart.models.weights import list_weights, load_weights
 from deepstart.predict import Prediction
 from deepstart.report import build_report
 from deepstart.train.callbacks import (
@@ -58,6 +59,7 @@ from deepstart.train.losses import make_loss
 from deepstart.train.lr_finder import LRFindResult, lr_find
 from deepstart.train.runner import evaluate_run, train_run
 from deepstart.train.tensorboard import TensorBoardLogger
+from deepstart.train.transfer import vision_learner
 from deepstart.tune import TuneConfig, parse_space, tune
 
 __version__ = "0.1.0"
@@ -115,9 +117,11 @@ __all__ = [
     "input_stats",
     "list_datasets",
     "list_models",
+    "list_weights",
     "load_bundle",
     "load_dataset",
     "load_model",
+    "load_weights",
     "lr_find",
     "make_loss",
     "parse_expression",
@@ -127,4 +131,5 @@ __all__ = [
     "summarize",
     "train_run",
     "tune",
+    "vision_learner",
 ]

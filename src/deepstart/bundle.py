@@ -334,6 +334,8 @@ def load_bundle(path: str | os.PathLike, device: str = "cpu") -> Bundle | OnnxBu
     """
     path = Path(path).expanduser()
     if not path.exists():
+        if _model_name(str(path)):
+            return pretrained_bundle(str(path), device=device)
         raise BundleError(f"{path} does not exist")
     if device == "auto":
         device = str(resolve_device(device))
@@ -361,6 +363,49 @@ def load_bundle(path: str | os.PathLike, device: str = "cpu") -> Bundle | OnnxBu
     model = _build(meta, weights, f"{path}:{WEIGHTS}", device)
     prep = Preprocess.from_dict(meta["preprocess"])
     return Bundle(model, list(meta["classes"]), prep, meta, config, str(path))
+
+
+def _model_name(text: str) -> bool:
+    """``efficientnet_lite0`` or ``resnet50:imagenet-v1``: a model with published weights."""
+    from deepstart.models.weights import is_weights_name
+
+    model, _, weights = text.partition(":")
+    return is_weights_name(model, weights or "imagenet")
+
+
+def pretrained_bundle(name: str, device: str = "cpu") -> Bundle:
+    """A published ImageNet classifier as a bundle: "what is in this photo?" with no
+    training. ``name`` is a model with weights (``deepstart weights``), optionally with the
+    weights' name after a colon (``resnet50:imagenet-v1``; default ``imagenet``).
+
+    Its ``Preprocess`` is the weights' own: their resolution, RGB, a centre crop (the
+    evaluation transform they were scored with, less the 256-px border) and their mean/std.
+
+    Example:
+        >>> pretrained_bundle("efficientnet_lite0").predict("cat.jpg")[0].label
+        'tabby'
+    """
+    from deepstart.models.registry import create_model
+    from deepstart.models.weights import get_weights
+
+    model_name, _, weights_name = name.partition(":")
+    w = get_weights(model_name, weights_name or "imagenet")
+    if device == "auto":
+        device = str(resolve_device(device))
+    model = create_model(model_name, input_size=w.input_size, pretrained=w.name)
+    prep = Preprocess(w.input_size, 3, tuple(w.mean), tuple(w.std), resize="crop")
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": model.arch,
+        "classes": w.class_names(),
+        "preprocess": prep.to_dict(),
+        "dataset": "ImageNet (ILSVRC-2012, 1000 classes)",
+        "weights": {"name": w.key, "source": w.source, "licence": w.licence},
+    }
+    if w.top1 is not None:
+        meta["test"] = {"accuracy": w.top1, "split": "ImageNet validation (published)"}
+    return Bundle(model.to(device).eval(), w.class_names(), prep, meta, None, name)
 
 
 def _safe_name(name: str) -> bool:

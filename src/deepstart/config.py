@@ -100,8 +100,10 @@ class TrainConfig:
         augment: augmentation preset of the training batches ("flip", "cifar", "photo",
             "digits"; None: none).
         tta: also score the test split with test-time augmentation (``augment``, else flip).
-        fine_tune: fastai's fine_tune for a pretrained model: one epoch with the body frozen,
-            then ``epochs`` with everything trainable and lower LRs for earlier layers.
+        fine_tune: fastai's fine_tune for a pretrained model: ``freeze_epochs`` with the body
+            frozen, then ``epochs`` with everything trainable and lower LRs for earlier layers.
+        freeze_epochs: the frozen epochs of ``fine_tune`` (fastai's default 1; cheap with
+            ``precompute``, where they train the head on cached features).
         freeze: train only the head (the body stays as it is, e.g. pretrained).
         precompute: while the body is frozen (``freeze``, fine_tune's first epoch) and nothing
             is augmented, compute the body's features once and train the head on them.
@@ -150,6 +152,7 @@ class TrainConfig:
     augment: str | None = None
     tta: bool = False
     fine_tune: bool = False
+    freeze_epochs: int = 1
     freeze: bool = False
     precompute: bool = False
     report: bool = True
@@ -182,6 +185,8 @@ class TrainConfig:
             raise ConfigError(f"unknown optimizer {self.opt!r}; use one of {OPTIMIZERS}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule {self.schedule!r}; use one of {SCHEDULES}")
+        if self.freeze_epochs < 0:
+            raise ConfigError(f"freeze_epochs must be >= 0, got {self.freeze_epochs}")
         if self.fine_tune and self.freeze:
             raise ConfigError("choose one of fine_tune (head, then all) and freeze (head only)")
         if self.devices < 1:

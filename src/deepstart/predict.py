@@ -367,13 +367,21 @@ def predictions_table(preds: Sequence[Prediction], top_k: int, title: str = "") 
     """A rich Table: file, then the top-k classes with probabilities (errors in red)."""
     from rich.table import Table
 
-    table = Table(title=title or None)
-    table.add_column("file", overflow="fold")
-    for i in range(1, top_k + 1):
-        table.add_column(f"top {i}" if top_k > 1 else "class", no_wrap=True)
+    table = Table(title=title or None, show_lines=top_k > 3)
+    # The file name keeps a readable width however narrow the output (a pipe, a long error,
+    # many top-k columns): the class cells wrap instead. Beyond 3 classes they stack in one
+    # column, a line each, which fits 80 columns where 5 side by side do not.
+    longest = max((len(p.source) for p in preds), default=4)
+    table.add_column("file", overflow="fold", min_width=min(max(longest, 4), 28))
+    columns = 1 if top_k > 3 else top_k
+    for i in range(1, columns + 1):
+        head = f"top {top_k}" if top_k > 3 else (f"top {i}" if top_k > 1 else "class")
+        table.add_column(head, overflow="fold")
     for p in preds:
         if p.error:
-            table.add_row(p.source, f"[red]error: {p.error}[/red]", *[""] * (top_k - 1))
+            table.add_row(p.source, f"[red]error: {p.error}[/red]", *[""] * (columns - 1))
+        elif top_k > 3:
+            table.add_row(p.source, "\n".join(f"{c} {prob:6.1%}" for c, prob in p.top))
         else:
             cells = [f"{c} {prob:6.1%}" for c, prob in p.top]
             table.add_row(p.source, *cells, *[""] * (top_k - len(cells)))

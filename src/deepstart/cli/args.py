@@ -108,7 +108,12 @@ def _add_data_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     )
     p.add_argument("--size", type=_size, help="resize images to N or HxW")
     p.add_argument("--channels", type=int, choices=(1, 3), help="convert to 1 or 3 channels")
-    p.add_argument("--resize", default="squish", choices=("squish", "crop", "pad"))
+    p.add_argument(
+        "--resize",
+        choices=("squish", "crop", "pad"),
+        help="how images of another size reach --size: stretch, centre crop or pad "
+        "(default squish; the photos recipe crops)",
+    )
     p.add_argument(
         "--data-opt",
         action="append",
@@ -124,6 +129,6 @@ def _data_config(a: argparse.Namespace) -> DataConfig:
         valid_pct=VALID_PCT if a.valid_pct is None else a.valid_pct,
         size=a.size,
         channels=a.channels,
-        resize=a.resize,
+        resize=a.resize or "squish",
         options=_pairs(a.data_opt, "--data-opt"),
     )

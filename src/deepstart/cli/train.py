@@ -176,6 +176,12 @@ def add_parsers(sub: Any) -> None:
         action="store_true",
         help="one epoch with the body frozen, then all layers with lower LRs for early ones",
     )
+    g.add_argument(
+        "--freeze-epochs",
+        type=int,
+        metavar="N",
+        help="epochs with the body frozen before --fine-tune unfreezes it (default 1)",
+    )
     g.add_argument("--freeze", action="store_true", help="train only the head")
     g.add_argument(
         "--precompute",
@@ -225,12 +231,16 @@ def cmd_train(a: argparse.Namespace) -> int:
             return 130
         return 0
 
-    from deepstart.recipes import choose_recipe, run_config
+    from deepstart.recipes import choose_recipe_why, run_config
 
     data = _data_config(a)
-    recipe = choose_recipe(a.recipe, data.name, data.data_dir, model=a.model)
+    recipe, why = choose_recipe_why(a.recipe, data.name, data.data_dir, model=a.model)
     if recipe is not None and recipe.valid_pct is not None and a.valid_pct is None:
         data = dataclasses.replace(data, valid_pct=recipe.valid_pct)
+    if recipe is not None and recipe.size is not None and a.size is None:
+        data = dataclasses.replace(data, size=(recipe.size, recipe.size))
+    if recipe is not None and recipe.resize is not None and a.resize is None:
+        data = dataclasses.replace(data, resize=recipe.resize)
     model, model_options = (None, _pairs(a.model_opt, "--model-opt"))
     if a.model is not None:
         model, model_options = _model(a.model, model_options)
@@ -252,6 +262,10 @@ def cmd_train(a: argparse.Namespace) -> int:
         "norm_bias_lr": a.norm_bias_lr,
         "augment": None if a.augment == "none" else a.augment,
         "tta": a.tta,
+        "freeze_epochs": a.freeze_epochs,
+        # switches a recipe may turn on: typed means True, untyped leaves the recipe's value
+        "fine_tune": a.fine_tune or None,
+        "precompute": a.precompute or None,
     }
     given = {k: v for k, v in settable.items() if v is not None}
     if a.augment == "none":
@@ -281,9 +295,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             "max_time": a.max_time,
             "fast_dev_run": a.fast_dev_run,
             "overfit_batches": a.overfit_batches,
-            "fine_tune": a.fine_tune,
             "freeze": a.freeze,
-            "precompute": a.precompute,
             "devices": a.devices,
             "sync_bn": a.sync_bn,
             "dist_timeout": a.dist_timeout,
@@ -298,6 +310,9 @@ def cmd_train(a: argparse.Namespace) -> int:
         overridden += ["model"] if model is not None and model != recipe.model else []
         note = f" (overridden: {', '.join(overridden)})" if overridden else ""
         print(f"recipe {recipe.name}: {recipe.summary()}{note}", flush=True)
+        print(f"  chosen: {why}", flush=True)
+    elif a.model is None and world_from_env() == 1:
+        print(f"no recipe ({why}): training {cfg.model.name} with the plain defaults", flush=True)
     if cfg.train.devices > 1 and world_from_env() == 1:
         # Start this same command in N processes; each sees WORLD_SIZE and trains its part.
         return launch(cfg.train.devices, a.argv)

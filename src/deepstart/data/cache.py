@@ -13,7 +13,9 @@ import contextlib
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -146,6 +148,14 @@ def atomic_dir(path: str | os.PathLike, *, replace: bool = False) -> Iterator[Pa
         raise
 
 
+OFFLINE_ENV = "DEEPSTART_OFFLINE"
+
+
+def offline() -> bool:
+    """True when ``$DEEPSTART_OFFLINE`` says never to download (any value but 0/false/no)."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
 def download(
     urls: Sequence[str],
     dest: str | os.PathLike,
@@ -178,17 +188,24 @@ def download(
         PosixPath('/home/me/.cache/deepstart/x.gz')
     """
     dest = Path(dest)
+    if offline():
+        raise DataError(
+            f"not downloading {dest.name}: {OFFLINE_ENV} is set (tried to fetch {urls[0]})"
+        )
     errors: list[str] = []
     for url in urls:
         if not quiet:
-            print(f"downloading {url} -> {dest}")
+            print(f"downloading {url} -> {dest}", file=sys.stderr)
         try:
             with _temp_file(dest) as tmp:
                 h = hashlib.sha256()
                 with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:
+                    meter = _Meter(resp.headers.get("Content-Length"), quiet)
                     while block := resp.read(1 << 20):
                         h.update(block)
                         out.write(block)
+                        meter.add(len(block))
+                    meter.done()
                     out.flush()
                     os.fsync(out.fileno())
                 if sha256 is not None and h.hexdigest() != sha256:
@@ -201,6 +218,38 @@ def download(
         except (urllib.error.URLError, OSError, ValueError) as e:
             errors.append(f"{url}: {getattr(e, 'reason', e)}")
     raise DataError(f"could not download {dest.name}: " + "; ".join(errors))
+
+
+class _Meter:
+    """Download progress on stderr: one line redrawn in a terminal, a line per quarter in a
+    log (a log must still show that a long download moves)."""
+
+    def __init__(self, length: str | None, quiet: bool) -> None:
+        self.total = int(length) if length and length.isdigit() else None
+        self.quiet, self.got, self.shown = quiet, 0, 0
+        self.tty = sys.stderr.isatty()
+        self.start = time.perf_counter()
+
+    def add(self, n: int) -> None:
+        self.got += n
+        if self.quiet:
+            return
+        if self.tty:
+            print(f"\r  {self._text()}", end="", file=sys.stderr, flush=True)
+        elif self.total and self.got * 4 // self.total > self.shown:
+            self.shown = self.got * 4 // self.total
+            print(f"  {self._text()}", file=sys.stderr, flush=True)
+
+    def _text(self) -> str:
+        mb = self.got / 2**20
+        rate = mb / max(time.perf_counter() - self.start, 1e-6)
+        if self.total:
+            return f"{self.got / self.total:4.0%} of {self.total / 2**20:.1f} MB, {rate:.1f} MB/s"
+        return f"{mb:.1f} MB, {rate:.1f} MB/s"
+
+    def done(self) -> None:
+        if self.tty and not self.quiet and self.got:
+            print(file=sys.stderr, flush=True)
 
 
 class _Rejected(Exception):

@@ -124,6 +124,60 @@ def load_folder(
     return data
 
 
+@dataclass(frozen=True)
+class FolderPeek:
+    """What a glance at a folder's training images shows, before decoding any of them.
+
+    Attributes:
+        root: the folder (an archive's extracted copy).
+        n_images: training image files (by extension).
+        classes: class names.
+        size: median ``(H, W)`` of the sampled images.
+        colour: share of the sampled images that are not greyscale.
+        sampled: how many were opened (headers only: cheap).
+    """
+
+    root: Path
+    n_images: int
+    classes: list[str]
+    size: tuple[int, int]
+    colour: float
+    sampled: int
+
+
+def peek_folder(path: str | os.PathLike, *, sample: int = 48) -> FolderPeek:
+    """Sizes and modes of up to ``sample`` training images spread over the classes, read
+    from their headers (no pixel is decoded), to choose how to train on the folder.
+
+    Example:
+        >>> peek_folder("pets").size
+        (375, 500)
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(f"{path} does not exist")
+    if path.is_file():
+        path = extract_archive(path, quiet=True)
+    root = _descend(path)
+    splits, classes = _find_layout(root, [])
+    files = _list_split(root, splits["train"], classes)
+    step = max(1, len(files) // sample)
+    heights, widths, colour = [], [], 0
+    for rel, _, _ in files[::step][:sample]:
+        try:
+            with Image.open(root / rel) as im:
+                w, h = im.size
+                colour += im.mode not in ("1", "L", "LA", "I", "I;16", "F")
+        except (OSError, ValueError):  # unreadable: the full load reports it
+            continue
+        heights.append(h)
+        widths.append(w)
+    if not heights:
+        raise DataError(f"none of the sampled images in {root} could be read")
+    size = (int(np.median(heights)), int(np.median(widths)))
+    return FolderPeek(root, len(files), classes, size, colour / len(heights), len(heights))
+
+
 # --- layout -----------------------------------------------------------------------------
 
 

@@ -103,7 +103,7 @@ def register_model(
 def _ensure_loaded() -> None:
     # The families register themselves on import; importing them here (not at package import)
     # keeps `import deepstart` light.
-    from deepstart.models import basic, cnn, fast, regression, resnet, spec  # noqa: F401
+    from deepstart.models import basic, cnn, efficientnet, fast, regression, resnet, spec  # noqa: F401
 
 
 def list_models(task: str | None = "classification") -> list[ModelInfo]:
@@ -159,17 +159,22 @@ def create_model(
     in_channels: int | None = None,
     num_classes: int | None = None,
     input_size: tuple[int, int] | None = None,
+    pretrained: str | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a registered model for the given input and class count.
 
     The arguments are recorded on the model as ``model.arch`` (a JSON-able dict), which is
-    what the run directory and bundle store to rebuild it.
+    what the run directory and bundle store to rebuild it. ``pretrained`` loads weights into
+    it: a weights name of the model (``"imagenet"``, see ``deepstart weights``), a file or a
+    URL; a head for other classes than the weights' stays new. The weights' input scaling is
+    then ``model.pretrained_report.mean``/``.std`` (put it in the data's ``Preprocess``).
 
     Example:
         >>> model = create_model("mnist_cnn", in_channels=1, num_classes=10, input_size=(28, 28))
         >>> model(torch.zeros(2, 1, 28, 28)).shape
         torch.Size([2, 10])
+        >>> net = create_model("efficientnet_lite0", pretrained="imagenet")  # 1000 classes
     """
     name, kwargs = resolve_spec(name, kwargs)
     info = get_model_info(name)
@@ -203,6 +208,10 @@ def create_model(
         "input_size": list(args["input_size"]),
         "kwargs": {k: _jsonable(v) for k, v in extra.items()},
     }
+    if pretrained is not None:
+        from deepstart.models.weights import load_source
+
+        model.pretrained_report = load_source(model, pretrained)
     return model
 
 

@@ -37,6 +37,7 @@ from deepstart.data.dataset import DataError, Dataset
 from deepstart.errors import ConfigError, DeepstartError
 from deepstart.models.pretrained import load_pretrained
 from deepstart.models.registry import count_parameters, create_model
+from deepstart.models.weights import load_source
 from deepstart.train.callbacks import (
     Callback,
     Checkpoint,
@@ -120,15 +121,21 @@ def apply_pretrained(
     cfg: ModelConfig, model: Any, data: Dataset, log: Callable[[str], None]
 ) -> None:
     """Load ``cfg.pretrained`` into ``model`` and switch ``data`` to the normalisation the
-    weights were trained with (ImageNet's for torchvision ResNets; the run's own for a
-    deepstart run or bundle), so that the model sees inputs scaled as in pretraining."""
-    source = Path(cfg.pretrained).expanduser()
+    weights were trained with (ImageNet's for torchvision ResNets, (x - 127) / 128 for
+    EfficientNet-Lite; the run's own for a deepstart run or bundle), so that the model sees
+    inputs scaled as in pretraining.
+
+    ``cfg.pretrained`` is a weights name of the model (``"imagenet"``: ``deepstart weights``),
+    an http(s)/file URL, a deepstart run or bundle directory, or a weights file.
+    """
+    source = Path(str(cfg.pretrained)).expanduser()
     stats = None
     if source.is_dir():  # a deepstart run or bundle: its weights and its preprocessing
         prep = read_meta(source)["preprocess"]
         stats = (tuple(prep["mean"]), tuple(prep["std"]))
-        source = source / "model.safetensors"
-    report = load_pretrained(model, str(source), sha256=cfg.pretrained_sha256)
+        report = load_pretrained(model, source / "model.safetensors", sha256=cfg.pretrained_sha256)
+    else:  # a weights name, a URL (kept a string: Path() would eat its "//") or a file
+        report = load_source(model, str(cfg.pretrained), sha256=cfg.pretrained_sha256)
     if stats is not None:  # a run's weights expect the run's normalisation, not the family's
         report.mean, report.std = stats
     log(str(report))
@@ -303,7 +310,9 @@ def _train(
     start = time.perf_counter()
     fit_kw = {"start_epoch": start_epoch, "restart_at": restart_at}
     if tc.fine_tune:
-        learn.fine_tune(tc.epochs, lr, start_phase=learn.phase, **fit_kw)
+        learn.fine_tune(
+            tc.epochs, lr, freeze_epochs=tc.freeze_epochs, start_phase=learn.phase, **fit_kw
+        )
     elif start_epoch < tc.epochs:
         if tc.schedule == "one_cycle":
             learn.fit_one_cycle(tc.epochs, lr, pct_start=tc.pct_start, **fit_kw)
@@ -335,12 +344,16 @@ def _train(
         shutil.rmtree(run_dir.parent, ignore_errors=True)
         return RunResult(run_dir, learn.recorder.history, None, learn)
     result = _finish(learn, data, run_dir, len(learn.recorder.history), train_seconds, stream)
-    if tc.tta and result.test is not None:
+    scored = "test" if data.test is not None else "valid" if data.valid is not None else None
+    if tc.tta and scored is not None:
         # flip for photos; a preset that never flips (digits) is its own TTA
-        res = learn.tta("test", augment=tc.augment or "flip")
-        _say(format_eval(res).replace("test accuracy", "test accuracy with TTA", 1), stream)
+        res = learn.tta(scored, augment=tc.augment or "flip")
+        line = format_eval(res).replace(f"{scored} accuracy", f"{scored} accuracy with TTA", 1)
+        _say(line, stream)
         results = json.loads((run_dir / "results.json").read_text())
-        results["test_tta"] = {k: v for k, v in res.items() if k not in ("probs", "pred", "target")}
+        results[f"{scored}_tta"] = {
+            k: v for k, v in res.items() if k not in ("probs", "pred", "target")
+        }
         _write_json(run_dir / "results.json", results)
     if tc.report:
         from deepstart.report import build_report
@@ -498,6 +511,11 @@ def _finish(
     test = learn.evaluate("test") if data.test is not None else None
     if test is not None:
         _say(format_eval(test), stream)
+    # A folder of your own photos often has train/ (and valid/) only: score the validation
+    # split then, and say so, rather than end a run with no number at all.
+    valid = learn.evaluate("valid") if test is None and data.valid is not None else None
+    if valid is not None:
+        _say(format_eval(valid) + " (no test split: the validation split)", stream)
     save_model(
         learn.model,
         run_dir,
@@ -507,7 +525,12 @@ def _finish(
     )
     _write_json(
         run_dir / "results.json",
-        {"test": test, "train_seconds": round(train_seconds, 3), "epochs": epochs},
+        {
+            "test": test,
+            **({"valid": valid} if valid is not None else {}),
+            "train_seconds": round(train_seconds, 3),
+            "epochs": epochs,
+        },
     )
     # Per-batch loss and LR, for the curves of the report (metrics.jsonl has one row per epoch).
     rec, per_epoch = learn.recorder, len(getattr(learn, "train_dl", ()))
