@@ -350,6 +350,10 @@ class Checkpoint(Callback):
     schedule position (``train_iter``, ``lr_mult``), the batch size, torch RNG states, the
     recorder's history and the current epoch's batch losses. Only tensors and plain
     containers: ``torch.load(weights_only=True)`` reads it and can never run code.
+
+    In a distributed run every process has one: rank 0 writes, and at an epoch's end the
+    others wait until its files are on disk, so a process that dies after the epoch (even
+    in a later callback) cannot take that epoch's checkpoint with it.
     """
 
     order = 30
@@ -401,9 +405,14 @@ class Checkpoint(Callback):
         self._last_save = time.monotonic()
         return path
 
+    @property
+    def writes(self) -> bool:
+        """This process writes the checkpoints (rank 0 of a distributed run)."""
+        return self.learn.dist is None or self.learn.dist.is_main
+
     def after_batch(self) -> None:
         due = self.every is not None and time.monotonic() - self._last_save >= self.every
-        if due and self.learn.training:
+        if due and self.learn.training and self.writes:
             self.save(mid_epoch=True)
 
     def after_epoch(self) -> None:
@@ -413,10 +422,13 @@ class Checkpoint(Callback):
             better = value < self.best if self.mode == "min" else value > self.best
             if better:
                 self.best = value
-        state = self.state(mid_epoch=False)
-        self.save("last.pt", state=state)
-        if better:
-            self.save("best.pt", state=state)
+        if self.writes:
+            state = self.state(mid_epoch=False)
+            self.save("last.pt", state=state)
+            if better:
+                self.save("best.pt", state=state)
+        if self.learn.dist is not None:
+            self.learn.dist.barrier()  # no process leaves the epoch before it is on disk
 
 
 def restore_checkpoint(learn: Learner, ckpt: dict[str, Any]) -> tuple[int, int]:
@@ -470,7 +482,7 @@ class GracefulInterrupt(Callback):
     def after_batch(self) -> None:
         if self.requested and self.learn.training:
             ck = self.learn.get_callback(Checkpoint)
-            if ck is not None:
+            if ck is not None and ck.writes:
                 self.saved = ck.save(mid_epoch=True)
             self.interrupted = True
             raise CancelFit

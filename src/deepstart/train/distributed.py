@@ -96,6 +96,10 @@ class Distributed:
         else:
             dev = torch.device("cpu")
         if not td.is_initialized():
+            # Before the group exists (see shutdown): DDP imports torch.distributed.nn, whose
+            # functions take `group=group.WORLD` as a default, evaluated at import.
+            import torch.distributed.nn as _  # noqa: F401
+
             td.init_process_group(
                 "nccl" if use_cuda else "gloo",
                 timeout=datetime.timedelta(seconds=timeout),
@@ -155,7 +159,16 @@ def prepare_model(model: nn.Module, dist: Distributed | None) -> nn.Module:
 
 
 def shutdown() -> None:
-    """Leave the process group (safe to call when there is none)."""
+    """Leave the process group (safe to call when there is none).
+
+    This must really end the group: it joins gloo's worker threads. A worker lets go of a
+    finished collective's tensors a moment after the caller has its result, and letting go
+    of a tensor Python made takes the GIL; if the interpreter is already shutting down by
+    then, Python ends that thread and C++ aborts the process ("terminate called without an
+    active exception", exit -6). So nothing may keep the group alive past this call: were
+    torch.distributed.nn imported after the group was made, its functions' default
+    argument `group=group.WORLD` would (from_env imports it first).
+    """
     if td.is_available() and td.is_initialized():
         td.destroy_process_group()
 

@@ -248,7 +248,7 @@ def _train(
     log = (lambda m: _say(m, stream)) if stream is not None else (lambda m: None)
     interrupt = GracefulInterrupt(log=lambda m: _say(m, stream or sys.stderr))
     cbs: list[Callback] = [Progress(tc.progress if stream is not None else "none", stream)]
-    if tc.checkpoint and main:
+    if tc.checkpoint:  # on every rank: rank 0 writes, the others wait for it at epoch ends
         cbs.append(Checkpoint(run_dir / "checkpoints", every_minutes=tc.checkpoint_minutes))
     cbs.append(interrupt)
     learn = Learner(
