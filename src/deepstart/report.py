@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from deepstart.data.dataset import DataError
+from deepstart.data.dataset import DataError, conform_images
 from deepstart.interpret import plots
 from deepstart.interpret.analysis import Interpretation
 from deepstart.train.learner import Learner
@@ -26,6 +26,7 @@ from deepstart.train.learner import Learner
 TOP_LOSSES = 16  # pictures in the top-losses and most-uncertain grids
 PER_CLASS = 2  # most confident right / wrong pictures per class
 SALIENCY_IMAGES = 8
+FILTER_SIDE = 64  # the largest side of the activation-maximisation images
 
 
 def read_run(run_dir: str | Path) -> dict[str, Any]:
@@ -60,12 +61,16 @@ def build_report(
     device: str = "auto",
     layer: str | None = None,
     log: Callable[[str], None] = lambda m: None,
+    scored: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``plots/*.png``, ``interpretation.json`` and ``report.html`` for a run.
 
     ``learn`` is a Learner holding the trained model and its data (``train`` passes its own);
     without it the run's saved model and dataset are loaded. ``layer`` names the conv layer
     whose feature maps and filters are shown (default: maps of the first, filters of the last).
+    ``scored`` is ``learn.evaluate(split)``'s result when the caller has it (``train`` has):
+    its probabilities are used as they are, so the report shows the very numbers the run
+    printed and the split is not predicted twice.
 
     Example:
         >>> build_report("runs/20261123-101500-mnist-mnist_cnn")
@@ -80,7 +85,11 @@ def build_report(
         learn = load_run_learner(run_dir, device=device)
     if layer is not None:
         _check_layer(learn.model, layer)
-    interp = Interpretation.from_learner(learn, split)
+    if scored is not None and scored.get("split") in (split, "valid") and "probs" in scored:
+        images = conform_images(learn._split(scored["split"]), learn.preprocess)
+        interp = Interpretation(images, scored["probs"], scored["split"])
+    else:
+        interp = Interpretation.from_learner(learn, split)
     out = run_dir / "plots"
     summary = interp.summary(top=TOP_LOSSES)
     (run_dir / "interpretation.json").write_text(json.dumps(_finite(summary), indent=2) + "\n")
@@ -303,7 +312,10 @@ def _vision_section(
             model,
             layer,
             list(range(n_filters)),
-            size=tuple(prep.size),
+            # At most 64 px a side: a filter's pattern shows as well, and each of the 48
+            # ascent steps costs a forward and backward pass (30 s for EfficientNet-Lite0 at
+            # 224 px on 2 cores, 2 s at 64 px).
+            size=(min(prep.size[0], FILTER_SIDE), min(prep.size[1], FILTER_SIDE)),
             in_channels=prep.channels,
             mean=prep.mean,
             std=prep.std,

@@ -182,6 +182,18 @@ def add_parsers(sub: Any) -> None:
         metavar="N",
         help="epochs with the body frozen before --fine-tune unfreezes it (default 1)",
     )
+    g.add_argument(
+        "--keep-frozen",
+        type=int,
+        metavar="N",
+        help="layer groups --fine-tune leaves frozen when it unfreezes (default 0: none)",
+    )
+    g.add_argument(
+        "--keep-better",
+        action=argparse.BooleanOptionalAction,
+        help="--fine-tune: keep the frozen phase's weights if unfreezing ends with a worse "
+        "validation loss",
+    )
     g.add_argument("--freeze", action="store_true", help="train only the head")
     g.add_argument(
         "--precompute",
@@ -263,6 +275,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         "augment": None if a.augment == "none" else a.augment,
         "tta": a.tta,
         "freeze_epochs": a.freeze_epochs,
+        "keep_frozen": a.keep_frozen,
+        "keep_better": a.keep_better,
         # switches a recipe may turn on: typed means True, untyped leaves the recipe's value
         "fine_tune": a.fine_tune or None,
         "precompute": a.precompute or None,

@@ -793,10 +793,14 @@ class Learner:
         }
 
     # -- using the model -------------------------------------------------------------------
-    def evaluate(self, split: str | ImageSet | TensorSet = "test") -> dict[str, Any]:
+    def evaluate(
+        self, split: str | ImageSet | TensorSet = "test", *, probs: bool = False
+    ) -> dict[str, Any]:
         """Loss, accuracy (overall and per class) on a split ("test", "valid", "train") or
         on an ImageSet; falls back to valid when the dataset has no test split. For
         regression: loss, max_error, rms_error and mean_error of ``|f(x) - y|``.
+        ``probs=True`` adds the ``(N, K)`` class probabilities under ``"probs"`` (a tensor:
+        not JSON).
 
         Example:
             >>> learn.evaluate()["accuracy"]
@@ -834,6 +838,7 @@ class Learner:
             "accuracy": out["accuracy"],
             "per_class": per_class,
             "input_warnings": warnings,
+            **({"probs": out["probs"]} if probs else {}),
         }
 
     def _split(self, split: str | ImageSet | TensorSet) -> Any:

@@ -70,6 +70,8 @@ class RunResult:
     history: list[dict[str, Any]]
     test: dict[str, Any] | None
     learner: Learner
+    # the validation split's scores at the end, when there is no test split to score
+    valid: dict[str, Any] | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -285,8 +287,11 @@ def _train(
         if not ckpt_path.is_file():
             raise DataError(f"{run_dir}: no checkpoints/last.pt to resume from")
         ckpt = load_checkpoint(ckpt_path)
+        # the optimizer in the checkpoint holds the params that phase trained
         if tc.fine_tune and int(ckpt.get("phase", 0)) == 0:
-            learn.freeze()  # the optimizer in the checkpoint holds the frozen phase's params
+            learn.freeze()
+        elif tc.fine_tune and tc.keep_frozen:
+            learn.freeze_to(tc.keep_frozen, train_bn=False)
     if tc.batch_size == "auto" and resume is None:
         if dist is not None:
             raise ConfigError("--batch-size auto is not supported in distributed runs yet")
@@ -311,7 +316,13 @@ def _train(
     fit_kw = {"start_epoch": start_epoch, "restart_at": restart_at}
     if tc.fine_tune:
         learn.fine_tune(
-            tc.epochs, lr, freeze_epochs=tc.freeze_epochs, start_phase=learn.phase, **fit_kw
+            tc.epochs,
+            lr,
+            freeze_epochs=tc.freeze_epochs,
+            keep_frozen=tc.keep_frozen,
+            keep_better=tc.keep_better,
+            start_phase=learn.phase,
+            **fit_kw,
         )
     elif start_epoch < tc.epochs:
         if tc.schedule == "one_cycle":
@@ -344,10 +355,12 @@ def _train(
         shutil.rmtree(run_dir.parent, ignore_errors=True)
         return RunResult(run_dir, learn.recorder.history, None, learn)
     result = _finish(learn, data, run_dir, len(learn.recorder.history), train_seconds, stream)
+    final = result.test if result.test is not None else result.valid
     scored = "test" if data.test is not None else "valid" if data.valid is not None else None
     if tc.tta and scored is not None:
         # flip for photos; a preset that never flips (digits) is its own TTA
-        res = learn.tta(scored, augment=tc.augment or "flip")
+        plain = (result.test if scored == "test" else result.valid) or {}
+        res = learn.tta(scored, augment=tc.augment or "flip", plain=plain.get("probs"))
         line = format_eval(res).replace(f"{scored} accuracy", f"{scored} accuracy with TTA", 1)
         _say(line, stream)
         results = json.loads((run_dir / "results.json").read_text())
@@ -358,7 +371,7 @@ def _train(
     if tc.report:
         from deepstart.report import build_report
 
-        build_report(run_dir, learn=learn, log=log)
+        build_report(run_dir, learn=learn, log=log, scored=final)
     return result
 
 
@@ -508,12 +521,13 @@ def _finish(
     train_seconds: float,
     stream: TextIO | None,
 ) -> RunResult:
-    test = learn.evaluate("test") if data.test is not None else None
+    # probs: reused by TTA (its plain view) and the report; dropped from results.json
+    test = learn.evaluate("test", probs=True) if data.test is not None else None
     if test is not None:
         _say(format_eval(test), stream)
     # A folder of your own photos often has train/ (and valid/) only: score the validation
     # split then, and say so, rather than end a run with no number at all.
-    valid = learn.evaluate("valid") if test is None and data.valid is not None else None
+    valid = learn.evaluate("valid", probs=True) if test is None and data.valid is not None else None
     if valid is not None:
         _say(format_eval(valid) + " (no test split: the validation split)", stream)
     save_model(
@@ -526,8 +540,8 @@ def _finish(
     _write_json(
         run_dir / "results.json",
         {
-            "test": test,
-            **({"valid": valid} if valid is not None else {}),
+            "test": _no_tensors(test),
+            **({"valid": _no_tensors(valid)} if valid is not None else {}),
             "train_seconds": round(train_seconds, 3),
             "epochs": epochs,
         },
@@ -539,7 +553,7 @@ def _finish(
         {"loss": rec.batch_losses, "lr": rec.batch_lrs, "per_epoch": per_epoch},
     )
     _say(f"run directory: {run_dir}", stream)
-    return RunResult(run_dir, learn.recorder.history, test, learn)
+    return RunResult(run_dir, learn.recorder.history, test, learn, valid)
 
 
 def _train_stats(learn: Learner) -> dict | None:
@@ -606,6 +620,10 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Score a run's saved model on a split of a dataset (see :func:`load_run_learner`)."""
     return load_run_learner(run_dir, data=data, device=device, log=log).evaluate(split)
+
+
+def _no_tensors(res: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if res is None else {k: v for k, v in res.items() if k != "probs"}
 
 
 def _brief(res: dict[str, Any] | None) -> dict[str, Any] | None:

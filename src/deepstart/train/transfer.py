@@ -4,7 +4,7 @@ fastai's lesson 1 in deepstart::
 
     data = load_dataset("folder", data_dir="dogs-vs-cats", size=224, resize="crop")
     learn = vision_learner(data, "resnet34")         # ImageNet weights, body frozen
-    learn.lr_find().suggestion                        # pick a rate from the plot
+    learn.lr_find().valley                            # pick a rate (or read the plot)
     learn.fine_tune(2, 2e-3)                          # head, then everything
     learn.evaluate()["accuracy"]
 
