@@ -148,6 +148,71 @@ def test_fine_tune_trains_head_first_then_everything(toy_data):
     assert not torch.equal(conv0, learn.model.body[0].weight)
 
 
+def test_fine_tune_can_keep_early_groups_frozen_with_their_statistics(toy_data):
+    learn = _learner(toy_data, ThreeGroups(_net().body, _net().classifier))
+    seen = []
+
+    from deepstart.train.callbacks import Callback
+
+    class Phase(Callback):
+        order = 100
+
+        def before_fit(self):
+            m = self.learn.model
+            seen.append((m.body[0].weight.requires_grad, m.body[1].weight.requires_grad))
+
+    learn.add_callbacks([Phase()])
+    conv0 = learn.model.body[0].weight.detach().clone()
+    learn.fine_tune(1, base_lr=1e-2, keep_frozen=1)
+    # phase 0: head only (BatchNorm trainable); phase 1: group 0 (the conv) still frozen
+    assert seen == [(False, True), (False, True)]
+    assert torch.equal(conv0, learn.model.body[0].weight)
+
+
+def test_fine_tune_keep_better_puts_back_the_frozen_phase(toy_data):
+    learn = _learner(toy_data, ThreeGroups(_net().body, _net().classifier))
+    logs = []
+    learn.log = logs.append
+    learn.fine_tune(1, base_lr=1e-2, freeze_epochs=2, keep_better=True)
+    after_frozen = learn.recorder.history[1]["valid_loss"]
+    final = learn.recorder.history[-1]["valid_loss"]
+    if final > after_frozen:  # the unfrozen phase made it worse: the frozen weights came back
+        assert any("kept the frozen phase's weights" in m for m in logs)
+        assert learn.evaluate("valid")["loss"] == pytest.approx(after_frozen, rel=1e-4)
+
+    # A phase that ruins the model is always undone: the head scrambled as it starts.
+    learn = _learner(toy_data, ThreeGroups(_net().body, _net().classifier))
+    learn.log = logs.append
+    frozen_state = {}
+
+    from deepstart.train.callbacks import Callback
+
+    class Scramble(Callback):
+        order = 100
+
+        def before_epoch(self):
+            if self.learn.phase == 1:
+                state = self.learn.model.state_dict()
+                frozen_state.update({k: v.clone() for k, v in state.items()})
+                torch.manual_seed(1)
+                self.learn.model.classifier[1].weight.data.normal_(0.0, 100.0)
+
+    learn.add_callbacks([Scramble()])
+    logs.clear()
+    learn.fine_tune(1, base_lr=1e-2, keep_better=True)
+    assert any("kept the frozen phase's weights" in m for m in logs)
+    for k, v in learn.model.state_dict().items():
+        assert torch.equal(v, frozen_state[k]), k
+
+
+def test_several_frozen_epochs_anneal_the_lr(toy_data):
+    learn = _learner(toy_data)
+    learn.fine_tune(1, base_lr=1e-2, freeze_epochs=4)
+    lrs = [row["lr"] for row in learn.recorder.history[:4]]
+    # one-cycle with pct_start 0.3 over the frozen epochs: up, then down to the floor
+    assert max(lrs) == lrs[1] and lrs[-1] < lrs[1] / 10
+
+
 def test_augment_applies_to_training_batches_only(toy_data):
     learn = _learner(toy_data, augment="flip")
     assert learn.batches(toy_data.train, train=True).augment is not None

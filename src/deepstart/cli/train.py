@@ -321,6 +321,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         overridden = sorted(k for k in given if k in recipe.train)
         if recipe.valid_pct is not None and a.valid_pct is not None:
             overridden.append("valid_pct")
+        overridden += ["size"] if recipe.size is not None and a.size is not None else []
+        overridden += ["resize"] if recipe.resize is not None and a.resize is not None else []
         overridden += ["model"] if model is not None and model != recipe.model else []
         note = f" (overridden: {', '.join(overridden)})" if overridden else ""
         print(f"recipe {recipe.name}: {recipe.summary()}{note}", flush=True)

@@ -203,7 +203,10 @@ def fine_tune(
         learn.fit_one_cycle(
             freeze_epochs,
             slice(base_lr),
-            pct_start=0.99,
+            # fastai's 0.99 (warm up, then drop at the very end) suits its one frozen epoch;
+            # over several (cheap with cached features) the LR must come down again, or the
+            # head ends at the peak: 12 epochs on CIFAR-10 features went 77.4% -> 76.4%.
+            pct_start=0.99 if freeze_epochs == 1 else pct_start,
             start_epoch=start_epoch,
             restart_at=restart_at,
         )
