@@ -211,3 +211,15 @@ def test_restart_into_an_earlier_epoch(toy_data):
         torch.testing.assert_close(back.model.state_dict()[k], v, rtol=0, atol=0)
     assert [r["epoch"] for r in back.recorder.history] == [1, 2, 3]
     assert back.recorder.batch_losses == plain.recorder.batch_losses
+
+
+def test_cpu_evaluation_batches_of_big_images_are_capped(toy_data):
+    from deepstart.data.dataset import ImageSet
+    from deepstart.train.learner import EVAL_CPU_PIXELS
+
+    learn = Learner(toy_data, _model(toy_data), batch_size=64, device="cpu", log=lambda m: 0)
+    assert learn.eval_batch_size(toy_data.valid) == 128  # 16 px: twice the training batch
+    big = ImageSet(torch.zeros(3, 3, 224, 224, dtype=torch.uint8), torch.zeros(3), ["a"])
+    assert learn.eval_batch_size(big) == 32 == EVAL_CPU_PIXELS // (224 * 224)
+    huge = ImageSet(torch.zeros(1, 3, 2000, 2000, dtype=torch.uint8), torch.zeros(1), ["a"])
+    assert learn.eval_batch_size(huge) == 32  # never below half the training batch
