@@ -67,7 +67,8 @@ class Recipe:
             score is). ``deepstart train`` applies it unless ``--valid-pct`` is typed; in
             Python, pass it to :class:`~deepstart.config.DataConfig`.
         size, resize: the image size (one side, square) and resize policy the data is
-            brought to (None: the data's own), unless ``--size`` / ``--resize`` are typed.
+            brought to (None: the data's own), unless ``--size`` / ``--resize`` are typed;
+            in Python, pass them to :class:`~deepstart.config.DataConfig` as for valid_pct.
         pretrained: the weights the model starts from (a name of ``deepstart weights``).
     """
 
@@ -121,6 +122,8 @@ class Recipe:
             parts.append("lookahead")
         if t.get("keep_frozen"):
             parts.append(f"first {t['keep_frozen']} layer group(s) stay frozen")
+        if t.get("keep_better"):
+            parts.append("the unfrozen phase kept only if it helps")
         if t.get("precompute"):
             parts.append("cached features while frozen")
         if t.get("tta"):
