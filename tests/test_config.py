@@ -33,3 +33,37 @@ def test_bad_settings_are_config_errors(make):
 def test_unknown_field_is_named():
     with pytest.raises(ConfigError, match="epoks"):
         RunConfig.from_dict({"train": {"epoks": 3}})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("lr", float("inf"), "lr must be a positive number or 'auto', got inf"),
+        ("lr", float("nan"), "lr must be a positive number"),
+        ("pct_start", 2.0, "pct_start must be in [0, 1], got 2.0"),
+        ("momentum", 5.0, "momentum must be in [0, 1), got 5.0"),
+        ("momentum", 1.0, "momentum must be in [0, 1), got 1.0"),
+        ("wd", -5.0, "wd must be in [0, inf), got -5.0"),
+        ("label_smoothing", 1.0, "label_smoothing must be in [0, 1), got 1.0"),
+        ("grad_clip", 0.0, "grad_clip must be a positive number, got 0.0"),
+        ("max_time", float("inf"), "max_time must be a positive number, got inf"),
+    ],
+)
+def test_every_numeric_training_option_is_checked_when_the_config_is_built(field, value, message):
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(**{field: value})
+    assert str(e.value).startswith(message)
+
+
+def test_bad_numbers_on_the_command_line_fail_in_one_line(capsys):
+    from deepstart.cli import main
+
+    for flags, message in (
+        (["--lr", "inf"], "lr must be a positive number"),
+        (["--momentum", "5", "--opt", "adam"], "momentum must be in [0, 1)"),
+        (["--pct-start", "2"], "pct_start must be in [0, 1]"),
+        (["--wd", "-5"], "wd must be in [0, inf)"),
+    ):
+        assert main(["train", "--data", "shapes", "--model", "vgg_small", *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("deepstart: error: ") and message in err and "\n" not in err

@@ -171,8 +171,35 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
-        if self.lr != "auto" and not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ConfigError(f"lr must be positive or 'auto', got {self.lr!r}")
+        if self.lr != "auto" and not (
+            isinstance(self.lr, (int, float)) and 0 < self.lr < math.inf
+        ):  # inf would "halve" to inf in the divergence guard, which then advised --lr inf
+            raise ConfigError(f"lr must be a positive number or 'auto', got {self.lr!r}")
+        # Every other number is checked here too, so a bad value fails in one line when the
+        # config is built, not as a PyTorch traceback once training starts.
+        for name, value, low, high in (
+            ("wd", self.wd, 0.0, math.inf),
+            # momentum is SGD's momentum and Adam's beta1: both must be in [0, 1)
+            ("momentum", self.momentum, 0.0, 1.0),
+            ("pct_start", self.pct_start, 0.0, 1.0),
+            ("label_smoothing", self.label_smoothing, 0.0, 1.0),
+        ):
+            closed_high = name in ("pct_start",)
+            ok = (
+                math.isfinite(value)
+                and low <= value
+                and (value <= high if closed_high else value < high)
+            )
+            if not ok:
+                bracket = "]" if closed_high else ")"
+                raise ConfigError(f"{name} must be in [{low:g}, {high:g}{bracket}, got {value}")
+        for name, value in (
+            ("grad_clip", self.grad_clip),
+            ("max_time", self.max_time),
+            ("checkpoint_minutes", self.checkpoint_minutes),
+        ):
+            if value is not None and not 0 < value < math.inf:
+                raise ConfigError(f"{name} must be a positive number, got {value}")
         if self.batch_size != "auto" and not (
             isinstance(self.batch_size, int) and self.batch_size >= 1
         ):
