@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -154,9 +155,9 @@ def test_broken_bundles_give_a_bundle_error(tmp_path, damage, match):
     elif damage == "weights":
         data = (run / "model.safetensors").read_bytes()
         (run / "model.safetensors").write_bytes(data[: len(data) // 2])
-    elif damage == "shapes":  # weights of another architecture
+    elif damage == "shapes":  # weights of another architecture (classes kept consistent)
         _rewrite_meta(run, arch={**json.loads((run / "model.json").read_text())["arch"],
-                                 "num_classes": 7})  # fmt: skip
+                                 "num_classes": 7}, classes=[*CLASSES, "f", "g"])  # fmt: skip
     elif damage == "no_weights":
         (run / "model.safetensors").unlink()
     elif damage == "config":
@@ -266,3 +267,39 @@ def test_probabilities_checks_the_batch_and_matches_softmax(tmp_path):
         b.probabilities(torch.zeros(1, 3, 16, 16, dtype=torch.uint8))
     with pytest.raises(BundleError, match="uint8"):
         b.probabilities(torch.zeros(1, 1, 16, 16))
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"classes": ["a", "b"]}, "2 class names for a model with 5 outputs"),
+        ({"classes": [*CLASSES, "extra"]}, "6 class names for a model with 5 outputs"),
+        (
+            {"preprocess": {"size": [16, 16], "channels": 1, "mean": [0.4], "std": [0.0]}},
+            "preprocess std must be positive and finite",
+        ),
+        (
+            {"preprocess": {"size": [16, 16], "channels": 1, "mean": [0.4], "std": [-1.0]}},
+            "preprocess std must be positive and finite",
+        ),
+        (
+            {"preprocess": {"size": [16, 16], "channels": 1, "mean": [0.4, 0.4], "std": [0.2]}},
+            "mean/std have 2/1 values for 1 channels",
+        ),
+        ({"preprocess": {"size": [16], "channels": 1}}, "broken preprocess"),
+    ],
+)
+def test_a_bundle_that_would_predict_nonsense_is_refused_at_load(tmp_path, changes, match):
+    # Before: a short class list gave an IndexError in predict and HTTP 500 in serve; std 0
+    # gave NaN probabilities with exit 0.
+    run = _run_dir(tmp_path)
+    _rewrite_meta(run, **changes)
+    for load in (load_bundle, load_model):
+        with pytest.raises(BundleError, match=re.escape(match)):
+            load(run)
+    zipped = tmp_path / "b.zip"
+    with zipfile.ZipFile(zipped, "w") as z:
+        for f in run.iterdir():
+            z.write(f, f.name)
+    with pytest.raises(BundleError, match=re.escape(match)):
+        load_bundle(zipped)

@@ -17,6 +17,7 @@ extracted.
 from __future__ import annotations
 
 import json
+import math
 import os
 import zipfile
 from collections.abc import Callable, Sequence
@@ -165,8 +166,8 @@ def load_model(directory: str | Path, device: str = "cpu") -> SavedModel:
     """
     meta = read_meta(directory)
     weights_path = Path(directory) / WEIGHTS
+    prep = _checked_preprocess(meta, str(directory)) if meta.get("preprocess") else None
     model = _build(meta, str(weights_path), str(weights_path), device)
-    prep = Preprocess.from_dict(meta["preprocess"]) if meta.get("preprocess") else None
     return SavedModel(model, list(meta["classes"]), prep, meta)
 
 
@@ -360,9 +361,31 @@ def load_bundle(path: str | os.PathLike, device: str = "cpu") -> Bundle | OnnxBu
         "classification"
     ):
         raise BundleError(f"{path}: not an image classifier (use load_model for other models)")
+    prep = _checked_preprocess(meta, f"{path}:{META}")
     model = _build(meta, weights, f"{path}:{WEIGHTS}", device)
-    prep = Preprocess.from_dict(meta["preprocess"])
     return Bundle(model, list(meta["classes"]), prep, meta, config, str(path))
+
+
+def _checked_preprocess(meta: dict, where: str) -> Preprocess:
+    """The bundle's Preprocess, refused in one line when it cannot give sane predictions:
+    a class list that does not match the model's outputs (IndexError in predict, HTTP 500 in
+    serve) or a std of 0 or a non-finite mean/std (NaN probabilities)."""
+    classes, k = meta["classes"], meta["arch"].get("num_classes")
+    if k is not None and len(classes) != int(k):
+        raise BundleError(f"{where}: {len(classes)} class names for a model with {k} outputs")
+    try:
+        prep = Preprocess.from_dict(meta["preprocess"])
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise BundleError(f"{where}: broken preprocess ({e})") from None
+    values = (*prep.mean, *prep.std)
+    if not all(math.isfinite(v) for v in values) or min(prep.std, default=0) <= 0:
+        raise BundleError(f"{where}: preprocess std must be positive and finite, got {prep.std}")
+    if len(prep.mean) != prep.channels or len(prep.std) != prep.channels:
+        raise BundleError(
+            f"{where}: preprocess mean/std have {len(prep.mean)}/{len(prep.std)} values for "
+            f"{prep.channels} channels"
+        )
+    return prep
 
 
 def _model_name(text: str) -> bool:
