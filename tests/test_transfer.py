@@ -142,3 +142,15 @@ def test_a_folder_of_photos_trains_with_the_photos_recipe(tmp_path, capsys):
     bundle = load_bundle(run)
     probs = bundle.probabilities(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
     assert probs.shape == (1, 2) and np.isclose(float(probs.sum()), 1.0)
+
+
+def test_freeze_typed_wins_over_the_photos_recipes_fine_tune(tmp_path, capsys):
+    write_photos(tmp_path / "photos", n=6)
+    argv = ["train", "--data", "folder", "--data-dir", str(tmp_path / "photos"), "--freeze"]
+    argv += ["--size", "32", "--epochs", "2", "--no-report", "--no-checkpoint"]
+    assert main([*argv, "--out", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "recipe photos:" in out and "fine_tune:" not in out
+    run = next((tmp_path / "runs").iterdir())
+    train = json.loads((run / "config.json").read_text())["train"]
+    assert train["freeze"] is True and train["fine_tune"] is False

@@ -284,6 +284,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     given = {k: v for k, v in settable.items() if v is not None}
     if a.augment == "none":
         given["augment"] = None  # typed: no augmentation, whatever the recipe says
+    if a.freeze and not a.fine_tune:
+        given["fine_tune"] = False  # typed: the head only, even where a recipe fine-tunes
     cfg = run_config(
         data,
         recipe=recipe,
