@@ -33,9 +33,9 @@ from pathlib import Path
 import torch
 
 from deepstart.config import FIT_COMPARE, FIT_COMPARE_OPT, FitConfig
+from deepstart.fitting.compare import variant
+from deepstart.fitting.fit import load_fit_data, train_fit
 from deepstart.train.callbacks import Callback
-from deepstart.train.fit_compare import variant
-from deepstart.train.fitting import load_fit_data, train_fit
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 1e-3

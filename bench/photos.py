@@ -119,8 +119,8 @@ def recipe(args: argparse.Namespace) -> None:
 
 
 def throughput(args: argparse.Namespace) -> None:
+    from deepstart.device import resolve_precision
     from deepstart.models.registry import create_model
-    from deepstart.train.device import resolve_precision
 
     print(f"CPU: {cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     dtype = resolve_precision("auto", torch.device("cpu"), "classification")

@@ -20,7 +20,7 @@ from pathlib import Path
 from deepstart import report
 from deepstart.interpret import plots
 from deepstart.interpret.analysis import Interpretation
-from deepstart.train.runner import load_run_learner
+from deepstart.run.runner import load_run_learner
 
 
 def timed_parts(run_dir: Path) -> dict[str, float]:

@@ -26,9 +26,9 @@ import torch
 from deepstart.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from deepstart.data.catalog import load_dataset
 from deepstart.models.registry import create_model
+from deepstart.run.runner import apply_pretrained, train_run
 from deepstart.train.callbacks import Callback
 from deepstart.train.learner import Learner
-from deepstart.train.runner import apply_pretrained, train_run
 
 CIFAR = str(Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg/cifar10-jpeg.tar.gz")
 EIGHT = "airplane,automobile,bird,deer,frog,horse,ship,truck"

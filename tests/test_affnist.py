@@ -20,7 +20,7 @@ from deepstart.data.affnist import (
 )
 from deepstart.data.catalog import load_dataset
 from deepstart.data.dataset import DataError
-from deepstart.mismatch import check_inputs, input_stats
+from deepstart.data.mismatch import check_inputs, input_stats
 from tests.test_data_mnist import idx_bytes
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"

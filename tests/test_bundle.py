@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepstart import bundle as bundle_mod
-from deepstart.bundle import (
+from deepstart.data.dataset import Preprocess
+from deepstart.models.registry import create_model, list_models
+from deepstart.ship import bundle as bundle_mod
+from deepstart.ship.bundle import (
     Bundle,
     BundleError,
     export_bundle,
@@ -23,8 +25,6 @@ from deepstart.bundle import (
     read_zip_members,
     save_model,
 )
-from deepstart.data.dataset import Preprocess
-from deepstart.models.registry import create_model, list_models
 
 # The ImageNet ResNets (11-24M parameters, 45-95 MB of weights) take several seconds each to
 # write, verify and read back three times over.

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepstart.data import cache, mnist
+from deepstart import cache
+from deepstart.data import mnist
 from deepstart.data.dataset import DataError
 from tests.loopback import Server
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from deepstart.cache import sha256_file
 from deepstart.data import cifar10
-from deepstart.data.cache import sha256_file
 from deepstart.data.cifar10 import load_cifar10
 from deepstart.data.dataset import DataError
 

@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from deepstart.data.dataset import Batches
+from deepstart.run.runner import train_run
 from deepstart.train.callbacks import load_checkpoint
-from deepstart.train.runner import train_run
 
 from .conftest import bars
 
@@ -96,7 +96,7 @@ SCRIPT = textwrap.dedent(
     from pathlib import Path
     from deepstart.config import DataConfig, ModelConfig, RunConfig, TrainConfig
     from deepstart.train.callbacks import Callback, CancelFit, load_checkpoint
-    from deepstart.train.runner import train_run
+    from deepstart.run.runner import train_run
 
     mode, out = sys.argv[1], sys.argv[2]
     rank = int(os.environ["RANK"])

@@ -11,18 +11,18 @@ import pytest
 import torch
 from PIL import Image
 
-from deepstart.bundle import load_model, save_model
 from deepstart.cli import main
 from deepstart.config import FitConfig
 from deepstart.data.dataset import DataError
-from deepstart.data.expression import ExpressionError, parse_expression
-from deepstart.data.function import csv_data, function_data, sample_points
 from deepstart.data.tensors import TensorBatches, TensorData, TensorSet
 from deepstart.errors import ConfigError
+from deepstart.fitting.compare import variant
+from deepstart.fitting.data import csv_data, function_data, sample_points
+from deepstart.fitting.expression import ExpressionError, parse_expression
+from deepstart.fitting.fit import frame_steps, phases
 from deepstart.models.registry import create_model
+from deepstart.ship.bundle import load_model, save_model
 from deepstart.train.callbacks import Progress
-from deepstart.train.fit_compare import variant
-from deepstart.train.fitting import frame_steps, phases
 from deepstart.train.learner import Learner
 
 

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepstart.data.dataset import to_channels_last
+from deepstart.device import busy_cpu_note, running_elsewhere, use_channels_last
 from deepstart.models.layers import Dropout, Flatten, dropout_mask
 from deepstart.models.registry import create_model
-from deepstart.train.device import busy_cpu_note, running_elsewhere, use_channels_last
 from deepstart.train.learner import Learner
 
 CL = torch.channels_last

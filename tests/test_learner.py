@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from deepstart.bundle import load_model, save_model
 from deepstart.models.registry import create_model
+from deepstart.ship.bundle import load_model, save_model
 from deepstart.train.callbacks import Callback, CancelFit, Checkpoint, load_checkpoint
 from deepstart.train.learner import EVENTS, Learner
 from deepstart.train.schedule import one_cycle

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
+from deepstart.device import OUT_OF_MEMORY, resolve_precision
 from deepstart.models.registry import create_model
 from deepstart.train.callbacks import Callback
-from deepstart.train.device import OUT_OF_MEMORY, resolve_precision
 from deepstart.train.learner import Learner
 from deepstart.train.memory import find_batch_size
 
@@ -101,7 +101,7 @@ def test_autocast_paths_train(toy_data, precision):
 
 def test_precision_auto_is_fp32_on_cpu_and_names_are_checked(monkeypatch):
     # A CPU without native bf16 (the decision itself: tests/test_recipes.py).
-    monkeypatch.setattr("deepstart.train.device.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("deepstart.device.cpu_has_native_bf16", lambda: False)
     assert resolve_precision("auto", torch.device("cpu")) is None
     assert resolve_precision("fp32", torch.device("cpu")) is None
     with pytest.raises(ValueError, match="precision"):

@@ -12,7 +12,7 @@ import torch
 from deepstart.cli import main
 from deepstart.data import mnist
 from deepstart.data.dataset import ImageSet, make_dataset
-from deepstart.mismatch import check_inputs, input_stats
+from deepstart.data.mismatch import check_inputs, input_stats
 from deepstart.models.registry import create_model
 from deepstart.train.learner import Learner
 from tests.test_affnist import write_mnist

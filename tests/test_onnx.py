@@ -12,11 +12,11 @@ import torch
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (deepstart[onnx])")
 pytest.importorskip("onnxscript", reason="onnxscript is not installed (deepstart[onnx])")
 
-from deepstart.bundle import Bundle, BundleError, load_bundle, save_model
 from deepstart.cli import main
 from deepstart.data.dataset import Preprocess
 from deepstart.models.registry import create_model, list_models
-from deepstart.onnx_export import (
+from deepstart.ship.bundle import Bundle, BundleError, load_bundle, save_model
+from deepstart.ship.onnx import (
     PARITY_RTOL,
     OnnxBundle,
     export_onnx,

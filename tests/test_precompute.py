@@ -12,10 +12,10 @@ from deepstart.cli import main
 from deepstart.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from deepstart.data.dataset import Batches
 from deepstart.models.registry import create_model
+from deepstart.run.runner import load_run_config, train_run
 from deepstart.train.callbacks import Callback
 from deepstart.train.learner import Learner
 from deepstart.train.precompute import FeatureBatches
-from deepstart.train.runner import load_run_config, train_run
 
 
 def _resnet():

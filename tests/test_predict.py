@@ -16,10 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
-from deepstart.bundle import load_bundle
 from deepstart.cli import main
 from deepstart.data.dataset import DataError
-from deepstart.predict import (
+from deepstart.run.runner import load_run_learner
+from deepstart.ship.bundle import load_bundle
+from deepstart.ship.predict import (
     InputMismatchWarning,
     Prediction,
     array_images,
@@ -29,7 +30,6 @@ from deepstart.predict import (
     refuse_bombs,
 )
 from deepstart.train.learner import Learner
-from deepstart.train.runner import load_run_learner
 
 SHAPES = ["circle", "square", "triangle"]
 
@@ -229,7 +229,7 @@ def test_find_images_walks_folders_and_globs(tmp_path):
 
 
 def test_mismatch_warning_on_images_prepared_differently(run_dir, learn):
-    from deepstart.mismatch import input_stats
+    from deepstart.data.mismatch import input_stats
 
     bundle = load_bundle(run_dir)
     bundle.meta["input_stats"] = input_stats(learn.data.train.images)

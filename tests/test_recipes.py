@@ -8,9 +8,11 @@ import json
 import pytest
 import torch
 
+from deepstart import device
 from deepstart.cli import main
 from deepstart.config import DataConfig, TrainConfig
 from deepstart.data.catalog import DATASETS
+from deepstart.device import cpu_flags, cpu_has_native_bf16, resolve_precision
 from deepstart.errors import ConfigError
 from deepstart.models.registry import create_model, get_model_info
 from deepstart.recipes import (
@@ -25,8 +27,7 @@ from deepstart.recipes import (
     recipe_rows,
     run_config,
 )
-from deepstart.train import device, learner
-from deepstart.train.device import cpu_flags, cpu_has_native_bf16, resolve_precision
+from deepstart.train import learner
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from deepstart.data.cache import cache_root
+from deepstart.cache import cache_root
 from deepstart.interpret.vision import grad_cam
 from deepstart.models.pretrained import (
     IMAGENET_MEAN,

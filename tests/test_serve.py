@@ -23,13 +23,13 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
-from deepstart.bundle import load_bundle
 from deepstart.cli import main
 from deepstart.interpret.vision import grad_cam, normalise
-from deepstart.predict import read_image
 from deepstart.serve import create_app
 from deepstart.serve.engine import overlay
 from deepstart.serve.server import check_host
+from deepstart.ship.bundle import load_bundle
+from deepstart.ship.predict import read_image
 
 SHAPES = ["circle", "square", "triangle"]
 LIMIT = 200_000  # bytes of upload accepted by the test apps

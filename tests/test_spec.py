@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from deepstart.bundle import load_bundle, load_model, save_model
 from deepstart.cli import main
 from deepstart.data.catalog import load_dataset
 from deepstart.data.dataset import Preprocess
@@ -37,6 +36,7 @@ from deepstart.models.sequential import (
 )
 from deepstart.models.spec import ResBlock, SpecError, build_spec, is_spec, parse_spec
 from deepstart.models.summary import count_macs, summarize
+from deepstart.ship.bundle import load_bundle, load_model, save_model
 
 # --- parsing -----------------------------------------------------------------------------
 

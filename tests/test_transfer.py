@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from deepstart.bundle import load_bundle, pretrained_bundle
 from deepstart.cli import main
 from deepstart.data.catalog import load_dataset
 from deepstart.models import weights as W
 from deepstart.models.pretrained import PretrainedError
+from deepstart.ship.bundle import load_bundle, pretrained_bundle
 from deepstart.train.transfer import vision_learner
 from tests.test_photos import write_photos
 
@@ -95,7 +95,7 @@ def test_predict_with_a_model_name_prints_imagenet_classes(sample_photos, capsys
 
 
 def test_a_name_without_weights_is_not_a_bundle():
-    from deepstart.bundle import BundleError
+    from deepstart.ship.bundle import BundleError
 
     with pytest.raises(BundleError, match="does not exist"):
         load_bundle("vgg_small")

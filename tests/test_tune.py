@@ -12,8 +12,8 @@ import pytest
 from deepstart.cli import main
 from deepstart.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from deepstart.errors import ConfigError
+from deepstart.run.runner import load_run_config, train_run
 from deepstart.train.callbacks import Callback
-from deepstart.train.runner import load_run_config, train_run
 from deepstart.tune import TuneConfig, load_space, parse_space, tune
 from deepstart.tune.space import Param, SearchSpace, apply_values, fill_template
 

@@ -15,13 +15,13 @@ import sys
 import pytest
 import torch
 
+from deepstart.cache import cache_root
 from deepstart.cli import main
 from deepstart.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from deepstart.data.cache import cache_root
 from deepstart.models import weights as W
 from deepstart.models.pretrained import PretrainedError
 from deepstart.models.registry import create_model
-from deepstart.train.runner import train_run
+from deepstart.run.runner import train_run
 from tests.loopback import Server
 
 HAS_LITE0 = W.package_file(W.get_weights("efficientnet_lite0")) is not None

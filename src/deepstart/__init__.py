@@ -10,24 +10,17 @@ Example:
     >>> learn.evaluate()["accuracy"]
 """
 
-from deepstart.bundle import (
-    Bundle,
-    BundleError,
-    SavedModel,
-    export_bundle,
-    load_bundle,
-    load_model,
-    save_model,
-)
 from deepstart.config import DataConfig, FitConfig, ModelConfig, RunConfig, TrainConfig
 from deepstart.data.catalog import list_datasets, load_dataset
 from deepstart.data.dataset import Batches, DataError, Dataset, ImageSet, Preprocess
-from deepstart.data.expression import parse_expression
-from deepstart.data.function import csv_data, function_data
+from deepstart.data.mismatch import check_inputs, input_stats
 from deepstart.data.tensors import TensorData, TensorSet
 from deepstart.errors import ConfigError, DeepstartError
+from deepstart.fitting.compare import compare_fits
+from deepstart.fitting.data import csv_data, function_data
+from deepstart.fitting.expression import parse_expression
+from deepstart.fitting.fit import fit_function
 from deepstart.interpret.analysis import Interpretation
-from deepstart.mismatch import check_inputs, input_stats
 from deepstart.models.registry import (
     ModelError,
     ModelInfo,
@@ -38,8 +31,18 @@ from deepstart.models.registry import (
 from deepstart.models.sequential import Sequential
 from deepstart.models.summary import summarize
 from deepstart.models.weights import list_weights, load_weights
-from deepstart.predict import Prediction
 from deepstart.report import build_report
+from deepstart.run.runner import evaluate_run, train_run
+from deepstart.ship.bundle import (
+    Bundle,
+    BundleError,
+    SavedModel,
+    export_bundle,
+    load_bundle,
+    load_model,
+    save_model,
+)
+from deepstart.ship.predict import Prediction
 from deepstart.train.callbacks import (
     Callback,
     CancelBatch,
@@ -51,13 +54,10 @@ from deepstart.train.callbacks import (
     Recorder,
 )
 from deepstart.train.extras import EMA, EarlyStopping, GradientClip, MaxTime
-from deepstart.train.fit_compare import compare_fits
-from deepstart.train.fitting import fit_function
 from deepstart.train.guard import DivergenceGuard
 from deepstart.train.learner import Learner
 from deepstart.train.losses import make_loss
 from deepstart.train.lr_finder import LRFindResult, lr_find
-from deepstart.train.runner import evaluate_run, train_run
 from deepstart.train.tensorboard import TensorBoardLogger
 from deepstart.train.transfer import vision_learner
 from deepstart.tune import TuneConfig, parse_space, tune

@@ -285,7 +285,7 @@ class FitConfig:
 
     Attributes:
         expression: the formula of x (``"sin"``, ``"sin(3*x)+0.3*x"``), parsed safely by
-            :func:`deepstart.data.expression.parse_expression`; ignored with ``csv``.
+            :func:`deepstart.fitting.expression.parse_expression`; ignored with ``csv``.
         csv: a CSV of (x, y) rows to fit instead of a formula.
         domain: (lo, hi) of x for a formula.
         samples: training points; ``sampling`` places them ("chebyshev": packed toward the

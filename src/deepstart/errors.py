@@ -9,3 +9,7 @@ class DeepstartError(Exception):
 
 class ConfigError(DeepstartError, ValueError):
     """A setting that cannot be used (unknown optimizer, negative epochs...)."""
+
+
+class DataError(DeepstartError, ValueError):
+    """A dataset could not be found or read; the message names the file and what was expected."""

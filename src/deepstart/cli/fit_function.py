@@ -132,7 +132,7 @@ def _domain(text: str) -> tuple[float, float]:
     """``LO,HI``: numbers or constant formulas such as -2*pi (read by the safe parser)."""
     import torch
 
-    from deepstart.data.expression import ExpressionError, parse_expression
+    from deepstart.fitting.expression import ExpressionError, parse_expression
 
     parts = text.split(",")
     if len(parts) != 2:
@@ -150,8 +150,8 @@ def _domain(text: str) -> tuple[float, float]:
 
 def cmd_fit_function(a: argparse.Namespace) -> int:
     from deepstart.config import FitConfig
-    from deepstart.train.fit_compare import compare_fits
-    from deepstart.train.fitting import fit_function
+    from deepstart.fitting.compare import compare_fits
+    from deepstart.fitting.fit import fit_function
 
     if (a.expression is None) == (a.csv is None):
         raise DeepstartError("give a formula of x (e.g. sin) or --csv FILE, not both")

@@ -104,7 +104,7 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from deepstart.train.runner import evaluate_run, format_eval
+    from deepstart.run.runner import evaluate_run, format_eval
 
     data = _data_config(a) if a.data else None
     # Mismatch warnings ("test images are centred at ...") go to stderr under --json, so
@@ -124,7 +124,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 def cmd_interpret(a: argparse.Namespace) -> int:
     from deepstart.interpret.analysis import Interpretation
     from deepstart.interpret.plots import write_interpretation_plots
-    from deepstart.train.runner import load_run_learner
+    from deepstart.run.runner import load_run_learner
 
     data = _data_config(a) if a.data else None
     learn = load_run_learner(a.run_dir, data=data, device=a.device)
@@ -148,7 +148,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from deepstart.bundle import export_bundle, load_bundle
+    from deepstart.ship.bundle import export_bundle, load_bundle
 
     if not a.out and not a.onnx:
         raise DeepstartError("say what to write: --out model.zip (or a folder), --onnx FILE")
@@ -168,8 +168,8 @@ def cmd_export(a: argparse.Namespace) -> int:
 def cmd_predict(a: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from deepstart.bundle import load_bundle
-    from deepstart.predict import predictions_csv, predictions_json, predictions_table
+    from deepstart.ship.bundle import load_bundle
+    from deepstart.ship.predict import predictions_csv, predictions_json, predictions_table
 
     bundle = load_bundle(a.bundle, device=a.device)
     preds = bundle.predict(

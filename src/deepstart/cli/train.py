@@ -229,8 +229,8 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    from deepstart.run.runner import Interrupted, load_run_config, train_run
     from deepstart.train.distributed import launch, world_from_env
-    from deepstart.train.runner import Interrupted, load_run_config, train_run
 
     if a.resume:
         cfg = load_run_config(a.resume)
@@ -343,7 +343,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_lr_find(a: argparse.Namespace) -> int:
-    from deepstart.train.runner import lr_find_run
+    from deepstart.run.runner import lr_find_run
 
     res = lr_find_run(
         _data_config(a),

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepstart.data.cache import atomic_dir, cache_root
+from deepstart.cache import atomic_dir, cache_root
 from deepstart.data.dataset import DataError, ImageSet
 
 SIZE = 40  # affNIST's frame, pixels

@@ -4,7 +4,7 @@ An archive is extracted once into ``cache_root()/"extracted"``, under a name der
 path, size and mtime, so the next load finds the folder and extracts nothing. Every member is
 checked first: absolute paths, ``..``, links leaving the archive and device files are refused
 (:class:`DataError`, nothing kept). The extraction fills a temp folder renamed into place at
-the end (:func:`deepstart.data.cache.atomic_dir`), so an interrupted one is never mistaken
+the end (:func:`deepstart.cache.atomic_dir`), so an interrupted one is never mistaken
 for a complete one.
 """
 
@@ -21,8 +21,8 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from deepstart.data.cache import atomic_dir, cache_root
-from deepstart.data.dataset import DataError
+from deepstart.cache import atomic_dir, cache_root
+from deepstart.errors import DataError
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 

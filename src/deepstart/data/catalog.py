@@ -218,8 +218,8 @@ def _conform_opt(s: ImageSet | None, target: Preprocess) -> ImageSet | None:
 
 def locate(name: str, data_dir: str | os.PathLike | None = None) -> str:
     """Where ``name``'s files would be read from, for ``deepstart data list``."""
+    from deepstart.cache import find_files
     from deepstart.data import cifar10, mnist
-    from deepstart.data.cache import find_files
 
     if name == "shapes":
         return "generated"

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepstart.data import cache
+from deepstart import cache
 from deepstart.data.dataset import DataError, ImageSet, to_uint8_nchw
 
 ARCHIVE = "cifar-10-binary.tar.gz"

@@ -13,11 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from deepstart.errors import DeepstartError
-
-
-class DataError(DeepstartError, ValueError):
-    """A dataset could not be found or read; the message names the file and what was expected."""
+from deepstart.device import to_channels_last
+from deepstart.errors import DataError, DeepstartError  # noqa: F401  (DataError re-exported)
 
 
 @dataclass
@@ -354,25 +351,6 @@ class Batches:
             yield (to_channels_last(x) if self.channels_last else x), yb
 
 
-def to_channels_last(x: torch.Tensor) -> torch.Tensor:
-    """``x`` (N, C, H, W) stored NHWC: channel stride 1, even for one channel.
-
-    ``x.contiguous(memory_format=torch.channels_last)`` leaves a one-channel batch as it is
-    (its strides are ambiguous), and a convolution then picks NCHW for the whole net, so
-    grey models would miss the channels-last speed-up.
-
-    Example:
-        >>> to_channels_last(torch.zeros(2, 1, 28, 28)).stride()
-        (784, 1, 28, 1)
-    """
-    if x.dim() != 4 or (x.stride(1) == 1 and x.is_contiguous(memory_format=torch.channels_last)):
-        return x
-    n, c, h, w = x.shape
-    # (.permute(0, 2, 3, 1).contiguous() would keep a one-channel batch's strides too.)
-    nhwc = torch.empty((n, h, w, c), dtype=x.dtype, device=x.device).permute(0, 3, 1, 2)
-    return nhwc.copy_(x)
-
-
 def to_uint8_nchw(array: np.ndarray) -> torch.Tensor:
     """Bring an ``(N, H, W)`` or ``(N, H, W, C)`` uint8 array to an ``(N, C, H, W)`` tensor."""
     if array.ndim == 3:
@@ -435,3 +413,9 @@ def resize_batch(x: torch.Tensor, size: tuple[int, int], policy: str = "squish")
         top, left = (th - new_h) // 2, (tw - new_w) // 2
         y = torch.nn.functional.pad(y, (left, tw - new_w - left, top, th - new_h - top))
     return y.contiguous()
+
+
+def to_display(image: torch.Tensor) -> np.ndarray:
+    """``(C, H, W)`` uint8 -> ``(H, W)`` or ``(H, W, 3)`` array for imshow."""
+    a = image.cpu().numpy()
+    return a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)

@@ -15,7 +15,7 @@ import os
 import numpy as np
 from PIL import Image, ImageOps
 
-from deepstart.data.dataset import DataError
+from deepstart.errors import DataError
 
 RESIZE_POLICIES = ("squish", "crop", "pad")
 

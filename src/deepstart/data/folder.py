@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from deepstart.cache import atomic_dir, cache_root
 from deepstart.data.archive import extract_archive
-from deepstart.data.cache import atomic_dir, cache_root
 from deepstart.data.dataset import DataError, ImageSet
 from deepstart.data.decode import RESIZE_POLICIES, check_size, decode_image, fit, to_channels
 

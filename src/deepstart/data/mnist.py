@@ -1,7 +1,7 @@
 """MNIST, Fashion-MNIST and KMNIST from their IDX files.
 
 The four files of each dataset (``train-images-idx3-ubyte.gz`` and friends) are looked for in
-the search roots of :mod:`deepstart.data.cache`, gzipped or raw, and downloaded into the cache
+the search roots of :mod:`deepstart.cache`, gzipped or raw, and downloaded into the cache
 when missing. Downloads are checked against SHA-256 hashes; for MNIST and Fashion-MNIST the
 hash is of the *decompressed* IDX bytes, so a mirror that re-compressed the files (as Debian's
 Fashion-MNIST package did) still passes while any change to a pixel does not.
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepstart.data import cache
+from deepstart import cache
 from deepstart.data.dataset import DataError, ImageSet, to_uint8_nchw
 
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"

@@ -77,7 +77,7 @@ class TensorData:
 
     ``valid`` is scored every epoch; ``test`` is kept for the final score (None: use valid).
     For a formula, valid and test are evenly spaced grids of the true function, without noise
-    (see :func:`deepstart.data.function.function_data`).
+    (see :func:`deepstart.fitting.data.function_data`).
 
     Attributes:
         name: what is fitted, e.g. the formula or the CSV file.

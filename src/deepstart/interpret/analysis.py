@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -54,15 +53,6 @@ class Interpretation:
         if name == "test" and learn.data.test is None:
             name = "valid"  # the learner falls back to valid; say which split this really is
         return cls(images, learn.predict(images), name)
-
-    @classmethod
-    def from_run(
-        cls, run_dir: str | Path, split: str = "test", *, device: str = "auto"
-    ) -> Interpretation:
-        """Load a run directory's model and data and predict ``split`` (see ``from_learner``)."""
-        from deepstart.train.runner import load_run_learner
-
-        return cls.from_learner(load_run_learner(run_dir, device=device), split)
 
     # -- per item ---------------------------------------------------------------------------
     @property

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from deepstart.data.dataset import ImageSet
+from deepstart.data.dataset import ImageSet, to_display
 
 if TYPE_CHECKING:
     from deepstart.interpret.analysis import Interpretation
@@ -22,12 +22,6 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def to_display(image: torch.Tensor) -> np.ndarray:
-    """``(C, H, W)`` uint8 -> ``(H, W)`` or ``(H, W, 3)`` array for imshow."""
-    a = image.cpu().numpy()
-    return a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
 
 
 def sample_grid(

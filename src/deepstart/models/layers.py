@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepstart.data.dataset import to_channels_last
+from deepstart.device import to_channels_last
 
 # randint's bounds for uniform 64-bit draws: every bit (and so every 16-bit slice) uniform.
 _LOW, _HIGH = -(2**63), 2**63 - 1

@@ -326,8 +326,8 @@ def fetch(source: str | os.PathLike, *, sha256: str | None = None, quiet: bool =
         >>> fetch("https://download.pytorch.org/models/resnet18-f37072fd.pth")
         PosixPath('/home/me/.cache/deepstart/weights/1c3f.../resnet18-f37072fd.pth')
     """
-    from deepstart.data.cache import cache_root, download, sha256_file
-    from deepstart.data.dataset import DataError
+    from deepstart.cache import cache_root, download, sha256_file
+    from deepstart.errors import DataError
 
     text = os.fspath(source)
     scheme = urllib.parse.urlparse(text).scheme

@@ -222,7 +222,7 @@ def imagenet_classes() -> list[str]:
 
 
 def weights_dir() -> Path:
-    from deepstart.data.cache import cache_root
+    from deepstart.cache import cache_root
 
     return cache_root() / "weights"
 
@@ -263,7 +263,7 @@ def weights_file(w: Weights, *, quiet: bool = False) -> Path:
         PretrainedError: one line saying what failed and what would serve instead (the
             package to install, or the file to place and where).
     """
-    from deepstart.data.cache import atomic_write
+    from deepstart.cache import atomic_write
 
     dest = converted_path(w)
     if dest.is_file():
@@ -303,12 +303,12 @@ def _source_file(w: Weights, *, quiet: bool) -> Path:
         if problem:
             raise PretrainedError(f"{by_hand}: {problem}; delete it or put the right file there")
         return by_hand
-    from deepstart.data.cache import OFFLINE_ENV, download, offline
+    from deepstart.cache import OFFLINE_ENV, download, offline
 
     urls = [u for u in (_mirror_url(w), w.source) if u]
     if offline():
         raise PretrainedError(_offline_message(w, f"{OFFLINE_ENV} is set"))
-    from deepstart.data.dataset import DataError
+    from deepstart.errors import DataError
 
     try:
         return download(
@@ -328,7 +328,7 @@ def _mirror_url(w: Weights) -> str | None:
 
 
 def _hash_problem(w: Weights, path: Path) -> str | None:
-    from deepstart.data.cache import sha256_file
+    from deepstart.cache import sha256_file
 
     m = HASH_IN_NAME.search(w.file_name)
     digest = sha256_file(path)

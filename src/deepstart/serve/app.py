@@ -36,10 +36,10 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
-from deepstart.bundle import load_bundle
 from deepstart.serve.card import model_card
 from deepstart.serve.engine import Engine, UploadError
 from deepstart.serve.limit import MAX_UPLOAD_BYTES, BodyLimit, describe_bytes
+from deepstart.ship.bundle import load_bundle
 
 STATIC = Path(__file__).resolve().parent / "static"
 # The framing of a multipart body (boundaries, part headers, the small form fields) on top
@@ -113,7 +113,7 @@ def create_app(
         concurrency: uploads processed at once (default one per CPU core); more wait.
 
     Raises:
-        BundleError: the bundle cannot be loaded (see :func:`deepstart.bundle.load_bundle`).
+        BundleError: the bundle cannot be loaded (see :func:`deepstart.ship.bundle.load_bundle`).
 
     Example:
         >>> app = create_app("runs/20260101-120000-shapes-vgg_small")

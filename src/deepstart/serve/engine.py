@@ -2,7 +2,7 @@
 
 An :class:`Engine` holds one loaded bundle and answers one upload at a time per inference
 slot. Uploads are decoded exactly as ``deepstart predict`` decodes files
-(:func:`deepstart.predict.read_image`: EXIF orientation, mode, the bundle's size and resize
+(:func:`deepstart.ship.predict.read_image`: EXIF orientation, mode, the bundle's size and resize
 policy), then go through the bundle's own ``probabilities`` (its training mean/std). The
 heat map is Grad-CAM (conv models) or vanilla saliency from :mod:`deepstart.interpret.vision`
 for the top class, drawn over the very pixels the model saw.
@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deepstart.data.dataset import DataError
-from deepstart.predict import read_image
+from deepstart.errors import DataError
+from deepstart.ship.predict import read_image
 
 EXPLAIN = ("gradcam", "saliency", "none")
 _HEAT_SIDE = 224  # pixels per side of the heat-map PNGs (the model's input is upscaled)
@@ -53,7 +53,7 @@ def check_pixels(data: bytes) -> None:
     limit ``deepstart predict`` applies, before any pixel is decoded.
 
     ``predict`` turns Pillow's decompression-bomb warning into an error with a process-wide
-    warning filter (:func:`deepstart.predict.refuse_bombs`), which is not safe to enter from
+    warning filter (:func:`deepstart.ship.predict.refuse_bombs`), which is not safe to enter from
     many request threads at once; this check reads only the header and needs no filter.
 
     Raises:
@@ -121,7 +121,7 @@ class Engine:
     """One bundle, ready to answer uploads from many threads.
 
     Args:
-        bundle: a :class:`~deepstart.bundle.Bundle` or ``OnnxBundle`` (heat maps need the
+        bundle: a :class:`~deepstart.ship.bundle.Bundle` or ``OnnxBundle`` (heat maps need the
             PyTorch one).
         concurrency: uploads decoded and run at once; default one per CPU core.
 
@@ -231,6 +231,6 @@ class Engine:
         stats = self.bundle.meta.get("input_stats")
         if not stats:
             return []
-        from deepstart.mismatch import check_inputs
+        from deepstart.data.mismatch import check_inputs
 
         return check_inputs(stats, image[None], what="the pixels the model saw")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from deepstart.data.cache import atomic_write
+from deepstart.cache import atomic_write
 
 if TYPE_CHECKING:
     from deepstart.train.learner import Learner

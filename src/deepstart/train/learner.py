@@ -32,6 +32,13 @@ from torch import nn
 from deepstart.augment import Augmentation, make_augment
 from deepstart.data.dataset import Batches, Dataset, ImageSet, Preprocess, conform_images
 from deepstart.data.tensors import TensorBatches, TensorData, TensorSet
+from deepstart.device import (
+    OUT_OF_MEMORY,
+    release_cached_memory,
+    resolve_device,
+    resolve_precision,
+    use_channels_last,
+)
 from deepstart.errors import ConfigError
 from deepstart.train.callbacks import (
     Callback,
@@ -41,13 +48,6 @@ from deepstart.train.callbacks import (
     ParamScheduler,
     Recorder,
     RestartEpoch,
-)
-from deepstart.train.device import (
-    OUT_OF_MEMORY,
-    release_cached_memory,
-    resolve_device,
-    resolve_precision,
-    use_channels_last,
 )
 from deepstart.train.finetune import (
     fine_tune,
@@ -184,13 +184,13 @@ class Learner:
         precompute: while the body is frozen and nothing is augmented, compute the body's
             features once and train the head on them (see :mod:`deepstart.train.precompute`;
             the body, BatchNorm included, stays fixed while it is used).
-        train_stats: :func:`deepstart.mismatch.input_stats` of the images the model was
+        train_stats: :func:`deepstart.data.mismatch.input_stats` of the images the model was
             trained on (None: of ``data.train``, computed when first needed).
         input_check: whether :meth:`evaluate` warns (through ``log``) when a split looks
             prepared differently from the training images.
         channels_last: give the model NHWC batches (None: where that is faster, i.e. conv
             nets on the CPU and on CUDA under autocast; see
-            :func:`deepstart.train.device.use_channels_last`). Only speed changes.
+            :func:`deepstart.device.use_channels_last`). Only speed changes.
 
     Attributes:
         task: "classification" or "regression", from the data.
@@ -224,7 +224,7 @@ class Learner:
         channels_last: bool | None = None,
     ) -> None:
         self.data = data
-        # What the training images looked like (deepstart.mismatch.input_stats): evaluate
+        # What the training images looked like (deepstart.data.mismatch.input_stats): evaluate
         # compares every split with it and logs what differs. None: computed from data.train
         # when first needed; a loaded model passes the one saved with it.
         self.train_stats = train_stats
@@ -246,7 +246,7 @@ class Learner:
         self.scaler = (
             torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         )
-        # NHWC batches for conv nets where that is faster (deepstart.train.device); None: decide.
+        # NHWC batches for conv nets where that is faster (deepstart.device); None: decide.
         self.channels_last = (
             use_channels_last(self.model, self.device, self.amp_dtype)
             if channels_last is None
@@ -826,7 +826,7 @@ class Learner:
         images = self._split(split)
         warnings: list[str] = []
         if self.input_check and isinstance(images, ImageSet):
-            from deepstart.mismatch import check_inputs, input_stats
+            from deepstart.data.mismatch import check_inputs, input_stats
 
             train = getattr(self.data, "train", None)
             if self.train_stats is None and isinstance(train, ImageSet):

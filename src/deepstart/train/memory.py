@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from deepstart.train.device import OUT_OF_MEMORY, release_cached_memory
+from deepstart.device import OUT_OF_MEMORY, release_cached_memory
 
 if TYPE_CHECKING:
     from deepstart.train.learner import Learner

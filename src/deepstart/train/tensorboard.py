@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from deepstart.data.dataset import to_display
 from deepstart.errors import ConfigError, DeepstartError
-from deepstart.interpret.plots import to_display
 from deepstart.train.callbacks import Callback
 
 if TYPE_CHECKING:

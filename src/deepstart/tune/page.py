@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deepstart.data.cache import atomic_write
+from deepstart.cache import atomic_write
 
 if TYPE_CHECKING:
     from deepstart.tune.study import StudyResult
@@ -128,7 +128,7 @@ def write_study_json(result: StudyResult) -> Path:
 
 def write_study_page(result: StudyResult) -> Path:
     """``study.html`` in the study directory: setup, best trial, trials, plots."""
-    from deepstart.report import CSS
+    from deepstart.interpret.html import CSS
 
     d = result.directory
     counts = _counts(result)

@@ -126,7 +126,7 @@ def tune(
 
 def _tune(cfg: TuneConfig, extra: list[Callback], log: Callable[[str], None]) -> StudyResult:
     optuna = optuna_module()
-    from deepstart.train.runner import Interrupted, train_run
+    from deepstart.run.runner import Interrupted, train_run
 
     study, setup, directory = open_study(cfg, log)
     base, space = RunConfig.from_dict(setup["base"]), SearchSpace.from_dict(setup["space"])

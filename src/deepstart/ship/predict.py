@@ -12,7 +12,7 @@ its kind was during training and evaluation:
 
 Then the batch is normalised with the training mean/std (inside the model's ``probabilities``)
 and, when the bundle stores statistics of its training inputs, compared with them by
-:func:`deepstart.mismatch.check_inputs`. A file that cannot be read gives a
+:func:`deepstart.data.mismatch.check_inputs`. A file that cannot be read gives a
 :class:`Prediction` with an ``error`` and the rest are still predicted. Images larger than
 Pillow's ``Image.MAX_IMAGE_PIXELS`` are refused as possible decompression bombs.
 """
@@ -48,8 +48,8 @@ class InputMismatchWarning(UserWarning):
 
 
 class Predictor(Protocol):
-    """What :func:`predict` needs: a :class:`~deepstart.bundle.Bundle` or an
-    :class:`~deepstart.onnx_export.OnnxBundle`."""
+    """What :func:`predict` needs: a :class:`~deepstart.ship.bundle.Bundle` or an
+    :class:`~deepstart.ship.onnx.OnnxBundle`."""
 
     classes: list[str]
     preprocess: Preprocess
@@ -268,7 +268,7 @@ def predict(
     """Top-k predictions for files, folders, globs, PIL images and uint8 arrays.
 
     Args:
-        predictor: a :class:`~deepstart.bundle.Bundle` or an ``OnnxBundle``.
+        predictor: a :class:`~deepstart.ship.bundle.Bundle` or an ``OnnxBundle``.
         inputs: one input or a list of them: a path (file, folder, glob), a PIL image, or a
             uint8 array/tensor (HW, HWC, CHW: one image; NHWC, NCHW: a batch).
         top_k: classes per prediction (at most the number of classes).
@@ -329,7 +329,7 @@ def _check_mismatch(
     stats = meta.get("input_stats")
     if not stats:
         return
-    from deepstart.mismatch import check_inputs
+    from deepstart.data.mismatch import check_inputs
 
     for message in check_inputs(stats, images, what="images to predict"):
         if log is not None:

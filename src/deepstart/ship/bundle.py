@@ -9,7 +9,7 @@ Loading it can never run code: weights are plain tensors, everything else is JSO
 A *bundle* is what you ship: a directory or a single ``.zip`` holding ``model.safetensors``,
 ``model.json`` and the run's ``config.json`` (the training config). A run directory is a
 bundle too. :func:`load_bundle` opens any of them (and an ``.onnx`` file written by
-:func:`deepstart.onnx_export.export_onnx`) as an object whose ``predict`` takes files, PIL
+:func:`deepstart.ship.onnx.export_onnx`) as an object whose ``predict`` takes files, PIL
 images or arrays. Zips are read in memory, member by member, with size limits; nothing is
 extracted.
 """
@@ -29,15 +29,15 @@ import torch
 from safetensors.torch import load, load_file, save
 from torch import nn
 
-from deepstart.data.cache import atomic_write
+from deepstart.cache import atomic_write
 from deepstart.data.dataset import Batches, ImageSet, Preprocess
+from deepstart.device import resolve_device, use_channels_last
 from deepstart.errors import DeepstartError
 from deepstart.models.registry import create_model_from_arch
-from deepstart.train.device import resolve_device, use_channels_last
 
 if TYPE_CHECKING:
-    from deepstart.onnx_export import OnnxBundle, OnnxExport
-    from deepstart.predict import Prediction
+    from deepstart.ship.onnx import OnnxBundle, OnnxExport
+    from deepstart.ship.predict import Prediction
 
 FORMAT = "deepstart.model"
 VERSION = 1
@@ -225,13 +225,13 @@ class Bundle(SavedModel):
         batch_size: int = 64,
         log: Callable[[str], None] | None = None,
     ) -> list[Prediction]:
-        """Predict files, PIL images or uint8 arrays; see :func:`deepstart.predict.predict`.
+        """Predict files, PIL images or uint8 arrays; see :func:`deepstart.ship.predict.predict`.
 
         Example:
             >>> [p.label for p in bundle.predict(["cat.jpg", "dog.png"])]
             ['cat', 'dog']
         """
-        from deepstart.predict import predict
+        from deepstart.ship.predict import predict
 
         return predict(self, inputs, top_k=top_k, batch_size=batch_size, log=log)
 
@@ -251,8 +251,8 @@ class Bundle(SavedModel):
         return write_bundle(files, out)
 
     def export_onnx(self, path: str | os.PathLike, **kwargs: Any) -> OnnxExport:
-        """Write an ONNX file; see :func:`deepstart.onnx_export.export_onnx`."""
-        from deepstart.onnx_export import export_onnx
+        """Write an ONNX file; see :func:`deepstart.ship.onnx.export_onnx`."""
+        from deepstart.ship.onnx import export_onnx
 
         return export_onnx(self, path, **kwargs)
 
@@ -341,7 +341,7 @@ def load_bundle(path: str | os.PathLike, device: str = "cpu") -> Bundle | OnnxBu
     if device == "auto":
         device = str(resolve_device(device))
     if path.is_file() and path.suffix.lower() == ".onnx":
-        from deepstart.onnx_export import load_onnx
+        from deepstart.ship.onnx import load_onnx
 
         return load_onnx(path)
     if path.is_dir():

@@ -21,7 +21,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from deepstart.data.dataset import DataError
+from deepstart.errors import DataError
 
 
 def cache_root() -> Path:

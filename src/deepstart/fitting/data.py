@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from deepstart.data.dataset import DataError
-from deepstart.data.expression import Expression, parse_expression
 from deepstart.data.tensors import TensorData, TensorSet
+from deepstart.errors import DataError
+from deepstart.fitting.expression import Expression, parse_expression
 
 SAMPLINGS = ("chebyshev", "uniform", "random")
 DEFAULT_DOMAIN = (-2 * math.pi, 2 * math.pi)

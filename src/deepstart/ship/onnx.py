@@ -32,14 +32,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from deepstart.bundle import VERSION as MODEL_VERSION
-from deepstart.bundle import BundleError, check_batch, shareable
-from deepstart.data.cache import atomic_write
+from deepstart.cache import atomic_write
 from deepstart.data.dataset import Preprocess
+from deepstart.ship.bundle import VERSION as MODEL_VERSION
+from deepstart.ship.bundle import BundleError, check_batch, shareable
 
 if TYPE_CHECKING:
-    from deepstart.bundle import Bundle
-    from deepstart.predict import Prediction
+    from deepstart.ship.bundle import Bundle
+    from deepstart.ship.predict import Prediction
 
 ONNX_FORMAT = "deepstart.onnx"
 ONNX_VERSION = 1
@@ -238,7 +238,7 @@ class OnnxBundle:
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """Class probabilities ``(N, K)`` of ``(N, C, H, W)`` uint8 images already at the
-        bundle's size and channels (see :meth:`deepstart.bundle.Bundle.probabilities`)."""
+        bundle's size and channels (see :meth:`deepstart.ship.bundle.Bundle.probabilities`)."""
         check_batch(images, self.preprocess)
         out = []
         for start in range(0, len(images), batch_size):
@@ -255,8 +255,8 @@ class OnnxBundle:
         batch_size: int = 64,
         log: Callable[[str], None] | None = None,
     ) -> list[Prediction]:
-        """Predict files, PIL images or uint8 arrays; see :func:`deepstart.predict.predict`."""
-        from deepstart.predict import predict
+        """Predict files, PIL images or uint8 arrays; see :func:`deepstart.ship.predict.predict`."""
+        from deepstart.ship.predict import predict
 
         return predict(self, inputs, top_k=top_k, batch_size=batch_size, log=log)
 
