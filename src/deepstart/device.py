@@ -220,3 +220,14 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     # (.permute(0, 2, 3, 1).contiguous() would keep a one-channel batch's strides too.)
     nhwc = torch.empty((n, h, w, c), dtype=x.dtype, device=x.device).permute(0, 3, 1, 2)
     return nhwc.copy_(x)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so a CPU run repeats bit for bit."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -18,10 +18,11 @@ from typing import Any
 
 import torch
 
-from deepstart.data.dataset import DataError, conform_images
+from deepstart.data.dataset import conform_images
 from deepstart.interpret import plots
 from deepstart.interpret.analysis import Interpretation
 from deepstart.interpret.html import CSS
+from deepstart.run.rundir import RunDir, load_run_learner
 from deepstart.train.learner import Learner
 
 TOP_LOSSES = 16  # pictures in the top-losses and most-uncertain grids
@@ -31,27 +32,8 @@ FILTER_SIDE = 64  # the largest side of the activation-maximisation images
 
 
 def read_run(run_dir: str | Path) -> dict[str, Any]:
-    """The JSON files of a run directory: config, results, epoch rows, divergence events,
-    per-batch curves and the LR finder's record (absent ones are empty)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise DataError(f"{run_dir}: no config.json (is it a run directory?)")
-
-    def load(name: str) -> Any:
-        path = run_dir / name
-        return json.loads(path.read_text()) if path.is_file() else {}
-
-    rows = []
-    if (run_dir / "metrics.jsonl").is_file():
-        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {
-        "config": load("config.json"),
-        "results": load("results.json"),
-        "history": [r for r in rows if "event" not in r],
-        "events": [r for r in rows if "event" in r],
-        "batches": load("batches.json"),
-        "lr_find": load("lr_find.json"),
-    }
+    """The JSON files of a run directory (:meth:`deepstart.run.rundir.RunDir.read`)."""
+    return RunDir(run_dir).read()
 
 
 def build_report(
@@ -81,8 +63,6 @@ def build_report(
     run_dir = Path(run_dir)
     run = read_run(run_dir)
     if learn is None:
-        from deepstart.run.runner import load_run_learner
-
         learn = load_run_learner(run_dir, device=device)
     if layer is not None:
         _check_layer(learn.model, layer)

@@ -54,7 +54,7 @@ def cmd_data_list(a: argparse.Namespace) -> int:
 def cmd_data_show(a: argparse.Namespace) -> int:
     from deepstart.data.catalog import load_dataset
     from deepstart.interpret.plots import sample_grid
-    from deepstart.run.runner import describe
+    from deepstart.run.build import describe
 
     data = load_dataset(
         a.name if a.data is None else a.data,

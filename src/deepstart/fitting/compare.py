@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from deepstart.config import FIT_ACTIVATIONS, FIT_OPTIMIZERS, FitConfig
+from deepstart.device import seed_everything
 from deepstart.errors import ConfigError
 from deepstart.fitting.expression import parse_expression
 from deepstart.fitting.fit import (
@@ -33,7 +34,7 @@ from deepstart.fitting.fit import (
     truth_grid,
     write_fit_config,
 )
-from deepstart.run.runner import _write_json, new_run_dir, seed_everything
+from deepstart.run.rundir import RunDir, write_json
 
 
 def _say(text: str, stream: Any) -> None:
@@ -121,7 +122,7 @@ def compare_fits(cfg: FitConfig, names: Sequence[str], *, quiet: bool = False) -
     data = load_fit_data(cfg)
     label = data.name if cfg.csv is not None else str(parse_expression(cfg.expression))
     _say(f"comparing {len(names)} ways to fit {label}: " + "; ".join(data.notes), stream)
-    run_dir = new_run_dir(cfg.out, "fit", slug(label) + "-compare")
+    run_dir = RunDir.create(cfg.out, "fit", slug(label) + "-compare").path
     x_plot, truth = truth_grid(cfg, data)
     rows, plotted = [], []
     _say(format_header(), stream)
@@ -150,7 +151,7 @@ def compare_fits(cfg: FitConfig, names: Sequence[str], *, quiet: bool = False) -
         )
         _say(format_row(row), stream)
     write_fit_config(run_dir, cfg, data, learn.model, variants=names)
-    _write_json(run_dir / "compare.json", {"data": data.name, "rows": rows})
+    write_json(run_dir / "compare.json", {"data": data.name, "rows": rows})
     if cfg.pictures:
         from deepstart.fitting.plots import compare_plot
 

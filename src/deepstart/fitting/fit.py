@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import platform
 import re
 import sys
@@ -40,11 +39,12 @@ import torch
 
 from deepstart.config import FitConfig
 from deepstart.data.tensors import TensorData, TensorSet
+from deepstart.device import seed_everything
 from deepstart.errors import ConfigError
 from deepstart.fitting.data import csv_data, function_data
 from deepstart.fitting.expression import parse_expression
 from deepstart.models.registry import count_parameters, create_model, get_model_info
-from deepstart.run.runner import _write_json, new_run_dir, seed_everything
+from deepstart.run.rundir import RunDir, write_json
 from deepstart.ship.bundle import save_model
 from deepstart.train.callbacks import Callback, Progress
 from deepstart.train.learner import Learner
@@ -316,7 +316,7 @@ def _say(text: str, stream: TextIO | None) -> None:
 
 
 def write_fit_config(run_dir: Path, cfg: FitConfig, data: TensorData, model: Any, **more) -> None:
-    _write_json(
+    write_json(
         run_dir / "config.json",
         {
             "fit": cfg.to_dict(),
@@ -348,7 +348,7 @@ def fit_function(cfg: FitConfig, *, quiet: bool = False) -> FitResult:
     data = load_fit_data(cfg)
     _say(f"fitting {data.name}: " + "; ".join(data.notes), stream)
     name = data.name if cfg.csv is not None else str(parse_expression(cfg.expression))
-    run_dir = new_run_dir(cfg.out, "fit", slug(name))
+    run_dir = RunDir.create(cfg.out, "fit", slug(name)).path
     x_plot, truth = truth_grid(cfg, data)
     ph = phases(cfg)
     total = sum(p.steps for p in ph)
@@ -381,9 +381,8 @@ def fit_function(cfg: FitConfig, *, quiet: bool = False) -> FitResult:
         stream,
     )
     write_fit_config(run_dir, cfg, data, learn.model)
-    with open(run_dir / "metrics.jsonl", "w") as f:
-        f.writelines(_json_line(r) for r in record.rows)
-    _write_json(
+    RunDir(run_dir).write_metrics(record.rows)
+    write_json(
         run_dir / "results.json",
         {"test": test, "phases": done, "steps": steps, "train_seconds": round(seconds, 3)},
     )
@@ -401,10 +400,6 @@ def fit_function(cfg: FitConfig, *, quiet: bool = False) -> FitResult:
         _say("pictures: " + ", ".join(p.name for p in written), stream)
     _say(f"run directory: {run_dir}", stream)
     return FitResult(run_dir, learn, test, done, record)
-
-
-def _json_line(row: dict[str, Any]) -> str:
-    return json.dumps(row) + "\n"
 
 
 def _draw(data, learn, record, done, reference, earlier, x_plot, truth, grid_at, run_dir) -> list:
