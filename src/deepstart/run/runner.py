@@ -23,7 +23,7 @@ import torch
 from deepstart.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from deepstart.data.dataset import ImageSet
 from deepstart.data.mismatch import input_stats
-from deepstart.device import busy_cpu_note, resolve_device, seed_everything
+from deepstart.device import busy_cpu_note, resolve_device, resolve_precision, seed_everything
 from deepstart.errors import DataError, DeepstartError
 from deepstart.models.registry import count_parameters
 from deepstart.run.build import apply_pretrained, build_model, debug_cut, describe, load_data
@@ -253,7 +253,15 @@ class _Run:
         """config.json's ``resolved``: what the config alone does not say."""
         dist, tc = self.dist, self.tc
         world = dist.world if dist is not None else 1
-        asked = {k: v for k, v in dataclasses.asdict(self.cfg.train).items() if v == "auto"}
+        # settings asked as "auto" that resolve_train settled (train holds the values). Device
+        # and precision stay "auto" in train, a policy that a resume on another machine
+        # applies afresh; what they mean here is recorded below.
+        asked = {
+            k: "auto"
+            for k, v in dataclasses.asdict(self.cfg.train).items()
+            if v == "auto" and getattr(tc, k) != "auto"
+        }
+        amp = resolve_precision(tc.precision, self.device, getattr(self.data, "task", ""))
         return {
             "dataset": self.data.summary(),
             "arch": self.model.arch,
@@ -262,7 +270,8 @@ class _Run:
             "device": str(self.device),
             "world_size": world,
             "global_batch_size": tc.batch_size * world,
-            "auto": asked,  # settings given as "auto" (train holds the values they became)
+            "precision": str(amp).replace("torch.", "") if amp is not None else "fp32",
+            "auto": asked,
             "torch": torch.__version__,
             "python": platform.python_version(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
