@@ -50,6 +50,12 @@ def _tree(root: Path, classes=("a", "b"), n: int = 3, size=(12, 10)) -> Path:
     return root
 
 
+def _with_twin_class(root: Path) -> Path:
+    """Copy class a into a class b: a tree needs 2 classes, and a's images stay first."""
+    shutil.copytree(root / "a", root / "b")
+    return root
+
+
 def _counting(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     calls: list[Path] = []
     real = folder.decode_image
@@ -126,8 +132,8 @@ def test_grey_images_give_one_channel_and_16_bit_is_scaled(tmp_path):
 def test_colour_to_one_channel_uses_pillow_luma(tmp_path):
     path = _save(tmp_path / "c" / "a" / "x.png", Image.new("RGB", (4, 4), (10, 200, 30)))
     expected = np.asarray(Image.open(path).convert("L"))[0, 0]
-    data = load_folder(tmp_path / "c", channels=1, quiet=True)
-    assert data.train.images.shape == (1, 1, 4, 4)
+    data = load_folder(_with_twin_class(tmp_path / "c"), channels=1, quiet=True)
+    assert data.train.images.shape == (2, 1, 4, 4)
     assert int(data.train.images[0, 0, 0, 0]) == expected
 
 
@@ -139,7 +145,7 @@ def test_exif_orientation_is_applied(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6
     _save(tmp_path / "rot" / "a" / "x.jpg", Image.fromarray(stored), exif=exif, quality=95)
-    img = load_folder(tmp_path / "rot", quiet=True).train.images[0, 0].float()
+    img = load_folder(_with_twin_class(tmp_path / "rot"), quiet=True).train.images[0, 0].float()
     assert img.shape == (20, 10)
     assert img[:10].mean() > 200 and img[10:].mean() < 50
 
@@ -147,6 +153,7 @@ def test_exif_orientation_is_applied(tmp_path):
 def test_resize_policies(tmp_path):
     root = tmp_path / "wide"
     _save(root / "a" / "x.png", Image.new("L", (40, 20), 200))  # 40 wide, 20 tall
+    _with_twin_class(root)
     squish = load_folder(root, size=16, resize="squish", quiet=True).train.images[0, 0]
     crop = load_folder(root, size=16, resize="crop", quiet=True).train.images[0, 0]
     pad = load_folder(root, size=16, resize="pad", quiet=True).train.images[0, 0]
@@ -155,7 +162,7 @@ def test_resize_policies(tmp_path):
     # pad: 40x20 fits as 16x8, centred, so rows 0-3 and 12-15 are black borders.
     assert (pad[:4] == 0).all() and (pad[12:] == 0).all() and (pad[4:12] == 200).all()
     rect = load_folder(root, size=(8, 12), resize="crop", quiet=True).train.images
-    assert rect.shape == (1, 1, 8, 12)
+    assert rect.shape == (2, 1, 8, 12)
     with pytest.raises(DataError, match="unknown resize policy 'zoom'"):
         load_folder(root, size=16, resize="zoom")
 
@@ -164,7 +171,9 @@ def test_crop_keeps_the_centre(tmp_path):
     stripes = np.zeros((10, 30), dtype=np.uint8)
     stripes[:, 10:20] = 255  # white centre third of a wide image
     _save(tmp_path / "s" / "a" / "x.png", Image.fromarray(stripes))
-    img = load_folder(tmp_path / "s", size=10, resize="crop", quiet=True).train.images[0, 0]
+    img = load_folder(
+        _with_twin_class(tmp_path / "s"), size=10, resize="crop", quiet=True
+    ).train.images[0, 0]
     assert img.float().mean() > 240
 
 

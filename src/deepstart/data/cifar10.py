@@ -33,6 +33,9 @@ MIRRORS = ["https://www.cs.toronto.edu/~kriz/"]
 SHA256: str | None = "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"
 
 RECORD = 1 + 3 * 32 * 32  # label byte + R, G, B planes of 32x32 bytes
+# Bytes of the largest member read: a batch is 10000 records (the class names are far less).
+# A larger one is not the official archive, and may be a bomb: it is refused before reading.
+_MAX_MEMBER = 10_000 * RECORD
 
 
 def load_cifar10(
@@ -109,6 +112,11 @@ def _read_members(source: Path) -> dict[str, bytes]:
             for member in tar:
                 name = member.name.rsplit("/", 1)[-1]
                 if member.isfile() and name in wanted and name not in files:
+                    if member.size > _MAX_MEMBER:
+                        raise DataError(
+                            f"{source}: member {member.name!r} is {member.size:,} bytes, more "
+                            f"than a CIFAR-10 batch ({_MAX_MEMBER:,}); not the official archive"
+                        )
                     files[name] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         # tarfile's "r:*" errors list every method tried on several lines; keep the message

@@ -5,19 +5,100 @@
 model sees its inputs exactly as it saw its training images: EXIF orientation applied, any
 Pillow mode brought to grey or RGB (alpha composited over black), and a size reached by one of
 :data:`RESIZE_POLICIES`.
+
+It also holds the one pixel limit of training folders, ``deepstart predict`` and ``deepstart
+serve`` (:func:`max_pixels`): an image whose header declares more pixels is refused before any
+pixel is decoded, as a possible decompression bomb (a 100 kB PNG can declare 10^10 pixels).
 """
 
 from __future__ import annotations
 
 import numbers
 import os
+import re
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from deepstart.errors import DataError
+from deepstart.errors import ConfigError, DataError
 
 RESIZE_POLICIES = ("squish", "crop", "pad")
+MAX_PIXELS_ENV = "DEEPSTART_MAX_PIXELS"
+
+
+class ImageTooLarge(DataError, Image.DecompressionBombError):
+    """An image declaring more than :func:`max_pixels` pixels. Also a Pillow
+    DecompressionBombError, so code refusing Pillow's bombs refuses this one too."""
+
+
+def max_pixels() -> int | None:
+    """Most pixels (width x height) an image may declare: ``$DEEPSTART_MAX_PIXELS`` when set,
+    else Pillow's ``Image.MAX_IMAGE_PIXELS`` (89,478,485 by default: 9459 x 9459, ~256 MiB of
+    RGBA); None means no limit.
+
+    A limit set by the variable is also given to Pillow, whose own check (a warning past it,
+    an error past twice it) would otherwise refuse images the user chose to allow.
+
+    Raises:
+        ConfigError: a ``$DEEPSTART_MAX_PIXELS`` that is not a positive whole number.
+
+    Example:
+        >>> max_pixels()  # with $DEEPSTART_MAX_PIXELS unset
+        89478485
+    """
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return Image.MAX_IMAGE_PIXELS
+    try:
+        value = float(raw)  # "2e8" is welcome
+    except ValueError:
+        value = 0.0
+    if not 1 <= value < float("inf"):
+        raise ConfigError(
+            f"{MAX_PIXELS_ENV} must be a positive whole number of pixels, got {raw!r}; "
+            "unset it for the default"
+        )
+    limit = int(value)
+    if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = limit  # Pillow's documented setting for exactly this
+    return limit
+
+
+def open_image(path: str | os.PathLike | IO[bytes]) -> Image.Image:
+    """``Image.open`` (the header only), refusing an image over :func:`max_pixels` pixels.
+
+    Raises:
+        ImageTooLarge: one line naming the file, its pixels and the limit.
+
+    Example:
+        >>> with open_image("cat.jpg") as im:
+        ...     im.size
+        (500, 375)
+    """
+    where = str(path) if isinstance(path, (str, os.PathLike)) else "image"
+    limit = max_pixels()
+    try:
+        im = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        # Pillow refused first (past its limit, or its warning made an error): its message
+        # holds the pixel count, "Image size (N pixels) exceeds limit of ...".
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        raise _too_large(where, int(found.group(1)) if found else None, limit) from None
+    w, h = im.size
+    if limit is not None and w * h > limit:
+        im.close()
+        raise _too_large(where, w * h, limit, f"{w}x{h} = ")
+    return im
+
+
+def _too_large(where: str, pixels: int | None, limit: int | None, dims: str = "") -> ImageTooLarge:
+    # Plain numbers, as Pillow writes them: "10000000000 pixels" reads the same everywhere.
+    count = f"{dims}{pixels} pixels" if pixels is not None else "too many pixels"
+    return ImageTooLarge(
+        f"{where}: {count}, over the limit of {limit} (a possible decompression bomb); "
+        f"if you trust this image, set {MAX_PIXELS_ENV} higher"
+    )
 
 
 def check_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -50,6 +131,9 @@ def decode_image(
     The EXIF orientation is applied, alpha is composited over black, any mode (palette,
     CMYK, 16-bit, ...) becomes grey or RGB, and ``size`` is reached by ``resize``.
 
+    Raises:
+        ImageTooLarge: the header declares more than :func:`max_pixels` pixels.
+
     Returns:
         ``(H, W, C)`` uint8; C is ``channels``, or the image's own 1 or 3 when None.
 
@@ -58,7 +142,7 @@ def decode_image(
         (64, 64, 3)
     """
     size = check_size(size)
-    with Image.open(path) as im:
+    with open_image(path) as im:
         if size is not None and im.format == "JPEG":
             # JPEG decodes at 1/2, 1/4 or 1/8 scale almost for free; draft never goes below
             # the requested size, and a square request is safe under any EXIF rotation.

@@ -7,7 +7,10 @@ large) into uint8 arrays of one size and channel count, and caches the arrays un
 same tree reads a few ``.npy`` files and decodes nothing.
 Archives (``.zip``, ``.tar``, ``.tar.gz``, ``.tgz``) are extracted safely, once, by
 :func:`deepstart.data.archive.extract_archive`. Files that fail to decode are skipped and
-reported. :func:`write_folder` writes an ImageSet back out as PNGs.
+reported, and so are images declaring more than :func:`deepstart.data.decode.max_pixels`
+pixels (the limit ``predict`` and ``serve`` apply). Symlinked folders are followed, each real
+folder at most once per split, so a link looping back (``a/sub -> .``) is skipped with a note.
+A tree needs at least two classes. :func:`write_folder` writes an ImageSet back out as PNGs.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,15 +32,22 @@ from PIL import Image
 from deepstart.cache import atomic_dir, cache_root
 from deepstart.data.archive import extract_archive
 from deepstart.data.dataset import DataError, ImageSet
-from deepstart.data.decode import RESIZE_POLICIES, check_size, decode_image, fit, to_channels
+from deepstart.data.decode import (
+    RESIZE_POLICIES,
+    check_size,
+    decode_image,
+    fit,
+    open_image,
+    to_channels,
+)
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-# Accepted directory names of each split, compared case-insensitively.
-SPLIT_NAMES = {"train": ("train",), "valid": ("valid", "val", "validation"), "test": ("test",)}
+# IMAGE_EXTENSIONS is re-exported: predict and notebooks import it from here.
+from deepstart.data.layout import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS
+from deepstart.data.layout import descend, find_layout, list_split
+
 _CACHE_VERSION = "folder-v1"  # bump whenever decoding would give different arrays
 _CHUNK = 256  # files per thread-pool task: amortises scheduling, still balances the workers
 _THREAD_BYTES = 16_384  # mean file size above which decoding in threads pays (see _decode_files)
-_IGNORED = (".", "__MACOSX")  # hidden entries and macOS zip debris are never data
 
 
 @dataclass
@@ -98,10 +109,10 @@ def load_folder(
         raise DataError(f"{path} does not exist")
     if path.is_file():
         path = extract_archive(path, quiet=quiet)
-    root = _descend(path)
+    root = descend(path)
     notes: list[str] = []
-    splits, classes = _find_layout(root, notes)
-    listing = {s: _list_split(root, d, classes) for s, d in splits.items()}
+    splits, classes = find_layout(root, notes)
+    listing = {s: list_split(root, d, classes, notes) for s, d in splits.items()}
 
     cache_dir = cache_root() / "folders" / _cache_key(listing, target, channels, resize)
     data = _read_cache(cache_dir, root)
@@ -110,7 +121,11 @@ def load_folder(
         n = sum(len(files) for files in listing.values())
         if not quiet and n >= 2000:
             print(f"decoding {n} images in {root} (once; cached afterwards)")
-        data = _decode_all(root, splits, listing, classes, target, channels, resize, notes)
+        with warnings.catch_warnings():
+            # Pillow only warns between its limit and twice it; the shared limit refuses there
+            # (decode.open_image), as predict does. Process-wide: set here, around all threads.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            data = _decode_all(root, splits, listing, classes, target, channels, resize, notes)
         if not quiet and n >= 2000:
             print(f"decoded {n} images in {time.perf_counter() - start:.1f} s")
         _write_cache(cache_dir, data, quiet)
@@ -158,17 +173,17 @@ def peek_folder(path: str | os.PathLike, *, sample: int = 48) -> FolderPeek:
         raise DataError(f"{path} does not exist")
     if path.is_file():
         path = extract_archive(path, quiet=True)
-    root = _descend(path)
-    splits, classes = _find_layout(root, [])
-    files = _list_split(root, splits["train"], classes)
+    root = descend(path)
+    splits, classes = find_layout(root, [])
+    files = list_split(root, splits["train"], classes, [])
     step = max(1, len(files) // sample)
     heights, widths, colour = [], [], 0
     for rel, _, _ in files[::step][:sample]:
         try:
-            with Image.open(root / rel) as im:
+            with open_image(root / rel) as im:
                 w, h = im.size
                 colour += im.mode not in ("1", "L", "LA", "I", "I;16", "F")
-        except (OSError, ValueError):  # unreadable: the full load reports it
+        except (OSError, ValueError):  # unreadable or too large: the full load reports it
             continue
         heights.append(h)
         widths.append(w)
@@ -176,87 +191,6 @@ def peek_folder(path: str | os.PathLike, *, sample: int = 48) -> FolderPeek:
         raise DataError(f"none of the sampled images in {root} could be read")
     size = (int(np.median(heights)), int(np.median(widths)))
     return FolderPeek(root, len(files), classes, size, colour / len(heights), len(heights))
-
-
-# --- layout -----------------------------------------------------------------------------
-
-
-def _subdirs(d: Path) -> list[Path]:
-    return sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith(_IGNORED))
-
-
-def _descend(root: Path) -> Path:
-    """Step into a lone top folder (an archive's ``cifar10-jpeg/``) until the layout shows."""
-    while True:
-        entries = [p for p in root.iterdir() if not p.name.startswith(_IGNORED)]
-        if len(entries) != 1 or not entries[0].is_dir():
-            return root
-        child = entries[0]
-        is_split = any(child.name.lower() in names for names in SPLIT_NAMES.values())
-        # A lone folder without subfolders is the one class of a one-tree layout.
-        if is_split or not _subdirs(child):
-            return root
-        root = child
-
-
-def _find_layout(root: Path, notes: list[str]) -> tuple[dict[str, Path], list[str]]:
-    """Split folders (``{"train": root}`` for a one-tree layout) and the class names."""
-    found: dict[str, Path] = {}
-    for d in _subdirs(root):
-        for split, names in SPLIT_NAMES.items():
-            if d.name.lower() in names:
-                if split in found:
-                    raise DataError(f"{root} has both {found[split].name}/ and {d.name}/")
-                found[split] = d
-    if found and "train" not in found:
-        names = ", ".join(f"{d.name}/" for d in found.values())
-        raise DataError(f"{root} has {names} but no train/ folder")
-    found = found or {"train": root}
-    classes = [d.name for d in _subdirs(found["train"])]
-    if not classes:
-        raise DataError(
-            f"no class folders in {found['train']}: expected <class>/ folders of images, "
-            "as in root/<class>/x.jpg or root/train/<class>/x.jpg"
-        )
-    for split in ("valid", "test"):
-        if split in found:
-            names = [d.name for d in _subdirs(found[split])]
-            if not names:
-                notes.append(f"{found[split]} has no class folders (unlabelled?); ignored")
-                del found[split]
-            elif extra := sorted(set(names) - set(classes)):
-                raise DataError(f"{found[split]} has class folder {extra[0]!r}; train has not")
-    return found, classes
-
-
-def _list_split(root: Path, split_dir: Path, classes: list[str]) -> list[tuple[str, int, str]]:
-    """``(file relative to root, label, "size:mtime_ns")`` of every image, sorted by class
-    then name; the stat goes into the cache key, so it is read here, once."""
-    base = split_dir.relative_to(root).as_posix()
-    prefix = "" if base == "." else f"{base}/"
-    files = []
-    for label, name in enumerate(classes):
-        if not (split_dir / name).is_dir():
-            continue  # a class missing from valid/test is fine
-        found = sorted(_walk_images(split_dir / name, f"{prefix}{name}/"))
-        if not found:
-            raise DataError(f"class folder {split_dir / name} is empty (no image files)")
-        files.extend((rel, label, st) for rel, st in found)
-    return files
-
-
-def _walk_images(d: Path, prefix: str) -> list[tuple[str, str]]:
-    out = []
-    with os.scandir(d) as entries:
-        for e in entries:
-            if e.name.startswith(_IGNORED):
-                continue
-            if e.is_dir():
-                out.extend(_walk_images(Path(e.path), f"{prefix}{e.name}/"))
-            elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS and e.is_file():
-                st = e.stat()
-                out.append((prefix + e.name, f"{st.st_size}:{st.st_mtime_ns}"))
-    return out
 
 
 # --- decoding ---------------------------------------------------------------------------

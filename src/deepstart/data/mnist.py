@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import warnings
 import zlib
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
 
 from deepstart import cache
 from deepstart.data.dataset import DataError, ImageSet, to_uint8_nchw
+from deepstart.data.limits import Budget
 
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
 TRAIN_LABELS = "train-labels-idx1-ubyte.gz"
@@ -111,23 +114,16 @@ IDX_DTYPES = {
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's bytes, decompressed when it starts with the gzip magic (whatever its name)."""
-    try:
-        with open(path, "rb") as f:
-            is_gzip = f.read(2) == _GZIP_MAGIC
-        if not is_gzip:
-            return path.read_bytes()
-        with gzip.open(path, "rb") as f:
-            return f.read()
-    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
-        raise DataError(f"{path}: truncated or corrupt gzip stream ({e})") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read file ({e.strerror or e})") from None
+_CHUNK = 1 << 20  # bytes decompressed at a time
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (raw or gzipped) into a native-endian numpy array.
+
+    The header is read first and the data then streamed into an array of exactly the size
+    it promises, so a gzip bomb is refused before it is unpacked: a promise past
+    :mod:`deepstart.data.limits` (size, or ratio to the ``.gz`` file) is refused at once, and
+    bytes beyond it are refused after reading one.
 
     Args:
         path: the file; gzip is recognised by its magic bytes, not by the name.
@@ -138,44 +134,72 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
     Raises:
         DataError: one line naming the file and what was expected versus found, for a
-            truncated file or gzip stream, a wrong magic number, an unknown type code or
-            bytes left over after the data.
+            truncated file or gzip stream, a wrong magic number, an unknown type code,
+            bytes left over after the data, or a size past a limit.
 
     Example:
         >>> images = read_idx("mnist/t10k-images-idx3-ubyte.gz")  # (10000, 28, 28) uint8
     """
     path = Path(path)
-    data = _read_bytes(path)
-    if len(data) < 4:
-        raise DataError(f"{path}: truncated IDX file: {len(data)} bytes, expected a 4-byte magic")
-    zero1, zero2, code, ndim = data[:4]
+    try:
+        with open(path, "rb") as raw:
+            size = os.fstat(raw.fileno()).st_size
+            is_gzip = raw.read(2) == _GZIP_MAGIC
+            raw.seek(0)
+            if not is_gzip:
+                return _read_stream(path, raw, size)
+            with gzip.GzipFile(fileobj=raw) as f:
+                return _read_stream(path, f, None, Budget(path, compressed=size))
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise DataError(f"{path}: truncated or corrupt gzip stream ({e})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read file ({e.strerror or e})") from None
+
+
+def _read_stream(
+    path: Path, f: IO[bytes], size: int | None, budget: Budget | None = None
+) -> np.ndarray:
+    """The IDX array from ``f``; ``size`` is the file's when raw (so its data length is known
+    without reading), None when decompressing (``budget`` then limits the promise)."""
+    head = f.read(4)
+    if len(head) < 4:
+        raise DataError(f"{path}: truncated IDX file: {len(head)} bytes, expected a 4-byte magic")
+    zero1, zero2, code, ndim = head
     if zero1 != 0 or zero2 != 0:
         raise DataError(
-            f"{path}: not an IDX file: magic number 0x{data[:4].hex()}, "
+            f"{path}: not an IDX file: magic number 0x{head.hex()}, "
             "expected 0x0000 followed by a type code and the number of dimensions"
         )
     if code not in IDX_DTYPES:
         known = ", ".join(f"0x{c:02x} ({d.name})" for c, d in IDX_DTYPES.items())
         raise DataError(f"{path}: unknown IDX type code 0x{code:02x}, expected one of {known}")
     header = 4 + 4 * ndim
-    if len(data) < header:
+    dim_bytes = f.read(4 * ndim)
+    if len(dim_bytes) < 4 * ndim:
         raise DataError(
             f"{path}: truncated IDX header: {ndim} dimensions need {header} header bytes, "
-            f"found {len(data)}"
+            f"found {4 + len(dim_bytes)}"
         )
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(dim_bytes[4 * i : 4 * i + 4], "big") for i in range(ndim)]
     dtype = IDX_DTYPES[code]
-    want = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    found = len(data) - header
-    if found != want:
-        problem = "truncated IDX file" if found < want else "extra bytes after the IDX data"
-        shape = "x".join(str(d) for d in dims)
-        raise DataError(
-            f"{path}: {problem}: header says {shape} = {want} bytes of data, found {found}"
-        )
-    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
-    # astype copies: the result is writable and native-endian (torch wants both).
-    return array.astype(dtype.newbyteorder("="))
+    want = math.prod(dims) * dtype.itemsize  # Python ints: 3 dims of 2^31 do not overflow
+    shape = "x".join(str(d) for d in dims)
+    says = f"header says {shape} = {want} bytes of data"
+    if size is not None and size - header != want:
+        problem = "truncated IDX file" if size - header < want else "extra bytes after the IDX data"
+        raise DataError(f"{path}: {problem}: {says}, found {size - header}")
+    if budget is not None:
+        budget.promised(want, f"its IDX header ({shape})")
+    data = np.empty(want, dtype=np.uint8)
+    view, got = memoryview(data), 0
+    while got < want and (n := f.readinto(view[got : got + _CHUNK])):
+        got += n
+    if got < want:
+        raise DataError(f"{path}: truncated IDX file: {says}, found {got}")
+    if f.read(1):  # one byte is enough to know: the rest of a bomb is never unpacked
+        raise DataError(f"{path}: extra bytes after the IDX data: {says}, found more")
+    # view + astype copies: the result is writable and native-endian (torch wants both).
+    return data.view(dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
 def load_mnist(

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from deepstart.data.decode import max_pixels
 from deepstart.errors import DataError
 from deepstart.ship.predict import read_image
 
@@ -68,7 +69,7 @@ def check_pixels(data: bytes) -> None:
         raise UploadError(400, "not an image, or a format Pillow cannot read") from None
     except Exception as e:  # a header broken in any of Pillow's many ways
         raise UploadError(400, f"broken image file: {e or type(e).__name__}") from None
-    limit = Image.MAX_IMAGE_PIXELS
+    limit = max_pixels()
     if limit is not None and w * h > limit:
         raise UploadError(413, _bomb(f"{w}x{h} = {w * h} pixels, over the limit of {limit}"))
 
