@@ -112,10 +112,34 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+DEVICES = "auto, cpu, cuda, cuda:N, mps"
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a torch.device that exists here ("auto": :func:`default_device`).
+
+    A name torch does not know, or an accelerator this machine lacks, is a one-line
+    ConfigError now rather than a traceback once the first tensor moves.
+    """
     if device is None or str(device) == "auto":
         return default_device()
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}; use one of {DEVICES}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: CUDA is not available here; use cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            n = torch.cuda.device_count()
+            raise ConfigError(f"--device {device}: this machine has {n} CUDA device(s)")
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ConfigError(f"--device {device}: MPS is not available here; use cpu or auto")
+    elif dev.type != "cpu":
+        raise ConfigError(f"--device {device}: deepstart runs on {DEVICES}")
+    return dev
 
 
 def use_channels_last(

@@ -7,6 +7,7 @@ and channel count.
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,16 +81,19 @@ def _source(name: str, data_dir: str | None, seed: int, download: bool, options:
     if name == "shapes":
         from deepstart.data.shapes import load_shapes
 
+        _takes(name, load_shapes, options)
         train, test = load_shapes(seed=options.pop("seed", seed), **options)
         return train, None, test, []
     if name in ("mnist", "fashion_mnist", "kmnist"):
         from deepstart.data.mnist import load_mnist
 
+        _takes(name, None, options)
         train, test = load_mnist(name, data_dir=data_dir, download=download)
         return train, None, test, []
     if name == "affnist":
         from deepstart.data.affnist import load_affnist
 
+        _takes(name, load_affnist, options)
         train, valid, test = load_affnist(
             data_dir, download=download, seed=options.pop("seed", seed), **options
         )
@@ -97,6 +101,7 @@ def _source(name: str, data_dir: str | None, seed: int, download: bool, options:
     if name == "cifar10":
         from deepstart.data.cifar10 import load_cifar10
 
+        _takes(name, None, options)
         train, test = load_cifar10(data_dir=data_dir, download=download)
         return train, None, test, []
     if name == "folder":
@@ -105,11 +110,34 @@ def _source(name: str, data_dir: str | None, seed: int, download: bool, options:
         path = options.pop("path", None) or data_dir
         if not path:
             raise DataError("folder needs a directory: --data-dir DIR (or --data DIR)")
+        _takes(name, load_folder, options)
         fd = load_folder(path, **options)
         notes = [f"skipped {len(fd.skipped)} unreadable files"] if fd.skipped else []
         return fd.train, fd.valid, fd.test, notes
     known = ", ".join(DATASETS)
     raise DataError(f"unknown dataset {name!r}; known datasets: {known} (or a folder path)")
+
+
+# Options every source takes (load_dataset applies them) and arguments the catalogue passes
+# itself: neither is a source option a user can give.
+COMMON_OPTIONS = ("classes", "train_per_class")
+_PASSED = {"data_dir", "download", "path", "root"}
+
+
+def _takes(name: str, loader: Any, options: dict) -> None:
+    """Refuse, in one line, source options ``loader`` has no parameter for (a typo in
+    ``--data-opt`` would otherwise end in a TypeError, or be ignored without a word)."""
+    known: list[str] = []
+    if loader is not None:
+        params = inspect.signature(loader).parameters.values()
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            return
+        known = [p.name for p in params if p.name not in _PASSED and p.kind is not p.VAR_POSITIONAL]
+        known = known[1:] if name == "folder" else known  # load_folder's first is the folder
+    unknown = sorted(set(options) - set(known) - {"seed"})
+    if unknown:
+        takes = ", ".join(sorted({*known, *COMMON_OPTIONS} - {"seed"}))
+        raise DataError(f"{name} has no option {', '.join(unknown)}; its options: {takes}")
 
 
 def load_dataset(

@@ -62,6 +62,8 @@ class RunDir:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         base = Path(out) / f"{stamp}-{Path(data_name).name}-{model_name}"
         path, i = base, 1
+        if Path(out).exists() and not Path(out).is_dir():
+            raise DataError(f"--out {out}: is a file, not a folder for run directories")
         while True:
             try:
                 path.mkdir(parents=True)  # exist_ok=False: two runs started in one second
@@ -69,6 +71,9 @@ class RunDir:
             except FileExistsError:
                 i += 1
                 path = base.with_name(f"{base.name}-{i}")
+            except (NotADirectoryError, PermissionError) as e:
+                msg = f"--out {out}: cannot create {path.name} there ({e.strerror})"
+                raise DataError(msg) from None
 
     @classmethod
     def open(cls, path: str | Path) -> RunDir:

@@ -146,6 +146,8 @@ class _Run:
         cfg, tc, dist = self.cfg, self.tc, self.dist
         if tc.tensorboard:
             summary_writer_class()  # a missing extra fails now, not after loading the data
+        # an unknown or absent device fails now, not after the data has loaded
+        self.device = dist.device if dist is not None else resolve_device(tc.device)
         seed_everything(tc.seed)
         data = load_data(cfg.data, tc.seed)
         self.say(describe(data))
@@ -156,7 +158,6 @@ class _Run:
         if cfg.model.pretrained and self.resume is None:  # a resumed run has its weights
             apply_pretrained(cfg.model, model, self.data, self.say)
         self.model = prepare_model(model, dist)
-        self.device = dist.device if dist is not None else resolve_device(tc.device)
         self.n_params = count_parameters(self.model)
         where = f"device {self.device}"
         if dist is not None:

@@ -1,0 +1,76 @@
+"""Hostile command lines (issue 22 item 9): each bad value ends in one line on stderr, exit 2
+for a usage error or 1 for a deepstart error, never a traceback, and nothing half-made stays."""
+
+from __future__ import annotations
+
+import pytest
+
+from deepstart.cli import main
+from deepstart.device import resolve_device
+from deepstart.errors import ConfigError
+
+TINY = ["--data", "shapes", "--data-opt", "n_train=60", "--data-opt", "n_test=30", "--size", "16"]
+TINY += ["--epochs", "1", "--no-report", "--progress", "none", "--model", "logreg"]
+
+
+def _fails_in_one_line(capsys, argv, *expected):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code != 0, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for text in expected:
+        assert text in err, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("device", "says"),
+    [
+        ("tpu9", "unknown device 'tpu9'"),
+        ("cuda", "CUDA is not available"),
+        ("cuda:1", "CUDA is not available"),
+        ("mps", "MPS is not available"),
+        ("meta", "deepstart runs on"),
+    ],
+)
+def test_a_device_this_machine_lacks(tmp_path, capsys, device, says):
+    if device.startswith("cuda") and __import__("torch").cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "runs"
+    _fails_in_one_line(capsys, ["train", *TINY, "--device", device, "--out", str(out)], says)
+    assert not out.exists()  # refused before a run directory was made
+
+
+def test_resolve_device_refuses_before_any_tensor_moves():
+    with pytest.raises(ConfigError, match="unknown device"):
+        resolve_device("gpu0")
+    assert resolve_device("cpu").type == "cpu"
+
+
+def test_out_pointing_at_a_file(tmp_path, capsys):
+    afile = tmp_path / "runs"
+    afile.write_text("not a folder")
+    _fails_in_one_line(capsys, ["train", *TINY, "--out", str(afile)], "is a file")
+    _fails_in_one_line(capsys, ["train", *TINY, "--out", str(afile / "sub")], "cannot create")
+    assert afile.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize(
+    ("data", "opt", "says"),
+    [
+        ("shapes", "foo=bar", "shapes has no option foo; its options: "),
+        ("mnist", "n_train=3", "mnist has no option n_train"),
+    ],
+)
+def test_an_unknown_data_option(tmp_path, capsys, data, opt, says):
+    argv = ["train", "--data", data, "--data-opt", opt, "--epochs", "1", "--out", str(tmp_path)]
+    _fails_in_one_line(capsys, argv, says)
+
+
+def test_resume_with_a_broken_config(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text('{"data": {"name": "shap')
+    _fails_in_one_line(capsys, ["train", "--resume", str(run)], "not valid JSON")
+    (run / "config.json").write_text("[1, 2]")
+    _fails_in_one_line(capsys, ["train", "--resume", str(run)], "config")
