@@ -7,7 +7,8 @@ from safetensors.torch import load_file
 from deepstart.models.registry import create_model
 from deepstart.ship.bundle import load_model, save_model
 from deepstart.train.callbacks import Callback, CancelFit, Checkpoint, load_checkpoint
-from deepstart.train.learner import EVENTS, Learner
+from deepstart.train.events import EVENTS
+from deepstart.train.learner import Learner
 from deepstart.train.schedule import one_cycle
 
 
@@ -215,7 +216,7 @@ def test_restart_into_an_earlier_epoch(toy_data):
 
 def test_cpu_evaluation_batches_of_big_images_are_capped(toy_data):
     from deepstart.data.dataset import ImageSet
-    from deepstart.train.learner import EVAL_CPU_PIXELS
+    from deepstart.train.task import EVAL_CPU_PIXELS
 
     learn = Learner(toy_data, _model(toy_data), batch_size=64, device="cpu", log=lambda m: 0)
     assert learn.eval_batch_size(toy_data.valid) == 128  # 16 px: twice the training batch

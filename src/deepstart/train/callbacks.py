@@ -2,7 +2,10 @@
 
 A callback defines methods named after events (``before_fit``, ``after_batch``, ...); the
 Learner calls them in ``order``. It can stop work by raising ``CancelBatch``,
-``CancelEpoch`` or ``CancelFit``.
+``CancelEpoch`` or ``CancelFit``. The base class and those exceptions live in
+:mod:`deepstart.train.events`, the progress lines in :mod:`deepstart.train.progress`; both
+are importable from here too. This module holds the ones a fit always or usually has: the
+LR schedule, the Recorder, checkpoints and Ctrl-C handling.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,42 +22,32 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from deepstart.cache import atomic_write
+from deepstart.train.events import (
+    Callback,
+    CancelBatch,
+    CancelEpoch,
+    CancelFit,
+    RestartEpoch,
+)
+from deepstart.train.progress import Progress
 
 if TYPE_CHECKING:
     from deepstart.train.learner import Learner
 
-
-class CancelBatch(Exception):
-    """Skip the rest of this batch."""
-
-
-class CancelEpoch(Exception):
-    """Skip the rest of this epoch."""
-
-
-class CancelFit(Exception):
-    """Stop training now (``after_fit`` still runs)."""
-
-
-class RestartEpoch(Exception):
-    """Run the current epoch again from batch ``learn.restart_at`` (set before raising).
-
-    Raised by a callback that has just restored an earlier state of the learner (weights,
-    optimizer, ``train_iter``), e.g. the divergence guard: the epoch's batches are a pure
-    function of (seed, epoch), so the same batches follow again.
-    """
-
-
-class Callback:
-    """Base class. ``self.learn`` is set when the callback is added to a Learner.
-
-    ``skip_lr_find``: leave this callback out of the LR finder's sweep (set by callbacks
-    whose effect the sweep could not undo, such as a weight average or a restore).
-    """
-
-    order: int = 0
-    skip_lr_find: bool = False
-    learn: Learner
+__all__ = [
+    "Callback",
+    "CancelBatch",
+    "CancelEpoch",
+    "CancelFit",
+    "Checkpoint",
+    "GracefulInterrupt",
+    "ParamScheduler",
+    "Progress",
+    "Recorder",
+    "RestartEpoch",
+    "load_checkpoint",
+    "restore_checkpoint",
+]
 
 
 class ParamScheduler(Callback):
@@ -87,9 +79,9 @@ class Recorder(Callback):
 
     ``history`` rows hold: epoch (1-based, counted over every fit of the learner), train_loss,
     valid_loss, valid_bits, accuracy, lr, seconds. With ``path`` each row is also appended to a
-    JSON-lines file as it is made. For regression (``learn.task``) max_error and rms_error
-    take the places of valid_bits and accuracy, and values keep 6 significant digits (a fit's
-    loss can be 1e-8).
+    JSON-lines file as it is made. The scores between epoch and lr are the task's
+    (:meth:`deepstart.train.task.Task.row`): for regression max_error and rms_error take the
+    places of valid_bits and accuracy, and values keep 6 significant digits.
     """
 
     order = 10
@@ -181,21 +173,9 @@ class Recorder(Callback):
 
     def after_epoch(self) -> None:
         learn = self.learn
-        m = learn.metrics
-        if learn.task == "regression":
-            scores = {k: _significant(m[k]) for k in ("valid_loss", "max_error", "rms_error")}
-            train_loss = _significant(self.train_loss)
-        else:
-            scores = {
-                "valid_loss": round(m["valid_loss"], 6),
-                "valid_bits": round(m["valid_loss"] / math.log(2), 6),
-                "accuracy": round(m["accuracy"], 6),
-            }
-            train_loss = round(self.train_loss, 6)
         row = {
             "epoch": self.epoch_offset + learn.epoch + 1,
-            "train_loss": train_loss,
-            **scores,
+            **learn.task.row(learn.metrics, self.train_loss),
             "lr": float(learn.opt.param_groups[-1]["lr"]),
             "seconds": round(time.perf_counter() - self.epoch_start, 3),
         }
@@ -205,141 +185,6 @@ class Recorder(Callback):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a") as f:
                 f.write(json.dumps(row) + "\n")
-
-
-def _significant(value: float, digits: int = 6) -> float:
-    return float(f"{value:.{digits}g}") if math.isfinite(value) else value
-
-
-# The progress columns between epoch and lr, per task: (row key, width, number format).
-COLUMNS = {
-    "classification": (
-        ("train_loss", 10, ".4f"),
-        ("valid_loss", 10, ".4f"),
-        ("valid_bits", 10, ".3f"),
-        ("accuracy", 9, ".4f"),
-    ),
-    "regression": (
-        ("train_loss", 10, ".3e"),
-        ("valid_loss", 10, ".3e"),
-        ("max_error", 10, ".3e"),
-        ("rms_error", 10, ".3e"),
-    ),
-}
-
-
-def _fmt_row(row: dict[str, Any], epoch: int, n_epochs: int, task: str = "classification") -> str:
-    # epoch / n_epochs of this fit (the row's own epoch counts over every fit)
-    cols = "".join(f" {row[key]:>{width}{fmt}}" for key, width, fmt in COLUMNS[task])
-    return f"{epoch:>3}/{n_epochs:<3}{cols} {row['lr']:>9.2e} {row['seconds']:>7.1f}s"
-
-
-def _header(task: str = "classification") -> str:
-    cols = "".join(f" {key:>{width}}" for key, width, _ in COLUMNS[task])
-    return f"{'epoch':>7}{cols} {'lr':>9} {'time':>8}"
-
-
-HEADER = _header()
-
-
-class Progress(Callback):
-    """A Keras-like line per epoch, under a live progress bar in a terminal.
-
-    ``mode``: "rich" (live bar), "plain" (lines only, for CI and log files), "none", or
-    "auto" (rich when stdout is a terminal).
-    """
-
-    order = 20
-
-    def __init__(self, mode: str = "auto", stream: Any = None) -> None:
-        self.stream = stream or sys.stdout
-        if mode == "auto":
-            mode = "rich" if getattr(self.stream, "isatty", lambda: False)() else "plain"
-        self.mode = mode
-        self._bar = None
-
-    def _print(self, text: str) -> None:
-        if self.mode == "none":
-            return
-        if self._bar is not None:
-            self._bar.console.print(text, highlight=False, markup=False)
-        else:
-            print(text, file=self.stream, flush=True)
-
-    def before_fit(self) -> None:
-        if self.mode == "rich":
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-            from rich.progress import Progress as RichProgress
-
-            self._bar = RichProgress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=Console(file=self.stream),
-                transient=True,
-            )
-            self._bar.start()
-        self._print(self._legend())
-        self._print(_header(self.learn.task))
-
-    def _legend(self) -> str:
-        """What the columns mean, printed above them."""
-        learn = self.learn
-        if learn.task == "regression":
-            from deepstart.train.regression import describe_loss
-
-            return (
-                f"loss = {describe_loss(learn.loss_func)}; max_error, rms_error = largest and "
-                f"root-mean-square |f(x) - y| on the {len(learn.data.valid)} validation points"
-            )
-        k = learn.num_classes
-        chance = math.log2(k) if k > 1 else 0.0
-        return (
-            f"loss in nats; valid_bits = nats / ln 2; chance level for {k} classes = "
-            f"log2({k}) = {chance:.3f} bits"
-        )
-
-    def before_train(self) -> None:
-        if self._bar is not None:
-            if getattr(self, "_task", None) is not None and self._task in self._bar.task_ids:
-                self._bar.remove_task(self._task)  # a restarted epoch: replace its bar
-            desc = f"epoch {self.learn.epoch + 1}/{self.learn.n_epochs}"
-            self._task = self._bar.add_task(desc, total=self.learn.n_iter, loss="-")
-
-    def after_batch(self) -> None:
-        if self._bar is not None and self.learn.training:
-            i = self.learn.iter
-            fields = {}
-            if i % 10 == 0 or i == self.learn.n_iter - 1:
-                fmt = ".3e" if self.learn.task == "regression" else ".4f"
-                fields["loss"] = f"{self.learn.recorder.last_loss():{fmt}}"
-            self._bar.update(self._task, advance=1, **fields)
-
-    def before_validate(self) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, description=f"{self._bar.tasks[-1].description} valid")
-
-    def after_epoch(self) -> None:
-        if self._bar is not None:
-            self._bar.remove_task(self._task)
-        learn = self.learn
-        row = learn.recorder.history[-1]
-        self._print(_fmt_row(row, learn.epoch + 1, learn.n_epochs, learn.task))
-
-    def after_fit(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
 
 
 class Checkpoint(Callback):

@@ -43,14 +43,17 @@ def _params(group: Sequence[nn.Module]) -> list[nn.Parameter]:
     return list(seen.values())
 
 
-def freeze_to(model: nn.Module, n: int, *, train_bn: bool = True) -> None:
+def freeze_to(model: nn.Module, n: int, *, train_bn: bool = True) -> bool:
     """Freeze the first ``n`` layer groups (negative counts from the end) and unfreeze the rest.
 
-    With ``train_bn`` the normalisation layers of frozen groups stay trainable.
+    With ``train_bn`` the normalisation layers of frozen groups stay trainable. Returns
+    whether that changed which parameters train (an optimizer built before must then be
+    rebuilt: it holds only the parameters that trained).
 
     Example:
         >>> freeze_to(model, -1)  # only the head trains
     """
+    before = [p.requires_grad for p in model.parameters()]
     groups = layer_groups(model)
     n = n if n >= 0 else max(len(groups) + n, 0)
     for i, group in enumerate(groups):
@@ -60,6 +63,7 @@ def freeze_to(model: nn.Module, n: int, *, train_bn: bool = True) -> None:
                 keep = train_bn and isinstance(sub, _BN)
                 for p in sub.parameters(recurse=False):
                     p.requires_grad_(not frozen or keep)
+    return [p.requires_grad for p in model.parameters()] != before
 
 
 def frozen_norms_eval(model: nn.Module) -> None:

@@ -22,14 +22,9 @@ import numpy as np
 import torch
 
 from deepstart.errors import ConfigError
-from deepstart.train.callbacks import (
-    Callback,
-    CancelEpoch,
-    CancelFit,
-    Checkpoint,
-    Progress,
-    Recorder,
-)
+from deepstart.train.callbacks import Checkpoint, Recorder
+from deepstart.train.events import Callback, CancelEpoch, CancelFit
+from deepstart.train.progress import Progress
 from deepstart.train.schedule import exponential
 
 if TYPE_CHECKING:

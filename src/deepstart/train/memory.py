@@ -1,4 +1,5 @@
-"""``--batch-size auto``: the largest batch that fits in the accelerator's memory.
+"""Device memory: the largest batch that fits (``--batch-size auto``), and what a fit does
+when the memory runs out anyway (:func:`halve_batch`).
 
 The probe runs forward and backward on real training images at doubling batch sizes until
 the device runs out of memory, and leaves the model exactly as it found it (BatchNorm
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from deepstart.device import OUT_OF_MEMORY, release_cached_memory
+from deepstart.train.events import RestartEpoch
 
 if TYPE_CHECKING:
     from deepstart.train.learner import Learner
@@ -69,3 +71,29 @@ def _probe(learn: Learner, size: int) -> None:
     with learn._autocast():
         loss = learn.loss_func(learn.model(x), y)
     loss.backward()
+
+
+def halve_batch(learn: Learner, error: BaseException) -> None:
+    """Out of memory in a training step: halve the batch, keep the per-sample LR, and
+    raise RestartEpoch to redo this batch.
+
+    Batch ``i`` of size B holds the same items as batches ``2i`` and ``2i + 1`` of size
+    B/2 (the epoch's order does not depend on the batch size), so the epoch goes on from
+    exactly the items that failed.
+    """
+    assert learn.opt is not None
+    learn.opt.zero_grad(set_to_none=True)
+    learn.pred = learn.loss = None
+    release_cached_memory(learn.device)
+    old, new = learn.batch_size, learn.batch_size // 2
+    learn.batch_size = new
+    learn.lr_mult *= new / old  # linear scaling: same LR per sample
+    learn._make_loaders()
+    learn.restart_at = learn.iter * old // new
+    learn.total_iters = learn.n_epochs * len(learn.train_dl)
+    learn.train_iter = learn.epoch * len(learn.train_dl) + learn.restart_at
+    learn.log(
+        f"out of memory at batch size {old} ({type(error).__name__}); retrying with "
+        f"{new} and the LR scaled by {new / old:g} to keep the per-sample rate"
+    )
+    raise RestartEpoch

@@ -103,7 +103,7 @@ def why_not(learn: Learner) -> str | None:
     model = learn.model
     if learn.dist is not None:
         return "it is not supported in distributed training yet"
-    if learn.task != "classification":
+    if learn.task.name != "classification":
         return "it is for image classifiers"
     if not (hasattr(model, "features") and hasattr(model, "head")):
         return "the model has no features()/head() split"

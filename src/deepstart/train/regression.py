@@ -3,8 +3,9 @@
 A :class:`~deepstart.data.tensors.TensorData` makes the Learner a regression learner: its
 default loss is the mean squared error, and every split is scored by its loss and by the
 error ``|f(x) - y|`` of the model ``f``: its largest value (``max_error``, what "fits to
-1e-3" means) and its root mean square (``rms_error``). The Learner calls these functions;
-they hold no state of their own.
+1e-3" means) and its root mean square (``rms_error``).
+:class:`~deepstart.train.task.Regression` calls these functions; they hold no state of
+their own.
 
 Example:
     >>> learn = Learner(function_data("sin"), create_model("fit_mlp", x_range=(-6.3, 6.3)))
@@ -21,16 +22,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepstart.data.tensors import TensorSet
+from deepstart.data.tensors import TensorBatches, TensorSet
 from deepstart.errors import ConfigError
+from deepstart.train.evaluation import resolve_split, score
 
 if TYPE_CHECKING:
-    from deepstart.data.tensors import TensorBatches
     from deepstart.train.learner import Learner
 
 LOSSES = {"mse": nn.MSELoss, "mae": nn.L1Loss}
-# The validation metrics, in the order of the Recorder's rows and the progress lines.
-METRICS = ("valid_loss", "max_error", "rms_error")
 
 
 def make_regression_loss(name: str = "mse") -> nn.Module:
@@ -52,6 +51,25 @@ def describe_loss(loss_func: Any) -> str:
     if isinstance(loss_func, nn.L1Loss):
         return "mean absolute error"
     return type(loss_func).__name__
+
+
+def value_batches(
+    learn: Learner, points: TensorSet, *, train: bool = False, shard: bool = False
+) -> TensorBatches:
+    """Batches of the points as they are (no normalisation) on the learner's device; an
+    epoch is ``data.passes`` passes over the training points, evaluation uses twice the
+    training batch."""
+    if shard:
+        raise ConfigError("distributed training is for image classifiers")
+    return TensorBatches(
+        points,
+        learn.batch_size if train else learn.batch_size * 2,
+        device=learn.device,
+        shuffle=train,
+        drop_last=train and len(points) > learn.batch_size,
+        seed=learn.seed,
+        passes=learn.data.passes if train else 1,
+    )
 
 
 @torch.no_grad()
@@ -89,8 +107,8 @@ def score_values(learn: Learner, dl: TensorBatches) -> dict[str, Any]:
 
 def evaluate_values(learn: Learner, split: str | TensorSet) -> dict[str, Any]:
     """Loss, max, RMS and mean absolute error on a split (see ``Learner.evaluate``)."""
-    points = learn._split(split)
-    out = learn._score(learn.batches(points))
+    points = resolve_split(learn.data, split)
+    out = score(learn, learn.batches(points))
     err = (out["pred"].double() - out["target"].double()).abs()
     return {
         "split": split if isinstance(split, str) else "custom",
@@ -106,7 +124,7 @@ def predict_values(learn: Learner, x: torch.Tensor | np.ndarray) -> torch.Tensor
     """The model's ``(N, E)`` outputs for x shaped ``(N,)`` or ``(N, D)``, on the CPU."""
     x = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x, dtype=torch.float32)
     points = TensorSet(x, torch.zeros(len(x), learn.data.out_features))
-    return learn._score(learn.batches(points))["pred"]
+    return score(learn, learn.batches(points))["pred"]
 
 
 def baseline_loss(learn: Learner) -> float:
