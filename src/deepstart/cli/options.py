@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import inspect
 import typing
 from collections.abc import Callable, Iterable
@@ -55,9 +56,14 @@ def _choices_then(choices: tuple[str, ...], parse: Callable[[str], Any]) -> Call
     return parse_choice
 
 
+@functools.cache
+def _hints(config: type) -> dict[str, Any]:
+    return typing.get_type_hints(config)  # evaluates every annotation: once a class
+
+
 def _value_type(config: type, name: str) -> type:
     """int, float, str or bool from the annotation of field ``name`` (``X | None``: X)."""
-    hint = typing.get_type_hints(config)[name]
+    hint = _hints(config)[name]
     kinds = [k for k in typing.get_args(hint) if k is not type(None)] or [hint]
     if len(kinds) != 1 or kinds[0] not in (bool, int, float, str):
         raise TypeError(f"{config.__name__}.{name}: a {hint} option needs option(parse=...)")

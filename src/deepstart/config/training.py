@@ -57,7 +57,7 @@ class OptimConfig:
     )
     lr: float | str = option(
         1e-3,
-        help="peak LR (one_cycle's lr_max; the constant LR otherwise); 'auto' runs the LR "
+        help="peak LR: one_cycle's lr_max, the constant LR otherwise; 'auto' runs the LR "
         "finder first and uses its valley",
         metavar="auto|LR",
         parse=parse_lr,
@@ -74,7 +74,7 @@ class OptimConfig:
     # airbench trains BatchNorm shifts 64x faster with SGD; their L2 is divided by the
     # multiplier, so their decay per step stays lr * wd.
     norm_bias_lr: float = option(
-        1.0, help="LR multiplier of BatchNorm shifts (airbench's SGD: 64)", metavar="MULT"
+        1.0, help="LR multiplier of BatchNorm shifts; airbench's SGD uses 64", metavar="MULT"
     )
 
     def __post_init__(self) -> None:
@@ -101,14 +101,17 @@ class OptimConfig:
 class ScheduleConfig:
     """How long to train, the LR over time, and which layers train when."""
 
-    epochs: int = option(5, help="epochs (with fine_tune: the unfrozen ones)")
+    epochs: int = option(5, help="epochs to train; with fine_tune, the unfrozen ones")
     schedule: str = option(
         "one_cycle",
         help="LR schedule: one_cycle (fastai's), constant, step (x0.1 at 50% and 75%), "
-        "cosine, triangle (airbench's: 0.2 lr up to lr at pct_start, down to 0.07 lr)",
+        "cosine, or triangle, airbench's: from 0.2 lr up to lr at pct_start, then down to "
+        "0.07 lr",
         choices=SCHEDULES,
     )
-    pct_start: float = option(0.25, help="where one_cycle and triangle peak (share of training)")
+    pct_start: float = option(
+        0.25, help="where one_cycle and triangle peak, as a share of training"
+    )
     fine_tune: bool = option(
         False,
         help="fastai's fine_tune: freeze_epochs with the body frozen, then all layers with "
@@ -116,13 +119,12 @@ class ScheduleConfig:
     )
     freeze_epochs: int = option(
         1,
-        help="epochs with the body frozen before fine_tune unfreezes it (cheap with precompute)",
+        help="epochs with the body frozen before fine_tune unfreezes it; cheap with precompute",
         metavar="N",
     )
     keep_frozen: int = option(
         0,
-        help="layer groups (and their BatchNorm statistics) fine_tune leaves frozen when it "
-        "unfreezes; 0: none",
+        help="layer groups fine_tune leaves frozen, BatchNorm statistics too, when it unfreezes",
         metavar="N",
     )
     keep_better: bool = option(
@@ -130,11 +132,13 @@ class ScheduleConfig:
         help="fine_tune: keep the frozen phase's weights if unfreezing ends with a higher "
         "validation loss",
     )
-    freeze: bool = option(False, help="train only the head (the body stays, e.g. pretrained)")
+    freeze: bool = option(
+        False, help="train only the head; the body stays as it is, e.g. pretrained"
+    )
     precompute: bool = option(
         False,
         help="while the body is frozen and nothing is augmented: compute its features once and "
-        "train the head on them (BatchNorm stays fixed)",
+        "train the head on them; BatchNorm stays fixed",
     )
 
     def __post_init__(self) -> None:
@@ -159,29 +163,29 @@ class RegularisationConfig:
     # option() returns a dataclasses.field, which ruff cannot see; the default is None.
     class_weights: str | list[float] | None = option(  # noqa: RUF009
         None,
-        help="weight the loss per class ('balanced' or one weight a class), e.g. for "
-        "imbalanced data",
+        help="weight the loss per class, 'balanced' or one weight a class, e.g. for imbalanced "
+        "data",
         metavar="balanced|W1,W2,...",
         parse=parse_class_weights,
     )
     augment: str | None = option(
         None,
-        help="augment training batches on the device (deepstart.augment.PRESETS): flip, cifar "
-        "(flip+shift), cifar-alt (cifar, each image mirrored every other epoch), photo (crop, "
-        "flip, rotate, lighting), digits (no flip)",
+        help="augment training batches on the device: flip, cifar (flip+shift), cifar-alt "
+        "(cifar, each image mirrored every other epoch), photo (crop, flip, rotate, "
+        "lighting), digits (no flip), none",
         choices=AUGMENT_PRESETS,
         parse=parse_off,
     )
     tta: bool = option(
-        False, help="also score the test split with test-time augmentation (augment, else flip)"
+        False, help="also score the test split with test-time augmentation: augment's, else flips"
     )
     ema: float | None = option(
-        None, help="decay of a moving average of the weights (e.g. 0.999)", metavar="DECAY"
+        None, help="decay of a moving average of the weights, e.g. 0.999", metavar="DECAY"
     )
     # deepstart.train.extras.Lookahead: from 30% of training on, every 5 steps the weights
     # move to a slow average of themselves, which they end each epoch at.
     lookahead: bool = option(
-        False, help="pull the weights to a slow average every 5 steps (airbench's lookahead)"
+        False, help="airbench's lookahead: pull the weights to a slow average every 5 steps"
     )
     grad_clip: float | None = option(None, help="clip the gradient norm to NORM", metavar="NORM")
     early_stop: int | None = option(
@@ -210,7 +214,7 @@ class OutputConfig:
     """Where the run directory goes and what is written into it."""
 
     out: str = option("runs", help="parent of the run directory", metavar="DIR")
-    checkpoint: bool = option(True, help="write checkpoints (last and best)")
+    checkpoint: bool = option(True, help="write checkpoints: the last and the best")
     checkpoint_minutes: float | None = option(
         None, help="also checkpoint every MIN minutes", flag="--checkpoint-every", metavar="MIN"
     )
@@ -219,9 +223,9 @@ class OutputConfig:
         help="live bar (rich), lines only (plain), nothing (none); auto picks by terminal",
         choices=PROGRESS_MODES,
     )
-    report: bool = option(True, help="write report.html (plots, interpretation) at the end (~10 s)")
+    report: bool = option(True, help="write report.html (plots, interpretation) at the end: ~10 s")
     tensorboard: bool = option(
-        False, help="also log to RUN_DIR/tensorboard (pip install 'deepstart[tensorboard]')"
+        False, help="also log to RUN_DIR/tensorboard; needs pip install 'deepstart[tensorboard]'"
     )
 
     def __post_init__(self) -> None:
@@ -243,11 +247,11 @@ class DistributedConfig:
     )
     devices: int = option(
         1,
-        help="train in N processes with DistributedDataParallel (launches torchrun; "
-        "batch_size is per process)",
+        help="train in N processes with DistributedDataParallel, launched by torchrun; "
+        "batch_size is per process",
         metavar="N",
     )
-    sync_bn: bool = option(False, help="synchronise BatchNorm statistics over processes (CUDA)")
+    sync_bn: bool = option(False, help="synchronise BatchNorm statistics over processes; CUDA only")
     # A rank that died or hangs ends the run instead of blocking the others for ever.
     dist_timeout: float = option(
         300.0,
