@@ -168,3 +168,105 @@ def test_bad_option_values(args, message, capsys):
         main(["train", *args])
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+# --- the flags come from the config fields --------------------------------------------------
+
+
+def _parse(*args):
+    from deepstart.cli import build_parser
+
+    return build_parser().parse_args(["train", *args])
+
+
+def test_only_typed_flags_are_given():
+    from deepstart.cli.options import given_options
+    from deepstart.config import TrainConfig
+
+    assert given_options(_parse(), TrainConfig) == {}
+    given = given_options(_parse("--epochs", "2", "--lr", "auto", "--augment", "none"), TrainConfig)
+    assert given == {"epochs": 2, "lr": "auto", "augment": None}  # none typed: no augmentation
+
+
+def test_the_old_switch_spellings_still_work():
+    from deepstart.cli.options import given_options
+    from deepstart.config import TrainConfig
+
+    switches = {
+        "--no-report": ("report", False),
+        "--no-checkpoint": ("checkpoint", False),
+        "--no-guard": ("guard", False),
+        "--fine-tune": ("fine_tune", True),
+        "--freeze": ("freeze", True),
+        "--precompute": ("precompute", True),
+        "--sync-bn": ("sync_bn", True),
+        "--fast-dev-run": ("fast_dev_run", True),
+        "--tensorboard": ("tensorboard", True),
+        "--tta": ("tta", True),
+        "--lookahead": ("lookahead", True),
+        "--nesterov": ("nesterov", True),
+        "--keep-better": ("keep_better", True),
+        "--no-tta": ("tta", False),
+        "--report": ("report", True),
+    }
+    for flag, (name, value) in switches.items():
+        assert given_options(_parse(flag), TrainConfig) == {name: value}, flag
+    given = given_options(_parse("--checkpoint-every", "2.5", "--dist-timeout", "5m"), TrainConfig)
+    assert given == {"checkpoint_minutes": 2.5, "dist_timeout": 300.0}
+
+
+def test_choices_come_from_the_library(capsys):
+    from deepstart.augment import PRESETS
+
+    for name in PRESETS:
+        _parse("--augment", name)
+    with pytest.raises(SystemExit):
+        _parse("--augment", "sideways")
+    assert "invalid choice: 'sideways'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _parse("--opt", "rmsprop")
+    assert "invalid choice: 'rmsprop'" in capsys.readouterr().err
+
+
+def test_a_new_option_is_one_field(capsys):
+    # A field added to (a subclass of) TrainConfig is a working flag with nothing else written.
+    import argparse
+    import dataclasses
+
+    from deepstart.cli.options import add_option_groups, given_options
+    from deepstart.config import TrainConfig, option
+
+    @dataclasses.dataclass(frozen=True)
+    class Warmed(TrainConfig):
+        """Warm-up."""
+
+        warmup_steps: int = option(40, help="steps of linear LR warm-up", metavar="N")
+
+    parser = argparse.ArgumentParser(prog="x")
+    add_option_groups(parser, Warmed)
+    a = parser.parse_args(["--warmup-steps", "7", "--epochs", "2"])
+    assert given_options(a, Warmed) == {"warmup_steps": 7, "epochs": 2}  # typed: an int
+    assert Warmed(**given_options(a, Warmed)).warmup_steps == 7
+    assert Warmed().warmup_steps == 40  # untyped: the field's default
+    parser.print_help()
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "Warm-up:" in help_text  # its group, from the class
+    assert "--warmup-steps N steps of linear LR warm-up (default: 40)" in help_text
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--warmup-steps", "soon"])
+    assert "invalid int value: 'soon'" in capsys.readouterr().err
+
+
+def test_lr_find_and_tune_take_defaults_from_the_fields(capsys):
+    from deepstart.cli import build_parser, main
+
+    for cmd in (["lr-find"], ["tune"]):
+        with pytest.raises(SystemExit):
+            main([*cmd, "--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        assert "(default: 128)" in out and "(default: adamw)" in out and "{sgd,adam,adamw}" in out
+    a = build_parser().parse_args(["lr-find", "--batch-size", "64"])
+    assert a.batch_size == 64 and not hasattr(a, "opt")  # untyped: TrainConfig's default
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["lr-find", "--batch-size", "auto"])  # one batch size
+    capsys.readouterr()

@@ -1,4 +1,7 @@
-"""Argument types and the data flags that several subcommands share."""
+"""Argument types and the data flags that several subcommands share.
+
+The training flags are generated from the config fields: :mod:`deepstart.cli.options`.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from deepstart.config import DataConfig
+from deepstart.config import RESIZE_MODES, DataConfig, default_of
 from deepstart.errors import DeepstartError
 
 
@@ -22,48 +25,6 @@ def _size(text: str) -> tuple[int, int]:
     if len(nums) == 2:
         return nums[0], nums[1]
     raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}")
-
-
-def _lr(text: str) -> float | str:
-    if text == "auto":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"lr must be a number or 'auto', got {text!r}") from None
-
-
-def _batch(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"batch size must be N or 'auto', got {text!r}") from None
-
-
-def _duration(text: str) -> float:
-    """Seconds from "90", "90s", "5m" or "1.5h"."""
-    units = {"s": 1, "m": 60, "h": 3600}
-    t = text.strip().lower()
-    scale = units.get(t[-1:])
-    try:
-        return float(t[:-1]) * scale if scale else float(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"time must be like 90, 90s, 5m or 1.5h: {text!r}"
-        ) from None
-
-
-def _weights(text: str) -> str | list[float]:
-    if text == "balanced":
-        return text
-    try:
-        return [float(w) for w in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"class weights must be 'balanced' or numbers w1,w2,...: {text!r}"
-        ) from None
 
 
 def _value(text: str) -> Any:
@@ -95,7 +56,7 @@ def _model(name: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 # The held-out share when --valid-pct is not typed (and the recipe, if any, sets none).
-VALID_PCT: float = DataConfig.__dataclass_fields__["valid_pct"].default
+VALID_PCT: float = default_of(DataConfig, "valid_pct")
 
 
 def _add_data_args(p: argparse.ArgumentParser, *, required: bool) -> None:
@@ -110,7 +71,7 @@ def _add_data_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     p.add_argument("--channels", type=int, choices=(1, 3), help="convert to 1 or 3 channels")
     p.add_argument(
         "--resize",
-        choices=("squish", "crop", "pad"),
+        choices=RESIZE_MODES,
         help="how images of another size reach --size: stretch, centre crop or pad "
         "(default squish; the photos recipe crops)",
     )

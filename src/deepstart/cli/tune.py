@@ -5,9 +5,26 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from deepstart.cli.args import _add_data_args, _data_config, _duration, _pairs
-from deepstart.config import OPTIMIZERS, SCHEDULES, ModelConfig, RunConfig, TrainConfig
+from deepstart.cli.args import _add_data_args, _data_config, _pairs
+from deepstart.cli.options import add_option, arg_type, given_options
+from deepstart.config import ModelConfig, RunConfig, TrainConfig
+from deepstart.config.option import parse_duration
 from deepstart.errors import DeepstartError
+
+# The TrainConfig fields a study takes as flags, fixed for every trial unless the space sets
+# them (a space can set any training field; tune's own --seed, --max-time and --out are the
+# study's).
+TRAIN_OPTIONS = (
+    "epochs",
+    "lr",
+    "batch_size",
+    "opt",
+    "wd",
+    "schedule",
+    "augment",
+    "device",
+    "precision",
+)
 
 
 def add_parsers(sub: Any) -> None:
@@ -40,7 +57,9 @@ def add_parsers(sub: Any) -> None:
     )
     tn.add_argument("--direction", choices=("minimize", "maximize"), help="default: the metric's")
     tn.add_argument(
-        "--max-time", type=_duration, help="time budget: 90s, 30m, 2h; no trial starts after it"
+        "--max-time",
+        type=arg_type(parse_duration),
+        help="time budget: 90s, 30m, 2h; no trial starts after it",
     )
     tn.add_argument("--out", default="runs/studies", help="parent of the study directory")
     tn.add_argument("--study-name", help="default <data>-<model>")
@@ -66,15 +85,8 @@ def add_parsers(sub: Any) -> None:
     )
     tn.add_argument("--verbose", action="store_true", help="show each trial's training")
     g = tn.add_argument_group("training (fixed unless the space sets them)")
-    g.add_argument("--epochs", type=int, default=5)
-    g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--batch-size", type=int, default=128)
-    g.add_argument("--opt", default="adamw", choices=OPTIMIZERS)
-    g.add_argument("--wd", type=float, default=0.01)
-    g.add_argument("--schedule", default="one_cycle", choices=SCHEDULES)
-    g.add_argument("--augment", choices=("flip", "cifar", "cifar-alt", "photo", "digits"))
-    g.add_argument("--device", default="auto")
-    g.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    for name in TRAIN_OPTIONS:
+        add_option(g, TrainConfig, name)
     tn.set_defaults(func=cmd_tune)
 
 
@@ -98,16 +110,8 @@ def cmd_tune(a: argparse.Namespace) -> int:
             # The model stays as written: a template is filled in per trial.
             model=ModelConfig(a.model or "vgg_small", _pairs(a.model_opt, "--model-opt")),
             train=TrainConfig(
-                epochs=a.epochs,
-                lr=a.lr,
-                batch_size=a.batch_size,
-                opt=a.opt,
-                wd=a.wd,
-                schedule=a.schedule,
-                augment=a.augment,
+                **given_options(a, TrainConfig, TRAIN_OPTIONS),
                 seed=a.seed,
-                device=a.device,
-                precision=a.precision,
                 checkpoint=False,  # a stopped trial is not continued: the study moves on
             ),
         )

@@ -1,0 +1,130 @@
+"""Which recipe a command line or a folder gets, and the run config it makes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from deepstart.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from deepstart.recipes.recipe import Recipe
+from deepstart.recipes.table import DEFAULTS, RECIPES, get_recipe
+
+# The model trained when there is neither a recipe nor --model (the pre-recipe default).
+FALLBACK_MODEL = "vgg_small"
+
+# A folder whose images' median short side reaches this is photos (STL-10's 96 px and up):
+# ImageNet features fit them. Below it (CIFAR's 32 px, MNIST's 28) from-scratch recipes win.
+PHOTO_MIN_SIDE = 64
+
+
+def default_recipe(data: str, data_dir: str | None = None) -> Recipe | None:
+    """The default recipe for a dataset, or None when it has none (see :func:`recipe_for`).
+
+    Example:
+        >>> default_recipe("mnist").name
+        'mnist-fast'
+    """
+    return recipe_for(data, data_dir)[0]
+
+
+def recipe_for(data: str, data_dir: str | None = None) -> tuple[Recipe | None, str]:
+    """The default recipe for a dataset and why: a named dataset's own; for a folder (or a
+    folder path), a look at its images decides: photos get ``photos`` (a pretrained
+    backbone), small colour pictures ``cifar10-fast``, small grey ones none.
+
+    Example:
+        >>> recipe_for("folder", "pets")
+        (Recipe(name='photos', ...), 'the images are photos (median 375x500 px, ...)')
+    """
+    if data in DEFAULTS:
+        return RECIPES[DEFAULTS[data]], f"the default recipe of {data}"
+    path = data_dir if data == "folder" else data
+    if not path or not Path(path).expanduser().exists():
+        return None, "no recipe for this dataset"
+    from deepstart.data.folder import peek_folder
+
+    peek = peek_folder(path)
+    h, w = peek.size
+    seen = f"median {h}x{w} px over {peek.sampled} of {peek.n_images} training images"
+    if min(h, w) >= PHOTO_MIN_SIDE:
+        return RECIPES["photos"], (
+            f"the images are photos ({seen}): fine-tuning ImageNet-pretrained weights beats "
+            f"training from scratch on them"
+        )
+    if peek.colour >= 0.5:
+        return RECIPES[DEFAULTS["cifar10"]], (
+            f"small colour pictures ({seen}), like CIFAR-10: trained from scratch"
+        )
+    return None, f"small grey pictures ({seen}): the plain defaults ({FALLBACK_MODEL})"
+
+
+def choose_recipe(
+    name: str | None, data: str, data_dir: str | None = None, *, model: str | None = None
+) -> Recipe | None:
+    """The recipe a ``deepstart train`` command line asks for: ``--recipe NAME`` if given;
+    else none when ``--model`` is given; else the dataset's default (maybe none).
+
+    Example:
+        >>> choose_recipe(None, "mnist").name
+        'mnist-fast'
+        >>> choose_recipe(None, "mnist", model="mnist_cnn") is None
+        True
+    """
+    return choose_recipe_why(name, data, data_dir, model=model)[0]
+
+
+def choose_recipe_why(
+    name: str | None, data: str, data_dir: str | None = None, *, model: str | None = None
+) -> tuple[Recipe | None, str]:
+    """:func:`choose_recipe` and the reason, for the run's log."""
+    if name is not None:
+        return get_recipe(name), "asked for by --recipe"
+    if model is not None:
+        return None, "--model given"
+    return recipe_for(data, data_dir)
+
+
+def run_config(
+    data: DataConfig,
+    *,
+    recipe: Recipe | None = None,
+    model: str | None = None,
+    model_options: Mapping[str, Any] | None = None,
+    pretrained: str | None = None,
+    pretrained_sha256: str | None = None,
+    train: Mapping[str, Any] | None = None,
+) -> RunConfig:
+    """The run's config: the recipe's values, with every value given here winning.
+
+    ``model`` replaces the recipe's model (and drops the recipe's model options, which
+    belong to its model); ``model_options`` are merged over the recipe's when the model is
+    the recipe's. ``train`` holds the TrainConfig fields given explicitly. Without a recipe
+    and a model, the model is ``vgg_small``.
+
+    Example:
+        >>> cfg = run_config(DataConfig("mnist"), recipe=get_recipe("mnist-fast"),
+        ...                  train={"epochs": 2})
+        >>> cfg.train.epochs, cfg.train.lr
+        (2, 0.004)
+    """
+    given = dict(train or {})
+    options = dict(model_options or {})
+    if recipe is None:
+        name = model or FALLBACK_MODEL
+        settings = given
+    else:
+        if model is None or model == recipe.model:
+            name, options = recipe.model, {**recipe.model_options, **options}
+        else:
+            name = model
+        settings = {**recipe.train, **given, "recipe": recipe.name}
+    if recipe is not None and recipe.pretrained and pretrained is None and name == recipe.model:
+        pretrained = recipe.pretrained
+    return RunConfig(
+        data=data,
+        model=ModelConfig(
+            name, options, pretrained=pretrained, pretrained_sha256=pretrained_sha256
+        ),
+        train=TrainConfig(**settings),
+    )
