@@ -7,7 +7,7 @@ the upper right corner means the same as one in the lower left. Its test set is 
 set transformed the same way; its "just centred" version is the plain 6-pixel pad.
 
 This module builds the same kind of data from the MNIST files, on the fly, with batched tensor
-operations (one ``grid_sample`` per chunk, through :func:`deepstart.augment.warp`):
+operations (one ``grid_sample`` per chunk, through :func:`deepstart.data.transforms.warp`):
 
 - rotation uniform in ±20°, shear uniform in ±0.2 (``x += shear * y``), horizontal and
   vertical scale each uniform in 0.8–1.2 (independently), composed as rotate · shear ·
@@ -41,6 +41,7 @@ import torch
 
 from deepstart.cache import atomic_dir, cache_root
 from deepstart.data.dataset import DataError, ImageSet
+from deepstart.data.transforms import warp
 
 SIZE = 40  # affNIST's frame, pixels
 DEFAULT_COPIES = 4  # measured against 1 and 2 copies: docs/benchmarks.md (AffNIST)
@@ -223,8 +224,6 @@ def transform_digits(
         >>> out, idx = transform_digits(mnist_train.images, copies=4, seed=0)
         >>> labels = mnist_train.labels[idx]
     """
-    from deepstart.augment import warp
-
     if copies < 1:
         raise DataError(f"copies must be at least 1, got {copies}")
     ranges = ranges or AffineRanges()

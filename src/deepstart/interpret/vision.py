@@ -2,6 +2,8 @@
 
 Pure tensor computations on any model with the shared interface
 (``model(x) == model.head(model.features(x))``); the drawings live in ``vision_plots``.
+Saliency, SmoothGrad and Grad-CAM are computed in :mod:`deepstart.interpret.attribution` and
+the input helpers in :mod:`deepstart.interpret.probe`; this module re-exports both.
 Inputs are the *normalised* float images the model sees (see :func:`normalise`). Every function
 puts the model in eval mode and restores each module's previous mode afterwards, runs on the
 model's own device, takes gradients with ``torch.autograd.grad`` (so no parameter's ``.grad``
@@ -14,96 +16,38 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepstart.errors import DeepstartError
+from deepstart.interpret.attribution import grad_cam, saliency, smoothgrad
+from deepstart.interpret.probe import (
+    VisionError,
+    as_batch,
+    denormalise,
+    device_dtype,
+    eval_mode,
+    normalise,
+)
 
-
-class VisionError(DeepstartError, ValueError):
-    """A model, layer or input that a visualisation cannot use; the message says why."""
-
-
-# -- shared helpers ------------------------------------------------------------------------
-
-
-def normalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 images ``(N, C, H, W)`` or ``(C, H, W)`` -> float32 ``(x / 255 - mean) / std``.
-
-    ``mean`` and ``std`` are per channel in [0, 1] pixel units, as in ``Preprocess``.
-
-    Example:
-        >>> normalise(torch.full((1, 1, 2, 2), 255, dtype=torch.uint8), [0.5], [0.5])[0, 0, 0]
-        tensor([1., 1.])
-    """
-    c = images.shape[-3]
-    shape = (c, 1, 1)
-    m = torch.as_tensor(list(mean), dtype=torch.float32, device=images.device).view(shape)
-    s = torch.as_tensor(list(std), dtype=torch.float32, device=images.device).view(shape)
-    return (images.to(torch.float32) / 255.0 - m) / s
-
-
-def denormalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """The inverse of :func:`normalise`, in [0, 1] display units (clamped).
-
-    Example:
-        >>> denormalise(torch.tensor([[[[1.0, -3.0]]]]), [0.5], [0.5])
-        tensor([[[[1., 0.]]]])
-    """
-    c = x.shape[-3]
-    m = torch.as_tensor(list(mean), dtype=x.dtype, device=x.device).view(c, 1, 1)
-    s = torch.as_tensor(list(std), dtype=x.dtype, device=x.device).view(c, 1, 1)
-    return (x * s + m).clamp(0.0, 1.0)
-
-
-def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    for t in (*model.parameters(), *model.buffers()):
-        if t.is_floating_point():
-            return t.device, t.dtype
-    return torch.device("cpu"), torch.float32
-
-
-@contextlib.contextmanager
-def _eval(model: nn.Module) -> Iterator[None]:
-    # Per module, because a model may be partly in eval on purpose (frozen BatchNorm).
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
-def _batch(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``(N, C, H, W)`` float on the model's device and dtype (a 3-D image gets N=1)."""
-    if x.ndim == 3:
-        x = x.unsqueeze(0)
-    if x.ndim != 4 or not x.is_floating_point():
-        raise VisionError(
-            f"expected normalised float images (N, C, H, W), got {tuple(x.shape)} {x.dtype}; "
-            "use normalise() on uint8 images"
-        )
-    device, dtype = _device_dtype(model)
-    return x.detach().to(device=device, dtype=dtype)
-
-
-def _targets(
-    logits: torch.Tensor, target: int | Sequence[int] | torch.Tensor | None
-) -> torch.Tensor:
-    """Class index per image ``(N,)``: the given one(s), else the predicted class."""
-    n, k = logits.shape
-    if target is None:
-        return logits.argmax(1)
-    t = torch.as_tensor(target, dtype=torch.int64, device=logits.device).reshape(-1)
-    t = t.expand(n) if t.numel() == 1 else t
-    if t.numel() != n or int(t.min()) < 0 or int(t.max()) >= k:
-        raise VisionError(f"target must be one class in [0, {k}) or one per image (N={n})")
-    return t
+# The attribution maps and the input helpers live in their own modules; this one stays the
+# single place the report, serve, the docs and the tests take all vision tools from.
+__all__ = [
+    "HAND_KERNELS",
+    "VisionError",
+    "apply_kernels",
+    "conv_layers",
+    "denormalise",
+    "feature_maps",
+    "first_layer_weights",
+    "grad_cam",
+    "normalise",
+    "saliency",
+    "smoothgrad",
+    "visualise_filters",
+]
 
 
 # -- first layer and hand-made kernels -----------------------------------------------------
@@ -259,10 +203,10 @@ def feature_maps(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
         torch.Size([32, 26, 26])
     """
     module = _module(model, layer)
-    xb = _batch(model, x)
+    xb = as_batch(model, x)
     if len(xb) != 1:
         raise VisionError(f"feature_maps takes one image, got a batch of {len(xb)}")
-    with _eval(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         out = _capture(model, module, xb)
     if out.ndim != 4:
         raise VisionError(
@@ -328,7 +272,7 @@ def visualise_filters(
     chans = [int(ch) for ch in channels]
     if not chans:
         raise VisionError("channels is empty")
-    device, dtype = _device_dtype(model)
+    device, dtype = device_dtype(model)
     m = torch.as_tensor(list(mean), dtype=dtype, device=device).view(1, -1, 1, 1)
     s = torch.as_tensor(list(std), dtype=dtype, device=device).view(1, -1, 1, 1)
     if m.shape[1] != c or s.shape[1] != c:
@@ -343,7 +287,7 @@ def visualise_filters(
     blur = blur.expand(c, 1, 3, 3)
     index = torch.arange(n, device=device)
     ch = torch.tensor(chans, device=device)
-    with _eval(model):
+    with eval_mode(model):
         for step in range(steps):
             dy, dx = shifts[step]
             p = img.detach().requires_grad_()
@@ -365,118 +309,3 @@ def visualise_filters(
                     img = F.conv2d(F.pad(img, (1, 1, 1, 1), mode="reflect"), blur, groups=c)
                 img = img.clamp(0.0, 1.0)
     return img.detach().to("cpu", torch.float32)
-
-
-# -- attribution: saliency, SmoothGrad, Grad-CAM -------------------------------------------
-
-
-def _input_grad(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """d logit[target] / d x for a batch ``(N, C, H, W)``, without touching parameter grads."""
-    p = x.detach().requires_grad_()
-    logits = model(p)
-    (grad,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), p)
-    return grad
-
-
-def saliency(
-    model: nn.Module, x: torch.Tensor, target: int | Sequence[int] | torch.Tensor | None = None
-) -> torch.Tensor:
-    """Vanilla gradient saliency: which pixels would change the class score fastest.
-
-    Args:
-        model: any model.
-        x: normalised images ``(N, C, H, W)``.
-        target: class per image (or one for all); default the predicted class.
-
-    Returns:
-        ``(N, H, W)`` float32: max over channels of ``|d logit[target] / d x|``.
-
-    Example:
-        >>> saliency(create_model("logreg"), torch.zeros(2, 1, 28, 28)).shape
-        torch.Size([2, 28, 28])
-    """
-    xb = _batch(model, x)
-    with _eval(model):
-        with torch.no_grad():
-            t = _targets(model(xb), target)
-        grad = _input_grad(model, xb, t)
-    return grad.abs().amax(1).detach().to("cpu", torch.float32)
-
-
-def smoothgrad(
-    model: nn.Module,
-    x: torch.Tensor,
-    target: int | Sequence[int] | torch.Tensor | None = None,
-    *,
-    n: int = 25,
-    sigma: float = 0.15,
-    seed: int = 0,
-) -> torch.Tensor:
-    """SmoothGrad (Smilkov et al. 2017): saliency averaged over noisy copies of the input.
-
-    The target is chosen once on the clean images; the gradients (signed) are averaged over
-    ``n`` copies with Gaussian noise of std ``sigma * (max - min)`` of each image, then reduced
-    like :func:`saliency`. Deterministic for a seed.
-
-    Returns:
-        ``(N, H, W)`` float32, max over channels of the averaged gradient's magnitude.
-
-    Example:
-        >>> smoothgrad(model, x, n=10, seed=1).shape  # x (N, C, H, W)
-    """
-    if n < 1 or sigma < 0:
-        raise VisionError(f"smoothgrad needs n >= 1 and sigma >= 0, got n={n} sigma={sigma}")
-    xb = _batch(model, x)
-    gen = torch.Generator().manual_seed(int(seed))
-    spread = (xb.amax(dim=(1, 2, 3)) - xb.amin(dim=(1, 2, 3))).view(-1, 1, 1, 1)  # (N,1,1,1)
-    total = torch.zeros_like(xb)
-    with _eval(model):
-        with torch.no_grad():
-            t = _targets(model(xb), target)
-        for _ in range(n):
-            noise = torch.randn(xb.shape, generator=gen).to(xb)
-            total += _input_grad(model, xb + noise * sigma * spread, t)
-    return (total / n).abs().amax(1).detach().to("cpu", torch.float32)
-
-
-def grad_cam(
-    model: nn.Module, x: torch.Tensor, target: int | Sequence[int] | torch.Tensor | None = None
-) -> torch.Tensor:
-    """Grad-CAM (Selvaraju et al. 2017): where in the image the evidence for a class lies.
-
-    The last feature map ``f = model.features(x)`` ``(N, K, h, w)`` is weighted per channel by
-    the mean over space of ``d logit[target] / d f``; the ReLU of the weighted sum is upsampled
-    (bilinear) to the input size and divided by its maximum per image (an all-zero map stays
-    zero).
-
-    Args:
-        model: a conv model (its ``features`` must return a 4-D feature map).
-        x: normalised images ``(N, C, H, W)``.
-        target: class per image (or one for all); default the predicted class.
-
-    Returns:
-        ``(N, H, W)`` float32 in [0, 1].
-
-    Example:
-        >>> grad_cam(create_model("vgg_small"), torch.zeros(2, 1, 32, 32)).shape
-        torch.Size([2, 32, 32])
-    """
-    xb = _batch(model, x)
-    with _eval(model):
-        with torch.no_grad():
-            f = model.features(xb)
-        if f.ndim != 4:
-            raise VisionError(
-                f"grad_cam needs a conv model whose features(x) is a (N, C, h, w) map; "
-                f"{type(model).__name__} gives {tuple(f.shape)} (use saliency for dense models)"
-            )
-        f = f.detach().requires_grad_()  # only d logit / d f is needed: the body is not re-run
-        logits = model.head(f)
-        t = _targets(logits.detach(), target)
-        (grad,) = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), f)
-    weights = grad.mean(dim=(2, 3), keepdim=True)  # (N, K, 1, 1)
-    cam = F.relu((weights * f.detach()).sum(1, keepdim=True))  # (N, 1, h, w)
-    cam = F.interpolate(cam, size=xb.shape[2:], mode="bilinear", align_corners=False)[:, 0]
-    peak = cam.amax(dim=(1, 2), keepdim=True)
-    cam = torch.where(peak > 0, cam / peak.clamp_min(1e-12), torch.zeros_like(cam))
-    return cam.detach().to("cpu", torch.float32)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import re
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import torch
@@ -365,19 +365,31 @@ def _lite(
 _IMAGENET = {"in_channels": 3, "num_classes": 1000, "head": "classifier"}
 
 
-@register_model(
-    description="EfficientNet-Lite0: ReLU6, no SE, 4.65M params (ImageNet weights load)",
-    input_size=(224, 224),
-    **_IMAGENET,
-)
-def efficientnet_lite0(
-    *,
-    in_channels: int,
-    num_classes: int,
-    input_size: tuple[int, int],
-    drop_path: float = 0.0,
-    dropout: float | None = None,
-) -> EfficientNetLite:
+def _register_lite(name: str, description: str, doc: str) -> Callable[..., EfficientNetLite]:
+    """Register the builder of one variant: the variants differ only in ``LITE[name]``
+    (width, depth, dropout) and the resolution they are registered at."""
+
+    def build(
+        *,
+        in_channels: int,
+        num_classes: int,
+        input_size: tuple[int, int],
+        drop_path: float = 0.0,
+        dropout: float | None = None,
+    ) -> EfficientNetLite:
+        return _lite(name, in_channels, num_classes, drop_path, dropout)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = doc
+    side = int(LITE[name]["resolution"])
+    return register_model(name, description=description, input_size=(side, side), **_IMAGENET)(
+        build
+    )
+
+
+efficientnet_lite0 = _register_lite(
+    "efficientnet_lite0",
+    "EfficientNet-Lite0: ReLU6, no SE, 4.65M params (ImageNet weights load)",
     """EfficientNet-Lite0 (width 1.0, depth 1.0, 224 px, dropout 0.2): 16 blocks;
     4,652,008 parameters at 1000 classes.
 
@@ -386,41 +398,17 @@ def efficientnet_lite0(
     Example:
         >>> create_model("efficientnet_lite0").features(torch.zeros(1, 3, 224, 224)).shape
         torch.Size([1, 1280, 7, 7])
-    """
-    return _lite("efficientnet_lite0", in_channels, num_classes, drop_path, dropout)
-
-
-@register_model(
-    description="EfficientNet-Lite1: ReLU6, no SE, 5.42M params (ImageNet weights load)",
-    input_size=(240, 240),
-    **_IMAGENET,
+    """,
 )
-def efficientnet_lite1(
-    *,
-    in_channels: int,
-    num_classes: int,
-    input_size: tuple[int, int],
-    drop_path: float = 0.0,
-    dropout: float | None = None,
-) -> EfficientNetLite:
+efficientnet_lite1 = _register_lite(
+    "efficientnet_lite1",
+    "EfficientNet-Lite1: ReLU6, no SE, 5.42M params (ImageNet weights load)",
     """EfficientNet-Lite1 (width 1.0, depth 1.1, 240 px, dropout 0.2): 21 blocks;
-    5,416,680 parameters at 1000 classes."""
-    return _lite("efficientnet_lite1", in_channels, num_classes, drop_path, dropout)
-
-
-@register_model(
-    description="EfficientNet-Lite2: ReLU6, no SE, 6.09M params (ImageNet weights load)",
-    input_size=(260, 260),
-    **_IMAGENET,
+    5,416,680 parameters at 1000 classes.""",
 )
-def efficientnet_lite2(
-    *,
-    in_channels: int,
-    num_classes: int,
-    input_size: tuple[int, int],
-    drop_path: float = 0.0,
-    dropout: float | None = None,
-) -> EfficientNetLite:
+efficientnet_lite2 = _register_lite(
+    "efficientnet_lite2",
+    "EfficientNet-Lite2: ReLU6, no SE, 6.09M params (ImageNet weights load)",
     """EfficientNet-Lite2 (width 1.1, depth 1.2, 260 px, dropout 0.3): 21 blocks;
-    6,092,072 parameters at 1000 classes."""
-    return _lite("efficientnet_lite2", in_channels, num_classes, drop_path, dropout)
+    6,092,072 parameters at 1000 classes.""",
+)

@@ -243,6 +243,17 @@ def _check_size(name: str, input_size: tuple[int, int], pools: int, whiten: bool
         raise ModelError(f"{name} needs input at least {need}x{need}, got {h}x{w}")
 
 
+# Registered defaults both fast nets share (the options are :class:`FastNet`'s); listed after
+# the width and activation options so that model.json keeps its key order.
+_SPEED = {
+    "channels_last": True,
+    "logit_scale": 1.0,
+    "dirac": False,
+    "bn_scale": True,
+    "bn_momentum": 0.1,
+}
+
+
 @register_model(
     description="speed-tuned BN conv net for 28x28 (MNIST, Fashion-MNIST): 11M mult-adds",
     input_size=(28, 28),
@@ -251,11 +262,7 @@ def _check_size(name: str, input_size: tuple[int, int], pools: int, whiten: bool
     widths=(16, 32, 64, 128),
     extra=0,
     act="relu",
-    channels_last=True,
-    logit_scale=1.0,
-    dirac=False,
-    bn_scale=True,
-    bn_momentum=0.1,
+    **_SPEED,
 )
 def fast_mnist(
     *,
@@ -273,18 +280,9 @@ def fast_mnist(
 ) -> FastNet:
     """conv16 stem | conv-pool-BN-ReLU x3 (32, 64, 128) | global max-pool - linear.
 
-    Args:
-        in_channels: image channels C.
-        num_classes: outputs of the head.
-        input_size: image ``(H, W)``; at least 8x8 with three blocks.
-        widths: stem width, then one per block.
-        extra: extra convs per block (0).
-        act: "relu" (default), "gelu" or "silu".
-        channels_last: NHWC activations (default on: with bf16 autocast on the CPU, 2-3x
-            faster steps than NCHW, docs/speed.md).
-        logit_scale: multiplies the logits (1).
-        dirac: identity-initialised 3x3 convs (off).
-        bn_scale, bn_momentum: BatchNorm learns a scale (on); its statistics' momentum (0.1).
+    The options are :class:`FastNet`'s (no whitening stem: digits need none); ``input_size``
+    must be at least 8x8 with three blocks. Defaults: ReLU, no extra convs, channels-last
+    activations (with bf16 autocast on the CPU, 2-3x faster steps than NCHW, docs/speed.md).
 
     Example:
         >>> create_model("fast_mnist").features(torch.zeros(2, 1, 28, 28)).shape
@@ -314,11 +312,7 @@ def fast_mnist(
     extra=1,
     act="gelu",
     whiten=True,
-    channels_last=True,
-    logit_scale=1.0,
-    dirac=False,
-    bn_scale=True,
-    bn_momentum=0.1,
+    **_SPEED,
 )
 def fast_cifar(
     *,
@@ -337,21 +331,12 @@ def fast_cifar(
 ) -> FastNet:
     """whiten2x2 | conv-pool-BN-GELU(-conv-BN-GELU) x3 (64, 128, 256) | max-pool - linear.
 
-    Args:
-        in_channels: image channels C.
-        num_classes: outputs of the head.
-        input_size: image ``(H, W)``; at least 9x9 with three blocks and whitening.
-        widths: stem width (unused with ``whiten``), then one per block.
-        extra: extra convs per block (1).
-        act: "gelu" (default), "relu" or "silu".
-        whiten: patch-whitening stem fitted on the first training batch (default on).
-        channels_last: NHWC activations (default on: with bf16 autocast on the CPU, 2-3x
-            faster steps than NCHW, docs/speed.md).
-        logit_scale: multiplies the logits (1; airbench's 1/9 suits its SGD, and slowed
-            AdamW down here: the head's weights must grow 9x first).
-        dirac: identity-initialised 3x3 convs (airbench; off by default).
-        bn_scale, bn_momentum: BatchNorm learns a scale (on; airbench: off); its statistics'
-            momentum (0.1; airbench: 0.4).
+    The options are :class:`FastNet`'s; ``input_size`` must be at least 9x9 with three blocks
+    and whitening. Defaults: GELU, one extra conv per block, the whitening stem (then
+    ``widths[0]`` is unused), channels-last activations. Where they differ from airbench:
+    ``logit_scale`` 1 (airbench's 1/9 suits its SGD, and slowed AdamW down here: the head's
+    weights must grow 9x first), ``dirac`` off, ``bn_scale`` on (airbench: off),
+    ``bn_momentum`` 0.1 (airbench: 0.4).
 
     Example:
         >>> create_model("fast_cifar").features(torch.zeros(2, 3, 32, 32)).shape

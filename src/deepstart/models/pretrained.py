@@ -295,13 +295,31 @@ def pretrained_stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, 
     if stats is None:
         return None
     mean, std = (tuple(float(v) for v in s) for s in stats)
-    channels = _in_channels(model)
-    if channels is None or channels == len(mean):
+    channels = _in_channels(model) or len(mean)  # unknown: as the weights are
+    # Rounded to the 3 digits the published statistics have (0.449, not 0.44900000000000007).
+    return adapt_stats(mean, std, channels, digits=3)
+
+
+def adapt_stats(
+    mean: tuple[float, ...], std: tuple[float, ...], channels: int, *, digits: int | None = None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel ``(mean, std)`` of RGB weights adapted to ``channels`` inputs the way
+    :func:`load_pretrained` adapts the first conv: averaged for grey (its RGB kernels are
+    summed, so a grey pixel stands for R = G = B), tiled for other counts (as the kernels
+    are). ``digits`` rounds the grey average.
+
+    Example:
+        >>> adapt_stats((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1, digits=3)
+        ((0.449,), (0.226,))
+    """
+    if channels == len(mean):
         return mean, std
     if channels == 1:
-        return (round(sum(mean) / len(mean), 3),), (round(sum(std) / len(std), 3),)
-    return tuple(mean[i % len(mean)] for i in range(channels)), tuple(
-        std[i % len(std)] for i in range(channels)
+        m, s = sum(mean) / len(mean), sum(std) / len(std)
+        return ((m,), (s,)) if digits is None else ((round(m, digits),), (round(s, digits),))
+    return (
+        tuple(mean[i % len(mean)] for i in range(channels)),
+        tuple(std[i % len(std)] for i in range(channels)),
     )
 
 

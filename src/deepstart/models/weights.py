@@ -42,6 +42,7 @@ from deepstart.models.pretrained import (
     IMAGENET_STD,
     LoadReport,
     PretrainedError,
+    adapt_stats,
     load_pretrained,
     read_state_dict,
 )
@@ -382,22 +383,10 @@ def load_weights(
     path = weights_file(w, quiet=quiet)
     report = load_pretrained(model, path, quiet=quiet, **kwargs)
     report.source = f"{w.key} ({w.source})"
-    report.mean, report.std = _adapt_stats(w, int(arch.get("in_channels", 3)))
+    # The weights' own statistics, not rounded (unlike pretrained_stats for a grey model).
+    report.mean, report.std = adapt_stats(w.mean, w.std, int(arch.get("in_channels", 3)))
     report.notes.insert(0, f"licence: {w.licence}")
     return report
-
-
-def _adapt_stats(w: Weights, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The weights' mean/std for ``channels`` inputs: averaged for grey (the first conv's
-    kernels are summed), tiled otherwise (as they are tiled)."""
-    if channels == len(w.mean):
-        return w.mean, w.std
-    if channels == 1:
-        return (sum(w.mean) / len(w.mean),), (sum(w.std) / len(w.std),)
-    return (
-        tuple(w.mean[i % len(w.mean)] for i in range(channels)),
-        tuple(w.std[i % len(w.std)] for i in range(channels)),
-    )
 
 
 def load_source(

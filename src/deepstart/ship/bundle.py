@@ -1,47 +1,70 @@
-"""Saving and loading a trained model: ``model.safetensors`` + ``model.json``. Never pickle.
+"""Shipping a classifier: a *bundle* is a directory or a single ``.zip`` holding
+``model.safetensors``, ``model.json`` (see :mod:`deepstart.ship.saved`) and the run's
+``config.json`` (the training config). A run directory is a bundle too.
 
-``model.json`` holds what is needed to rebuild and use the model: the registry architecture
-and its arguments, the class names and the :class:`Preprocess` the training data got (a
-regression model, which takes raw numbers, has no classes and no preprocess), plus whatever
-the run added (dataset name, test score, statistics of the training inputs).
-Loading it can never run code: weights are plain tensors, everything else is JSON.
-
-A *bundle* is what you ship: a directory or a single ``.zip`` holding ``model.safetensors``,
-``model.json`` and the run's ``config.json`` (the training config). A run directory is a
-bundle too. :func:`load_bundle` opens any of them (and an ``.onnx`` file written by
-:func:`deepstart.ship.onnx.export_onnx`) as an object whose ``predict`` takes files, PIL
-images or arrays. Zips are read in memory, member by member, with size limits; nothing is
-extracted.
+:func:`load_bundle` opens any of them (and an ``.onnx`` file written by
+:func:`deepstart.ship.onnx.export_onnx`, or the name of a model with published weights) as an
+object whose ``predict`` takes files, PIL images or arrays. Zips are read in memory, member by
+member, with size limits; nothing is extracted. Loading never runs code from the bundle.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import zipfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import load, load_file, save
-from torch import nn
 
 from deepstart.cache import atomic_write
 from deepstart.data.dataset import Batches, ImageSet, Preprocess
 from deepstart.device import resolve_device, use_channels_last
-from deepstart.errors import DeepstartError
-from deepstart.models.registry import create_model_from_arch
+from deepstart.ship.predict import PredictMixin
+from deepstart.ship.saved import (
+    CONFIG,
+    FORMAT,
+    META,
+    VERSION,
+    WEIGHTS,
+    BundleError,
+    SavedModel,
+    build_model,
+    check_meta,
+    checked_preprocess,
+    load_model,
+    parse_json,
+    read_meta,
+    save_model,
+    weights_bytes,
+)
 
 if TYPE_CHECKING:
     from deepstart.ship.onnx import OnnxBundle, OnnxExport
-    from deepstart.ship.predict import Prediction
 
-FORMAT = "deepstart.model"
-VERSION = 1
-META, WEIGHTS, CONFIG = "model.json", "model.safetensors", "config.json"
+# What the package, the run code and the tests import from here; the saving and loading of a
+# model directory lives in deepstart.ship.saved.
+__all__ = [
+    "VERSION",
+    "Bundle",
+    "BundleError",
+    "SavedModel",
+    "check_batch",
+    "export_bundle",
+    "load_bundle",
+    "load_model",
+    "pretrained_bundle",
+    "read_meta",
+    "read_zip_members",
+    "save_model",
+    "shareable",
+    "write_bundle",
+]
+
+
 # Limits on what is read from a zip (uncompressed bytes): a bundle holds two JSON files and
 # one weights file, so anything bigger is a broken or hostile archive.
 MAX_JSON_BYTES = 64 * 2**20
@@ -49,133 +72,8 @@ MAX_WEIGHTS_BYTES = 4 * 2**30
 MAX_MEMBERS = 1000
 
 
-class BundleError(DeepstartError):
-    """A model directory or bundle that is missing, broken or from a newer deepstart."""
-
-
 @dataclass
-class SavedModel:
-    """A model loaded back, with what it needs to be used on new images."""
-
-    model: nn.Module
-    classes: list[str]
-    preprocess: Preprocess | None  # None for a regression model
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-def _weights_bytes(model: nn.Module) -> bytes:
-    # safetensors refuses shared or non-contiguous storage; clone to plain CPU tensors.
-    weights = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    return save(weights, metadata={"format": FORMAT})
-
-
-def save_model(
-    model: nn.Module,
-    directory: str | Path,
-    *,
-    classes: list[str],
-    preprocess: Preprocess | None,
-    extra: dict[str, Any] | None = None,
-) -> Path:
-    """Write ``model.safetensors`` and ``model.json`` into ``directory``.
-
-    Example:
-        >>> save_model(learn.model, "runs/x", classes=data.classes, preprocess=data.preprocess)
-    """
-    arch = getattr(model, "arch", None)
-    if arch is None:
-        raise BundleError("model has no .arch: build it with create_model() to save it")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    with atomic_write(directory / WEIGHTS) as f:
-        f.write(_weights_bytes(model))
-    meta = {
-        "format": FORMAT,
-        "version": VERSION,
-        "arch": arch,
-        "classes": list(classes),
-        "preprocess": preprocess.to_dict() if preprocess is not None else None,
-        **(extra or {}),
-    }
-    with atomic_write(directory / META, "w") as f:
-        json.dump(meta, f, indent=2)
-    return directory
-
-
-def _check_meta(meta: Any, where: str) -> dict:
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise BundleError(f"{where}: not a deepstart model (format {got!r})")
-    try:
-        version = int(meta.get("version", 0))
-    except (TypeError, ValueError):
-        raise BundleError(
-            f"{where}: format version {meta.get('version')!r} is not a number"
-        ) from None
-    if version > VERSION:
-        raise BundleError(
-            f"{where}: format version {version} is newer than this deepstart "
-            f"reads ({VERSION}); upgrade deepstart"
-        )
-    if not isinstance(meta.get("arch"), dict) or not isinstance(meta.get("classes"), list):
-        raise BundleError(f"{where}: has no model architecture or class list")
-    return meta
-
-
-def _parse_json(data: bytes | str, where: str) -> Any:
-    try:
-        return json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{where}: not valid JSON ({e})") from None
-
-
-def read_meta(directory: str | Path) -> dict:
-    """The checked ``model.json`` of a saved model directory (its weights file must exist).
-
-    Raises:
-        BundleError: no model, invalid JSON, not a deepstart model, or a newer format.
-    """
-    directory = Path(directory)
-    meta_path, weights_path = directory / META, directory / WEIGHTS
-    if not meta_path.is_file() or not weights_path.is_file():
-        raise BundleError(f"{directory}: no {META} + {WEIGHTS} (is it a run dir?)")
-    return _check_meta(_parse_json(meta_path.read_bytes(), str(meta_path)), str(meta_path))
-
-
-def _build(meta: dict, weights: str | bytes, where: str, device: str) -> nn.Module:
-    """The architecture of ``meta`` with ``weights`` (a file path or the file's bytes)."""
-    try:
-        model = create_model_from_arch(meta["arch"])
-    except (DeepstartError, KeyError, TypeError) as e:
-        raise BundleError(f"{where}: cannot rebuild the model ({e})") from None
-    try:
-        state = load_file(weights) if isinstance(weights, str) else load(weights)
-        model.load_state_dict(state)
-    except Exception as e:  # safetensors and torch raise several kinds for a broken file
-        raise BundleError(f"{where}: cannot load weights ({e})") from None
-    return model.to(device).eval()
-
-
-def load_model(directory: str | Path, device: str = "cpu") -> SavedModel:
-    """Rebuild a model saved by :func:`save_model` (eval mode, on ``device``).
-
-    Example:
-        >>> saved = load_model("runs/20260101-120000-shapes-vgg_small")
-        >>> saved.classes
-        ['circle', 'square', 'triangle']
-    """
-    meta = read_meta(directory)
-    weights_path = Path(directory) / WEIGHTS
-    prep = _checked_preprocess(meta, str(directory)) if meta.get("preprocess") else None
-    model = _build(meta, str(weights_path), str(weights_path), device)
-    return SavedModel(model, list(meta["classes"]), prep, meta)
-
-
-# --- bundles ----------------------------------------------------------------------------
-
-
-@dataclass
-class Bundle(SavedModel):
+class Bundle(SavedModel, PredictMixin):
     """A shippable image classifier: model (eval mode), classes, Preprocess and metadata.
 
     Attributes:
@@ -217,24 +115,6 @@ class Bundle(SavedModel):
         out = [self.model(x).float().softmax(dim=1).cpu() for x, _ in batches]
         return torch.cat(out) if out else torch.zeros(0, len(self.classes))
 
-    def predict(
-        self,
-        inputs: Any,
-        *,
-        top_k: int = 3,
-        batch_size: int = 64,
-        log: Callable[[str], None] | None = None,
-    ) -> list[Prediction]:
-        """Predict files, PIL images or uint8 arrays; see :func:`deepstart.ship.predict.predict`.
-
-        Example:
-            >>> [p.label for p in bundle.predict(["cat.jpg", "dog.png"])]
-            ['cat', 'dog']
-        """
-        from deepstart.ship.predict import predict
-
-        return predict(self, inputs, top_k=top_k, batch_size=batch_size, log=log)
-
     def save(self, out: str | os.PathLike) -> Path:
         """Write the bundle to ``out``: a ``.zip`` file, or else a directory.
 
@@ -244,7 +124,7 @@ class Bundle(SavedModel):
         """
         files = {
             META: json.dumps(self.meta, indent=2).encode(),
-            WEIGHTS: _weights_bytes(self.model),
+            WEIGHTS: weights_bytes(self.model),
         }
         if self.config is not None:
             files[CONFIG] = json.dumps(self.config, indent=2).encode()
@@ -347,13 +227,13 @@ def load_bundle(path: str | os.PathLike, device: str = "cpu") -> Bundle | OnnxBu
     if path.is_dir():
         meta = read_meta(path)
         config_path = path / CONFIG
-        config = _parse_json(config_path.read_bytes(), str(config_path)) if (
+        config = parse_json(config_path.read_bytes(), str(config_path)) if (
             config_path.is_file()) else None  # fmt: skip
         weights: str | bytes = str(path / WEIGHTS)
     elif zipfile.is_zipfile(path):
         members = read_zip_members(path)
-        meta = _check_meta(_parse_json(members[META], f"{path}:{META}"), f"{path}:{META}")
-        config = _parse_json(members[CONFIG], f"{path}:{CONFIG}") if CONFIG in members else None
+        meta = check_meta(parse_json(members[META], f"{path}:{META}"), f"{path}:{META}")
+        config = parse_json(members[CONFIG], f"{path}:{CONFIG}") if CONFIG in members else None
         weights = members[WEIGHTS]
     else:
         raise BundleError(f"{path}: not a bundle (a directory, a .zip or an .onnx file)")
@@ -361,31 +241,9 @@ def load_bundle(path: str | os.PathLike, device: str = "cpu") -> Bundle | OnnxBu
         "classification"
     ):
         raise BundleError(f"{path}: not an image classifier (use load_model for other models)")
-    prep = _checked_preprocess(meta, f"{path}:{META}")
-    model = _build(meta, weights, f"{path}:{WEIGHTS}", device)
+    prep = checked_preprocess(meta, f"{path}:{META}")
+    model = build_model(meta, weights, f"{path}:{WEIGHTS}", device)
     return Bundle(model, list(meta["classes"]), prep, meta, config, str(path))
-
-
-def _checked_preprocess(meta: dict, where: str) -> Preprocess:
-    """The bundle's Preprocess, refused in one line when it cannot give sane predictions:
-    a class list that does not match the model's outputs (IndexError in predict, HTTP 500 in
-    serve) or a std of 0 or a non-finite mean/std (NaN probabilities)."""
-    classes, k = meta["classes"], meta["arch"].get("num_classes")
-    if k is not None and len(classes) != int(k):
-        raise BundleError(f"{where}: {len(classes)} class names for a model with {k} outputs")
-    try:
-        prep = Preprocess.from_dict(meta["preprocess"])
-    except (KeyError, TypeError, ValueError, IndexError) as e:
-        raise BundleError(f"{where}: broken preprocess ({e})") from None
-    values = (*prep.mean, *prep.std)
-    if not all(math.isfinite(v) for v in values) or min(prep.std, default=0) <= 0:
-        raise BundleError(f"{where}: preprocess std must be positive and finite, got {prep.std}")
-    if len(prep.mean) != prep.channels or len(prep.std) != prep.channels:
-        raise BundleError(
-            f"{where}: preprocess mean/std have {len(prep.mean)}/{len(prep.std)} values for "
-            f"{prep.channels} channels"
-        )
-    return prep
 
 
 def _model_name(text: str) -> bool:

@@ -24,7 +24,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,12 +34,13 @@ from torch import nn
 
 from deepstart.cache import atomic_write
 from deepstart.data.dataset import Preprocess
-from deepstart.ship.bundle import VERSION as MODEL_VERSION
-from deepstart.ship.bundle import BundleError, check_batch, shareable
+from deepstart.ship.bundle import check_batch, shareable
+from deepstart.ship.predict import PredictMixin
+from deepstart.ship.saved import VERSION as MODEL_VERSION
+from deepstart.ship.saved import BundleError
 
 if TYPE_CHECKING:
     from deepstart.ship.bundle import Bundle
-    from deepstart.ship.predict import Prediction
 
 ONNX_FORMAT = "deepstart.onnx"
 ONNX_VERSION = 1
@@ -217,7 +218,7 @@ def _session(path: Path) -> Any:
         raise BundleError(f"{path}: onnxruntime cannot load it ({e})") from None
 
 
-class OnnxBundle:
+class OnnxBundle(PredictMixin):
     """An exported ``.onnx`` model run by onnxruntime, used like a :class:`Bundle`.
 
     Attributes:
@@ -246,19 +247,6 @@ class OnnxBundle:
             (logits,) = self.session.run([OUTPUT], {INPUT: x.numpy()})
             out.append(torch.from_numpy(logits).softmax(dim=1))
         return torch.cat(out) if out else torch.zeros(0, len(self.classes))
-
-    def predict(
-        self,
-        inputs: Any,
-        *,
-        top_k: int = 3,
-        batch_size: int = 64,
-        log: Callable[[str], None] | None = None,
-    ) -> list[Prediction]:
-        """Predict files, PIL images or uint8 arrays; see :func:`deepstart.ship.predict.predict`."""
-        from deepstart.ship.predict import predict
-
-        return predict(self, inputs, top_k=top_k, batch_size=batch_size, log=log)
 
 
 def load_onnx(path: str | os.PathLike) -> OnnxBundle:

@@ -321,6 +321,27 @@ def predict(
     return out
 
 
+class PredictMixin:
+    """Gives a :class:`Predictor` (``Bundle``, ``OnnxBundle``) its ``predict`` method: the
+    two differ only in how ``probabilities`` runs the model, so reading inputs is shared."""
+
+    def predict(
+        self: Predictor,
+        inputs: Any,
+        *,
+        top_k: int = 3,
+        batch_size: int = 64,
+        log: Callable[[str], None] | None = None,
+    ) -> list[Prediction]:
+        """Predict files, PIL images or uint8 arrays; see :func:`deepstart.ship.predict.predict`.
+
+        Example:
+            >>> [p.label for p in bundle.predict(["cat.jpg", "dog.png"])]
+            ['cat', 'dog']
+        """
+        return predict(self, inputs, top_k=top_k, batch_size=batch_size, log=log)
+
+
 def _check_mismatch(
     meta: dict[str, Any], images: torch.Tensor, log: Callable[[str], None] | None
 ) -> None:

@@ -1,0 +1,175 @@
+"""A saved model directory: ``model.safetensors`` + ``model.json``. Never pickle.
+
+``model.json`` holds what is needed to rebuild and use the model: the registry architecture
+and its arguments, the class names and the :class:`Preprocess` the training data got (a
+regression model, which takes raw numbers, has no classes and no preprocess), plus whatever
+the run added (dataset name, test score, statistics of the training inputs).
+Loading it can never run code: weights are plain tensors, everything else is JSON.
+
+This module writes and checks those two files; :mod:`deepstart.ship.bundle` packs them (with
+the run's ``config.json``) into a shippable bundle and predicts with it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load, load_file, save
+from torch import nn
+
+from deepstart.cache import atomic_write
+from deepstart.data.dataset import Preprocess
+from deepstart.errors import DeepstartError
+from deepstart.models.registry import create_model_from_arch
+
+FORMAT = "deepstart.model"
+VERSION = 1
+META, WEIGHTS, CONFIG = "model.json", "model.safetensors", "config.json"
+
+
+class BundleError(DeepstartError):
+    """A model directory or bundle that is missing, broken or from a newer deepstart."""
+
+
+@dataclass
+class SavedModel:
+    """A model loaded back, with what it needs to be used on new images."""
+
+    model: nn.Module
+    classes: list[str]
+    preprocess: Preprocess | None  # None for a regression model
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def weights_bytes(model: nn.Module) -> bytes:
+    # safetensors refuses shared or non-contiguous storage; clone to plain CPU tensors.
+    weights = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    return save(weights, metadata={"format": FORMAT})
+
+
+def save_model(
+    model: nn.Module,
+    directory: str | Path,
+    *,
+    classes: list[str],
+    preprocess: Preprocess | None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model.safetensors`` and ``model.json`` into ``directory``.
+
+    Example:
+        >>> save_model(learn.model, "runs/x", classes=data.classes, preprocess=data.preprocess)
+    """
+    arch = getattr(model, "arch", None)
+    if arch is None:
+        raise BundleError("model has no .arch: build it with create_model() to save it")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with atomic_write(directory / WEIGHTS) as f:
+        f.write(weights_bytes(model))
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": arch,
+        "classes": list(classes),
+        "preprocess": preprocess.to_dict() if preprocess is not None else None,
+        **(extra or {}),
+    }
+    with atomic_write(directory / META, "w") as f:
+        json.dump(meta, f, indent=2)
+    return directory
+
+
+def check_meta(meta: Any, where: str) -> dict:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise BundleError(f"{where}: not a deepstart model (format {got!r})")
+    try:
+        version = int(meta.get("version", 0))
+    except (TypeError, ValueError):
+        raise BundleError(
+            f"{where}: format version {meta.get('version')!r} is not a number"
+        ) from None
+    if version > VERSION:
+        raise BundleError(
+            f"{where}: format version {version} is newer than this deepstart "
+            f"reads ({VERSION}); upgrade deepstart"
+        )
+    if not isinstance(meta.get("arch"), dict) or not isinstance(meta.get("classes"), list):
+        raise BundleError(f"{where}: has no model architecture or class list")
+    return meta
+
+
+def parse_json(data: bytes | str, where: str) -> Any:
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{where}: not valid JSON ({e})") from None
+
+
+def read_meta(directory: str | Path) -> dict:
+    """The checked ``model.json`` of a saved model directory (its weights file must exist).
+
+    Raises:
+        BundleError: no model, invalid JSON, not a deepstart model, or a newer format.
+    """
+    directory = Path(directory)
+    meta_path, weights_path = directory / META, directory / WEIGHTS
+    if not meta_path.is_file() or not weights_path.is_file():
+        raise BundleError(f"{directory}: no {META} + {WEIGHTS} (is it a run dir?)")
+    return check_meta(parse_json(meta_path.read_bytes(), str(meta_path)), str(meta_path))
+
+
+def build_model(meta: dict, weights: str | bytes, where: str, device: str) -> nn.Module:
+    """The architecture of ``meta`` with ``weights`` (a file path or the file's bytes)."""
+    try:
+        model = create_model_from_arch(meta["arch"])
+    except (DeepstartError, KeyError, TypeError) as e:
+        raise BundleError(f"{where}: cannot rebuild the model ({e})") from None
+    try:
+        state = load_file(weights) if isinstance(weights, str) else load(weights)
+        model.load_state_dict(state)
+    except Exception as e:  # safetensors and torch raise several kinds for a broken file
+        raise BundleError(f"{where}: cannot load weights ({e})") from None
+    return model.to(device).eval()
+
+
+def load_model(directory: str | Path, device: str = "cpu") -> SavedModel:
+    """Rebuild a model saved by :func:`save_model` (eval mode, on ``device``).
+
+    Example:
+        >>> saved = load_model("runs/20260101-120000-shapes-vgg_small")
+        >>> saved.classes
+        ['circle', 'square', 'triangle']
+    """
+    meta = read_meta(directory)
+    weights_path = Path(directory) / WEIGHTS
+    prep = checked_preprocess(meta, str(directory)) if meta.get("preprocess") else None
+    model = build_model(meta, str(weights_path), str(weights_path), device)
+    return SavedModel(model, list(meta["classes"]), prep, meta)
+
+
+def checked_preprocess(meta: dict, where: str) -> Preprocess:
+    """The bundle's Preprocess, refused in one line when it cannot give sane predictions:
+    a class list that does not match the model's outputs (IndexError in predict, HTTP 500 in
+    serve) or a std of 0 or a non-finite mean/std (NaN probabilities)."""
+    classes, k = meta["classes"], meta["arch"].get("num_classes")
+    if k is not None and len(classes) != int(k):
+        raise BundleError(f"{where}: {len(classes)} class names for a model with {k} outputs")
+    try:
+        prep = Preprocess.from_dict(meta["preprocess"])
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise BundleError(f"{where}: broken preprocess ({e})") from None
+    values = (*prep.mean, *prep.std)
+    if not all(math.isfinite(v) for v in values) or min(prep.std, default=0) <= 0:
+        raise BundleError(f"{where}: preprocess std must be positive and finite, got {prep.std}")
+    if len(prep.mean) != prep.channels or len(prep.std) != prep.channels:
+        raise BundleError(
+            f"{where}: preprocess mean/std have {len(prep.mean)}/{len(prep.std)} values for "
+            f"{prep.channels} channels"
+        )
+    return prep
