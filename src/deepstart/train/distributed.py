@@ -140,6 +140,17 @@ class Distributed:
         # NCCL only moves CUDA tensors; gloo only CPU ones.
         return self.device if self.device.type == "cuda" else torch.device("cpu")
 
+    def wrap_for_fit(self, learn: Any) -> nn.Module:
+        """``learn.model`` wrapped for a fit (:meth:`wrap`), once the train split is known to
+        hold at least one global batch (else some rank would get no batch at all)."""
+        n, bs = len(learn.data.train), learn.batch_size
+        if n < bs * self.world:
+            raise ConfigError(
+                f"the train split ({n} images) is smaller than one global batch "
+                f"({bs} per process x {self.world} processes)"
+            )
+        return self.wrap(learn.model)
+
     def wrap(self, model: nn.Module) -> nn.Module:
         """``model`` in DistributedDataParallel; built at the start of every fit, after
         freezing, because DDP fixes the set of trainable parameters when it is made. Making

@@ -162,3 +162,29 @@ def predict_images(learn: Learner, images: torch.Tensor | np.ndarray | ImageSet)
         images = as_image_set(images, learn.data.classes)
     images = conform_images(images, learn.preprocess)
     return score(learn, learn.batches(images))["probs"]
+
+
+class EvaluateMixin:
+    """The Learner's ways of using its model: ``evaluate`` and ``predict``, asked of its task."""
+
+    data: Any
+    task: Any
+
+    def evaluate(
+        self, split: str | ImageSet | TensorSet = "test", *, probs: bool = False
+    ) -> dict[str, Any]:
+        """Scores on a split ("test", falling back to valid without one; "valid", "train") or
+        on a set of items: loss, accuracy overall and per class (``probs=True`` adds the
+        ``(N, K)`` probabilities, a tensor); for regression loss, max_error, rms_error and
+        mean_error of ``|f(x) - y|``. Example: ``learn.evaluate()["accuracy"]``."""
+        return self.task.evaluate(self, split, probs=probs)
+
+    def _split(self, split: str | ImageSet | TensorSet) -> Any:
+        return resolve_split(self.data, split)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor | np.ndarray | ImageSet) -> torch.Tensor:
+        """Class probabilities ``(N, K)`` for uint8 images ``(N, C, H, W)``, ``(N, H, W)`` or
+        ``(N, H, W, C)``, converted the way the training data was (any size and channels);
+        for regression the outputs ``(N, E)`` for x shaped ``(N,)`` or ``(N, D)``."""
+        return self.task.predict(self, images)

@@ -259,3 +259,31 @@ def _valid_loss(learn: Learner) -> float | None:
     rows = learn.recorder.history
     value = rows[-1].get("valid_loss") if rows else None
     return float(value) if value is not None else None
+
+
+class FreezeMixin:
+    """The Learner's transfer-learning methods (freezing layer groups, ``fine_tune``); they
+    live here, beside what they call, to keep learner.py to the loop."""
+
+    model: nn.Module
+    opt: Any
+
+    def freeze_to(self, n: int, *, train_bn: bool = True) -> None:
+        """Freeze the first ``n`` layer groups (their BatchNorm layers stay trainable unless
+        ``train_bn=False``, which also fixes their running statistics). Only when that changes
+        what trains is the optimizer rebuilt at the next fit (a resumed run re-freezes what
+        its checkpoint had frozen, and keeps the optimizer state it loaded)."""
+        if freeze_to(self.model, n, train_bn=train_bn):
+            self.opt = None
+
+    def freeze(self, *, train_bn: bool = True) -> None:
+        """Train only the head (the last layer group)."""
+        self.freeze_to(-1, train_bn=train_bn)
+
+    def unfreeze(self) -> None:
+        """Train every layer again."""
+        self.freeze_to(0)
+
+    def fine_tune(self, epochs: int, base_lr: float = 2e-3, **kwargs: Any) -> None:
+        """One epoch frozen, then ``epochs`` unfrozen (see :func:`finetune.fine_tune`)."""
+        fine_tune(self, epochs, base_lr, **kwargs)

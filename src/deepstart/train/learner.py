@@ -19,24 +19,23 @@ import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from deepstart.augment import Augmentation, make_augment
 from deepstart.data.dataset import Dataset, ImageSet, Preprocess
-from deepstart.data.tensors import TensorData, TensorSet
+from deepstart.data.tensors import TensorData
 from deepstart.device import OUT_OF_MEMORY, resolve_device, use_channels_last
 from deepstart.errors import ConfigError
 from deepstart.train import optim, snapshot
 from deepstart.train.callbacks import Recorder
-from deepstart.train.evaluation import resolve_split, score
+from deepstart.train.evaluation import EvaluateMixin, score
 from deepstart.train.events import Callback, CancelBatch, CancelEpoch, CancelFit, RestartEpoch
-from deepstart.train.finetune import fine_tune, freeze_to, frozen_norms_eval
+from deepstart.train.finetune import FreezeMixin, frozen_norms_eval
 from deepstart.train.guard import DivergenceGuard
 from deepstart.train.lr_finder import lr_find
 from deepstart.train.memory import halve_batch
-from deepstart.train.precompute import FeatureCache, cached_batches
+from deepstart.train.precompute import FeatureCache, fit_loaders
 from deepstart.train.schedule import ScheduleSpec
 from deepstart.train.task import Task, eval_batch_size, task_for
 from deepstart.train.tta import tta
@@ -45,7 +44,7 @@ if TYPE_CHECKING:
     from deepstart.train.distributed import Distributed
 
 
-class Learner:
+class Learner(FreezeMixin, EvaluateMixin):
     """Trains ``model`` on ``data`` (a :class:`Dataset`, or a :class:`TensorData` for
     regression).
 
@@ -253,27 +252,6 @@ class Learner:
         """Put back a :meth:`snapshot`: weights, optimizer state and ``train_iter``."""
         snapshot.restore(self, snap)
 
-    # -- transfer learning -----------------------------------------------------------------
-    def freeze_to(self, n: int, *, train_bn: bool = True) -> None:
-        """Freeze the first ``n`` layer groups (their BatchNorm layers stay trainable unless
-        ``train_bn=False``, which also fixes their running statistics). Only when that changes
-        what trains is the optimizer rebuilt at the next fit (a resumed run re-freezes what
-        its checkpoint had frozen, and keeps the optimizer state it loaded)."""
-        if freeze_to(self.model, n, train_bn=train_bn):
-            self.opt = None
-
-    def freeze(self, *, train_bn: bool = True) -> None:
-        """Train only the head (the last layer group)."""
-        self.freeze_to(-1, train_bn=train_bn)
-
-    def unfreeze(self) -> None:
-        """Train every layer again."""
-        self.freeze_to(0)
-
-    def fine_tune(self, epochs: int, base_lr: float = 2e-3, **kwargs: Any) -> None:
-        """One epoch frozen, then ``epochs`` unfrozen (see :func:`finetune.fine_tune`)."""
-        fine_tune(self, epochs, base_lr, **kwargs)
-
     def tta(self, split: str | ImageSet = "test", **kwargs: Any) -> dict[str, Any]:
         """Evaluate with test-time augmentation (see :func:`deepstart.train.tta.tta`)."""
         return tta(self, split, **kwargs)
@@ -305,16 +283,11 @@ class Learner:
             raise ConfigError(f"epochs must be at least 1, got {epochs}")
         sched = optim.prepare_fit(self, lr, schedule)
         if self.dist is not None:
-            if len(self.data.train) < self.batch_size * self.dist.world:
-                raise ConfigError(
-                    f"the train split ({len(self.data.train)} images) is smaller than one "
-                    f"global batch ({self.batch_size} per process x {self.dist.world} processes)"
-                )
-            self._ddp = self.dist.wrap(self.model)
+            self._ddp = self.dist.wrap_for_fit(self)
         extra = [sched, *callbacks]
         self.add_callbacks(extra)
         self.n_epochs = epochs
-        self._make_loaders()
+        self.train_dl, self.valid_dl = fit_loaders(self)
         self.total_iters = epochs * len(self.train_dl)
         self.train_iter = start_epoch * len(self.train_dl) + restart_at
         self.restart_at = restart_at
@@ -346,18 +319,6 @@ class Learner:
             self.head_only = False
             self._ddp = None
 
-    def _make_loaders(self) -> None:
-        """The fit's train and valid batches: cached body features when ``precompute`` can
-        be used (then the loop runs ``model.head`` only), else the images."""
-        cached = cached_batches(self, self.log) if self.precompute else None
-        self.head_only = cached is not None
-        if cached is not None:
-            self.train_dl, self.valid_dl = cached
-        else:
-            shard = self.dist is not None
-            self.train_dl = self.batches(self.data.train, train=True, shard=shard)
-            self.valid_dl = self.batches(self.data.valid, shard=shard)
-
     def fit_one_cycle(
         self,
         epochs: int,
@@ -374,14 +335,8 @@ class Learner:
         ``pct_start`` of training, then down to ``lr_max/final_div``; momentum the other way.
         """
         spec = ScheduleSpec("one_cycle", pct_start=pct_start, div=div, final_div=final_div)
-        self.fit(
-            epochs,
-            lr_max,
-            schedule=spec,
-            callbacks=callbacks,
-            start_epoch=start_epoch,
-            restart_at=restart_at,
-        )
+        at = {"start_epoch": start_epoch, "restart_at": restart_at}
+        self.fit(epochs, lr_max, schedule=spec, callbacks=callbacks, **at)
 
     def _do_epoch(self) -> None:
         self("before_epoch")
@@ -450,23 +405,3 @@ class Learner:
         out = score(self, self.valid_dl)
         self.metrics = {"valid_loss": out["loss"], **{k: out[k] for k in self.task.valid_metrics}}
         self("after_validate")
-
-    # -- using the model (the task's; see deepstart.train.evaluation) ----------------------
-    def evaluate(
-        self, split: str | ImageSet | TensorSet = "test", *, probs: bool = False
-    ) -> dict[str, Any]:
-        """Scores on a split ("test", falling back to valid without one; "valid", "train") or
-        on a set of items: loss, accuracy overall and per class (``probs=True`` adds the
-        ``(N, K)`` probabilities, a tensor); for regression loss, max_error, rms_error and
-        mean_error of ``|f(x) - y|``. Example: ``learn.evaluate()["accuracy"]``."""
-        return self.task.evaluate(self, split, probs=probs)
-
-    def _split(self, split: str | ImageSet | TensorSet) -> Any:
-        return resolve_split(self.data, split)
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor | np.ndarray | ImageSet) -> torch.Tensor:
-        """Class probabilities ``(N, K)`` for uint8 images ``(N, C, H, W)``, ``(N, H, W)`` or
-        ``(N, H, W, C)``, converted the way the training data was (any size and channels);
-        for regression the outputs ``(N, E)`` for x shaped ``(N,)`` or ``(N, D)``."""
-        return self.task.predict(self, images)

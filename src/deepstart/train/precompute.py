@@ -226,3 +226,15 @@ def cached_batches(learn: Learner, log: Callable[[str], None]) -> tuple[Any, Any
         seed=learn.seed,
     )
     return train, FeatureBatches(valid_f, valid_y, bs * 2)
+
+
+def fit_loaders(learn: Learner) -> tuple[Any, Any]:
+    """A fit's (train, valid) batches: cached body features when ``precompute`` can be used
+    (``learn.head_only`` is then set: the loop runs ``model.head`` only), else the images."""
+    cached = cached_batches(learn, learn.log) if learn.precompute else None
+    learn.head_only = cached is not None
+    if cached is not None:
+        return cached
+    shard = learn.dist is not None
+    train = learn.batches(learn.data.train, train=True, shard=shard)
+    return train, learn.batches(learn.data.valid, shard=shard)
