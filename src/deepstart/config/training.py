@@ -76,6 +76,14 @@ class OptimConfig:
     norm_bias_lr: float = option(
         1.0, help="LR multiplier of BatchNorm shifts; airbench's SGD uses 64", metavar="MULT"
     )
+    # A batch that does not fit in memory, in N passes: gradients of N batches are averaged
+    # before one optimizer step, so the step sees batch_size * N items.
+    accumulate: int = option(
+        1,
+        help="gradient accumulation: one optimizer step every N batches, on their averaged "
+        "gradients (an effective batch of batch_size x N when it does not fit in memory)",
+        metavar="N",
+    )
 
     def __post_init__(self) -> None:
         if self.lr != "auto" and not (
@@ -91,6 +99,8 @@ class OptimConfig:
             isinstance(self.batch_size, int) and self.batch_size >= 1
         ):
             raise ConfigError(f"batch_size must be at least 1 or 'auto', got {self.batch_size!r}")
+        if not (isinstance(self.accumulate, int) and self.accumulate >= 1):
+            raise ConfigError(f"accumulate must be a whole number >= 1, got {self.accumulate!r}")
         if not self.norm_bias_lr > 0:
             raise ConfigError(f"norm_bias_lr must be positive, got {self.norm_bias_lr}")
         if self.opt not in OPTIMIZERS:

@@ -60,6 +60,9 @@ class Learner(FreezeMixin, EvaluateMixin):
         norm_bias_lr: LR multiplier of BatchNorm shifts, their L2 divided by it (airbench's
             64 with SGD; :func:`deepstart.train.finetune.split_norm_biases`).
         batch_size: training batch size; evaluation uses twice it.
+        accumulate: one optimizer step every ``accumulate`` batches, on their averaged
+            gradients (a larger effective batch than fits in memory; the schedule still
+            advances per batch). Not with LBFGS, which re-evaluates its own batch.
         device: "auto", "cpu", "cuda", "mps" or a ``torch.device``.
         callbacks: extra callbacks; a :class:`Recorder` is always present.
         seed: seeds the shuffle of every epoch (and nothing global).
@@ -101,6 +104,7 @@ class Learner(FreezeMixin, EvaluateMixin):
         nesterov: bool = False,
         norm_bias_lr: float = 1.0,
         batch_size: int = 128,
+        accumulate: int = 1,
         device: str | torch.device | None = "auto",
         callbacks: Sequence[Callback] = (),
         seed: int = 0,
@@ -144,6 +148,10 @@ class Learner(FreezeMixin, EvaluateMixin):
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
         self.norm_bias_lr = float(norm_bias_lr)
         self.batch_size, self.seed = int(batch_size), int(seed)
+        if int(accumulate) < 1:
+            raise ConfigError(f"accumulate must be >= 1, got {accumulate}")
+        self.accumulate = int(accumulate)
+        self._pending = 0  # batches whose gradients wait for the next optimizer step
         self.augment = augment
         pre = self.preprocess  # None for regression points: no image statistics to augment by
         self._augment_fn = make_augment(augment, pre.mean, pre.std) if pre is not None else None
@@ -350,6 +358,9 @@ class Learner(FreezeMixin, EvaluateMixin):
         self.model.train()
         frozen_norms_eval(self.model)  # a frozen BatchNorm keeps its statistics too
         self.train_dl.set_epoch(self.epoch, start=self.restart_at)
+        self._pending = 0  # an epoch cut short (restarted, cancelled) left no half group
+        if self.opt is not None:
+            self.opt.zero_grad(set_to_none=True)
         self.n_iter = len(self.train_dl)
         self("before_train")
         for i, (xb, yb) in enumerate(self.train_dl, start=self.restart_at):
@@ -381,10 +392,20 @@ class Learner(FreezeMixin, EvaluateMixin):
             self("after_loss")
             if self.training:
                 assert self.opt is not None
+                self._pending += 1
+                last = self.iter + 1 >= self.n_iter
+                if self._pending < self.accumulate and not last:
+                    self._accumulate()
+                    return  # (the finally clause still raises after_batch)
                 optim.backward(self)
+                if self._pending > 1:  # the sum of the batches' gradients -> their mean
+                    for p in self.model.parameters():
+                        if p.grad is not None:
+                            p.grad.div_(self._pending)
+                self._pending = 0
                 self("after_backward")
                 optim.step(self)
-                self.train_iter += 1  # steps taken so far: what the schedule's pct counts
+                self.train_iter += 1  # batches trained so far: what the schedule's pct counts
                 self("after_step")
                 self.opt.zero_grad(set_to_none=True)
         except CancelBatch:
@@ -396,6 +417,16 @@ class Learner(FreezeMixin, EvaluateMixin):
         finally:
             self("after_batch")
         self._agree_to_stop()
+
+    def _accumulate(self) -> None:
+        """Backward of a batch whose optimizer step waits for the next ones (``accumulate``):
+        its gradients add to the others' (scaled, under fp16, by the same factor: the scaler
+        only changes it at a step, where it unscales the sum once)."""
+        if isinstance(self.opt, torch.optim.LBFGS):
+            raise ConfigError("accumulate > 1 does not work with LBFGS (it re-evaluates a batch)")
+        loss = self.scaler.scale(self.loss) if self.scaler is not None else self.loss
+        loss.backward()
+        self.train_iter += 1
 
     @torch.no_grad()
     def _validate(self) -> None:
