@@ -10,7 +10,7 @@ import pytest
 from deepstart.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from deepstart.errors import DataError
 from deepstart.run.options import learner_kwargs
-from deepstart.run.rundir import RunDir, load_run_config
+from deepstart.run.rundir import RunDir, load_run_config, load_run_learner
 from deepstart.run.runner import train_run
 
 
@@ -77,3 +77,24 @@ def test_auto_values_are_settled_before_training_and_recorded(tmp_path):
     assert resolved["global_batch_size"] == 128
     assert res.learner.batch_size == 128
     assert dataclasses.replace(saved.train, lr="auto", batch_size="auto") == cfg.train
+
+
+def test_a_later_evaluation_scores_as_the_run_did(tmp_path):
+    # (issue 22: a run printed 0.9927 and the report on it 0.9926: another batch size)
+    cfg = RunConfig(
+        data=DataConfig("shapes", size=(16, 16), options={"n_train": 120, "n_test": 60}),
+        model=ModelConfig("logreg"),
+        train=TrainConfig(
+            epochs=1,
+            batch_size=24,
+            precision="fp32",
+            out=str(tmp_path),
+            report=False,
+            progress="none",
+        ),
+    )
+    res = train_run(cfg, quiet=True)
+    again = load_run_learner(res.run_dir, log=lambda m: None)
+    assert again.batch_size == 24 and again.amp_dtype is None
+    later = again.evaluate("test")
+    assert later["accuracy"] == res.test["accuracy"] and later["loss"] == res.test["loss"]

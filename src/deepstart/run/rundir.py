@@ -187,10 +187,15 @@ def load_run_learner(
 
     run = RunDir(run_dir)
     saved = load_model(run.path, device="cpu")
-    seed, cfg_data = 0, None
+    seed, cfg_data, same = 0, None, {}
     if (run.path / CONFIG).is_file():
         cfg = run.config()
         seed, cfg_data = cfg.train.seed, cfg.data
+        # Evaluate as the run did: the evaluation batch follows the training batch size, and
+        # another batch size or precision can round a borderline image the other way, so a
+        # later score would differ from the one the run printed.
+        bs = cfg.train.batch_size
+        same = {"precision": cfg.train.precision, **({"batch_size": bs} if bs != "auto" else {})}
     data_cfg = data or cfg_data
     if data_cfg is None:
         raise DataError(f"{run.path}: no config.json; say which data to use (--data)")
@@ -212,6 +217,7 @@ def load_run_learner(
         # Without saved stats, data.train stands for the training images only when it is
         # the run's own dataset.
         input_check=stats is not None or data is None,
+        **same,
     )
 
 
