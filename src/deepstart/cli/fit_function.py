@@ -11,6 +11,7 @@ from deepstart.config import (
     FIT_COMPARE,
     FIT_COMPARE_OPT,
     FIT_OPTIMIZERS,
+    PROGRESS_MODES,
     SCHEDULES,
 )
 from deepstart.errors import DeepstartError
@@ -116,7 +117,7 @@ def add_parsers(sub: Any) -> None:
         "--device", default="cpu", help="cpu (default: fastest for tiny fits), cuda, mps, auto"
     )
     ft.add_argument("--out", default="runs", help="parent of the run directory (runs)")
-    ft.add_argument("--progress", default="auto", choices=("auto", "rich", "plain", "none"))
+    ft.add_argument("--progress", default="auto", choices=PROGRESS_MODES)
     ft.add_argument("--no-pictures", action="store_true", help="skip the PNGs and the GIF")
     ft.add_argument(
         "--threads",
