@@ -144,4 +144,6 @@ def test_an_old_run_directorys_train_section_still_loads():
     }  # fmt: skip
     cfg = RunConfig.from_dict({"train": old})
     assert cfg.train == TrainConfig(**old)
-    assert cfg.to_dict()["train"] == old
+    saved = cfg.to_dict()["train"]
+    assert {k: v for k, v in saved.items() if k in old} == old
+    assert {k: v for k, v in saved.items() if k not in old} == {"accumulate": 1}  # added since

@@ -10,21 +10,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from deepstart.config import RESIZE_MODES, DataConfig, default_of
+from deepstart.cli.options import add_option
+from deepstart.config import DataConfig, default_of
 from deepstart.errors import DeepstartError
-
-
-def _size(text: str) -> tuple[int, int]:
-    parts = text.lower().replace("x", ",").split(",")
-    try:
-        nums = [int(p) for p in parts if p]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}") from None
-    if len(nums) == 1:
-        return nums[0], nums[0]
-    if len(nums) == 2:
-        return nums[0], nums[1]
-    raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}")
 
 
 def _value(text: str) -> Any:
@@ -57,24 +45,18 @@ def _model(name: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 # The held-out share when --valid-pct is not typed (and the recipe, if any, sets none).
 VALID_PCT: float = default_of(DataConfig, "valid_pct")
+# DataConfig's fields that are command-line options (generated from the fields).
+DATA_OPTIONS = ("data_dir", "valid_pct", "size", "channels", "resize")
 
 
 def _add_data_args(p: argparse.ArgumentParser, *, required: bool) -> None:
+    """--data, DataConfig's option fields (--data-dir, --valid-pct, --size, --channels,
+    --resize: generated from the fields) and --data-opt. Untyped ones are None here, so a
+    recipe can tell "not typed" from a typed default."""
     p.add_argument("--data", required=required, help="dataset name (deepstart data list) or path")
-    p.add_argument("--data-dir", help="directory searched first for the dataset's files")
-    p.add_argument(
-        "--valid-pct",
-        type=float,
-        help=f"share of train held out ({VALID_PCT}; a recipe may say otherwise)",
-    )
-    p.add_argument("--size", type=_size, help="resize images to N or HxW")
-    p.add_argument("--channels", type=int, choices=(1, 3), help="convert to 1 or 3 channels")
-    p.add_argument(
-        "--resize",
-        choices=RESIZE_MODES,
-        help="how images of another size reach --size: stretch, centre crop or pad "
-        "(default squish; the photos recipe crops)",
-    )
+    for name in DATA_OPTIONS:
+        add_option(p, DataConfig, name)
+    p.set_defaults(**dict.fromkeys(DATA_OPTIONS))
     p.add_argument(
         "--data-opt",
         action="append",
@@ -84,12 +66,6 @@ def _add_data_args(p: argparse.ArgumentParser, *, required: bool) -> None:
 
 
 def _data_config(a: argparse.Namespace) -> DataConfig:
-    return DataConfig(
-        name=a.data,
-        data_dir=a.data_dir,
-        valid_pct=VALID_PCT if a.valid_pct is None else a.valid_pct,
-        size=a.size,
-        channels=a.channels,
-        resize=a.resize or "squish",
-        options=_pairs(a.data_opt, "--data-opt"),
-    )
+    """The DataConfig of the typed data flags; the fields' defaults fill in the rest."""
+    typed = {n: getattr(a, n) for n in DATA_OPTIONS if getattr(a, n, None) is not None}
+    return DataConfig(name=a.data, options=_pairs(a.data_opt, "--data-opt"), **typed)

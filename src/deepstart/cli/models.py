@@ -6,7 +6,9 @@ import argparse
 import re
 from typing import Any
 
-from deepstart.cli.args import _pairs, _size
+from deepstart.cli.args import _pairs
+from deepstart.cli.options import arg_type
+from deepstart.config.option import parse_size
 from deepstart.errors import DeepstartError
 
 
@@ -15,7 +17,7 @@ def add_parsers(sub: Any) -> None:
     m = sub.add_parser("models", help="the model registry with parameter counts")
     m.add_argument("--channels", type=int, default=None, help="count for this many channels")
     m.add_argument("--classes", type=int, default=None, help="count for this many classes")
-    m.add_argument("--size", type=_size, default=None, help="count for this input size")
+    m.add_argument("--size", type=arg_type(parse_size), help="count for this input size")
     m.set_defaults(func=cmd_models)
     msub = m.add_subparsers(dest="models_command", metavar="show")
     ms = msub.add_parser(

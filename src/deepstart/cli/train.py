@@ -39,12 +39,9 @@ def add_parsers(sub: Any) -> None:
     t.add_argument(
         "--model-opt", action="append", metavar="KEY=VALUE", help="model option, e.g. hidden=512"
     )
-    t.add_argument(
-        "--pretrained",
-        metavar="PATH_OR_URL",
-        help="start from these weights: .safetensors/.pth file, URL, or a deepstart run dir",
-    )
-    t.add_argument("--pretrained-sha256", help="the SHA-256 a downloaded weights file must have")
+    for name in ("pretrained", "pretrained_sha256"):
+        add_option(t, ModelConfig, name)
+    t.set_defaults(pretrained=None, pretrained_sha256=None)
     t.add_argument(
         "--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint"
     )

@@ -117,3 +117,24 @@ def parse_class_weights(text: str) -> str | list[float]:
 def parse_off(text: str) -> str | None:
     """A name where "none" means off (None), as ``--augment none`` does."""
     return None if text == "none" else text
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``(H, W)`` from "N" (square) or "HxW" / "H,W"."""
+    parts = text.lower().replace("x", ",").split(",")
+    try:
+        nums = [int(p) for p in parts if p]
+    except ValueError:
+        raise ValueError(f"size must be N or HxW, got {text!r}") from None
+    if len(nums) == 1:
+        return nums[0], nums[0]
+    if len(nums) == 2:
+        return nums[0], nums[1]
+    raise ValueError(f"size must be N or HxW, got {text!r}")
+
+
+def parse_channels(text: str) -> int:
+    """1 (grey) or 3 (colour)."""
+    if text not in ("1", "3"):
+        raise ValueError(f"channels must be 1 or 3, got {text!r}")
+    return int(text)

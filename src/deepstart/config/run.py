@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deepstart.config.option import option, parse_channels, parse_size
 from deepstart.config.training import TrainConfig
 from deepstart.errors import ConfigError
 
@@ -36,11 +37,26 @@ class DataConfig:
     """
 
     name: str = "shapes"
-    data_dir: str | None = None
-    valid_pct: float = 0.1
-    size: tuple[int, int] | None = None
-    channels: int | None = None
-    resize: str = "squish"
+    data_dir: str | None = option(
+        None, help="directory searched first for the dataset's files", metavar="DIR"
+    )
+    valid_pct: float = option(
+        0.1,
+        help="share of train held out for validation when the data has no valid split (a "
+        "recipe may set its own; 0 scores the test split every epoch)",
+    )
+    size: tuple[int, int] | None = option(
+        None, help="resize images to N or HxW", metavar="N|HxW", parse=parse_size
+    )
+    channels: int | None = option(
+        None, help="convert to 1 or 3 channels", metavar="{1,3}", parse=parse_channels
+    )
+    resize: str = option(
+        "squish",
+        help="how images of another size reach --size: stretch (squish), centre crop or pad; "
+        "the photos recipe crops",
+        choices=RESIZE_MODES,
+    )
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -64,8 +80,15 @@ class ModelConfig:
 
     name: str = "vgg_small"
     options: dict[str, Any] = field(default_factory=dict)
-    pretrained: str | None = None
-    pretrained_sha256: str | None = None
+    pretrained: str | None = option(
+        None,
+        help="start from these weights: a name of deepstart weights (imagenet), a "
+        ".safetensors/.pth file, a URL, or a deepstart run directory",
+        metavar="NAME|PATH|URL",
+    )
+    pretrained_sha256: str | None = option(
+        None, help="the SHA-256 a downloaded weights file must have", metavar="HEX"
+    )
 
 
 @dataclass(frozen=True)
