@@ -58,6 +58,7 @@ from deepstart.train.guard import DivergenceGuard
 from deepstart.train.learner import Learner
 from deepstart.train.losses import make_loss
 from deepstart.train.lr_finder import LRFindResult, lr_find
+from deepstart.train.task import Classification, Regression, Task
 from deepstart.train.tensorboard import TensorBoardLogger
 from deepstart.train.transfer import vision_learner
 from deepstart.tune import TuneConfig, parse_space, tune
@@ -74,6 +75,7 @@ __all__ = [
     "CancelEpoch",
     "CancelFit",
     "Checkpoint",
+    "Classification",
     "ConfigError",
     "DataConfig",
     "DataError",
@@ -96,9 +98,11 @@ __all__ = [
     "Preprocess",
     "Progress",
     "Recorder",
+    "Regression",
     "RunConfig",
     "SavedModel",
     "Sequential",
+    "Task",
     "TensorBoardLogger",
     "TensorData",
     "TensorSet",
