@@ -133,7 +133,7 @@ def _takes(name: str, loader: Any, options: dict) -> None:
         if any(p.kind is p.VAR_KEYWORD for p in params):
             return
         known = [p.name for p in params if p.name not in _PASSED and p.kind is not p.VAR_POSITIONAL]
-        known = known[1:] if name == "folder" else known  # load_folder's first is the folder
+        # load_folder's first parameter, the folder, is "path": _PASSED has already left it out
     unknown = sorted(set(options) - set(known) - {"seed"})
     if unknown:
         takes = ", ".join(sorted({*known, *COMMON_OPTIONS} - {"seed"}))
