@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -99,7 +100,7 @@ def thumbnails(images: torch.Tensor, *, chunk: int = 2048) -> torch.Tensor:
 
 
 def duplicate_groups(
-    images: torch.Tensor,
+    images: torch.Tensor | Sequence[torch.Tensor],
     *,
     max_distance: int = MAX_DISTANCE,
     min_similarity: float = MIN_SIMILARITY,
@@ -112,12 +113,16 @@ def duplicate_groups(
     Every pair is never compared: the 64 bits are cut into ``max_distance + 1`` blocks, and
     two hashes that differ in at most ``max_distance`` bits agree exactly on at least one
     block (pigeonhole), so only hashes sharing a block value are compared.
+
+    ``images`` is one ``(N, C, H, W)`` uint8 tensor or several of one size (splits), indexed
+    one after the other, so that no copy of them all is ever made.
     """
-    n = len(images)
+    parts = [images] if isinstance(images, torch.Tensor) else list(images)
+    n = sum(len(x) for x in parts)
     if n < 2:
         return []
-    h = perceptual_hash(images)
-    pairs = [_identical_pairs(images)]
+    h = np.concatenate([perceptual_hash(x) for x in parts])
+    pairs = [_identical_pairs([d for x in parts for d in pixel_digest(x)])]
     bits = np.unpackbits(h, axis=1)  # (N, 64) of 0/1
     edges = np.linspace(0, bits.shape[1], max_distance + 2).round().astype(int)
     candidates = []
@@ -134,7 +139,7 @@ def duplicate_groups(
         # a pair found in several blocks counts once: unique over a * n + b (a < b)
         code = np.unique(np.concatenate(candidates) @ np.array([n, 1], dtype=np.int64))
         found = torch.from_numpy(np.stack([code // n, code % n], axis=1))  # (P, 2)
-        thumbs = thumbnails(images)
+        thumbs = torch.cat([thumbnails(x) for x in parts])  # (N, 1024): 4 KB an image
         for start in range(0, len(found), 65536):
             part = found[start : start + 65536]
             sim = (thumbs[part[:, 0]] * thumbs[part[:, 1]]).sum(dim=1)
@@ -142,11 +147,11 @@ def duplicate_groups(
     return _components(n, np.concatenate(pairs))
 
 
-def _identical_pairs(images: torch.Tensor) -> np.ndarray:
+def _identical_pairs(digests: list[bytes]) -> np.ndarray:
     """``(P, 2)`` index pairs with exactly the same pixels (each to the first such image)."""
     first: dict[bytes, int] = {}
     pairs = []
-    for i, d in enumerate(pixel_digest(images)):
+    for i, d in enumerate(digests):
         j = first.setdefault(d, i)
         if j != i:
             pairs.append((j, i))

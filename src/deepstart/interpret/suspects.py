@@ -90,7 +90,7 @@ class Suspects:
         if duplicates and len(order) > 1:
             rank_of = torch.empty_like(order)
             rank_of[order] = torch.arange(len(order))
-            pixels = torch.cat([it.images.images for it in interps])  # (M, C, H, W)
+            pixels = [it.images.images for it in interps]  # each (N_s, C, H, W), in row order
             groups = [sorted(int(rank_of[i]) for i in g) for g in duplicate_groups(pixels)]
             groups.sort(key=lambda g: g[0])
         return cls(
