@@ -247,3 +247,20 @@ def test_builtin_data_gets_indices_and_no_plan(tmp_path, capsys):
     assert main(["clean", str(run), "--apply", str(plan)]) == 2
     err = capsys.readouterr().err.strip()
     assert "built-in dataset" in err and "suspects.json" in err and "\n" not in err
+
+
+def test_undo_removes_a_class_folder_the_apply_created(tmp_path):
+    from deepstart.run.clean_plan import apply_plan, undo_clean
+
+    root = tmp_path / "tree"
+    for rel in ("train/a/0.png", "train/b/0.png", "valid/a/0.png", "valid/a/1.png"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (8, 8), len(rel)).save(root / rel)
+    plan = {"deepstart": "clean-plan", "root": str(root.resolve())}
+    plan["actions"] = [{"file": "valid/a/1.png", "action": "relabel", "to": "b"}]
+    undo = apply_plan(plan, root, root, log=lambda m: None)
+    assert (root / "valid/b/1.png").is_file()
+    assert load_folder(root, quiet=True).valid.class_counts() == [1, 1]
+    assert undo_clean(undo, root, log=lambda m: None) == 1
+    assert not (root / "valid/b").exists()  # else: "class folder valid/b is empty"
+    assert load_folder(root, quiet=True).valid.class_counts() == [2, 0]

@@ -110,10 +110,12 @@ def rank_run(
     if data_dir is not None:  # the folder moved: the same settings, read from there
         options = {k: v for k, v in cfg.data.options.items() if k != "path"}
         data_cfg = dataclasses.replace(cfg.data, name="folder", data_dir=data_dir, options=options)
-    learn = load_run_learner(run.path, data=data_cfg, device=device, log=log)
     unknown = sorted(set(splits) - {"train", "valid", "test"})
     if unknown:
         raise DataError(f"no split {unknown[0]!r}; use train, valid or test")
+    learn = load_run_learner(
+        run.path, data=None if data_dir is None else data_cfg, device=device, log=log
+    )
     log(f"scoring {', '.join(splits)} with the run's model (eval mode, no augmentation)")
     sus = suspects_from_learner(learn, splits)
     named = data_folder(data_cfg)

@@ -223,7 +223,9 @@ def undo_clean(undo: str | Path, root: Path, *, log: Callable[[str], None] = pri
                 try:
                     _move(str(dst), str(src))
                     back += 1
-                    _prune(dst.parent, Path(undo).parent)
+                    # a folder the apply made (a class new to valid/, a path in -removed)
+                    # would be read as an empty class: remove it once it is empty again
+                    _prune(dst.parent, root if dst.is_relative_to(root) else Path(undo).parent)
                 except OSError as e:
                     log(f"  {dst}: could not move back ({e.strerror or e}); left there")
         _write(Path(undo), {**record, "undone": time.strftime("%Y-%m-%d %H:%M:%S")})
@@ -233,7 +235,9 @@ def undo_clean(undo: str | Path, root: Path, *, log: Callable[[str], None] = pri
 
 def newest_undo(folder: Path) -> Path:
     """The newest undo log beside ``folder`` that was not undone yet."""
-    logs = sorted(removed_dir(folder).glob("undo-*.json"), reverse=True)
+    logs = sorted(
+        removed_dir(folder).glob("undo-*.json"), key=lambda p: (p.stat().st_mtime_ns, p.name)
+    )[::-1]
     for path in logs:
         try:
             if not json.loads(path.read_text()).get("undone"):
@@ -299,7 +303,7 @@ def _move_back(done: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def _prune(d: Path, stop: Path) -> None:
-    """Remove the empty folders a deletion created under ``<folder>-removed``."""
+    """Remove ``d`` and the folders above it, up to ``stop`` (kept), while they are empty."""
     stop = stop.resolve()
     d = d.resolve()
     while d != stop and d.is_relative_to(stop):
