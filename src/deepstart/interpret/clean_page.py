@@ -204,9 +204,10 @@ def clean_page(
         f"<h2>Highest loss first</h2><p class='muted'>The model's least believed labels: "
         "often mislabelled, ambiguous, or a picture of no class at all.</p>"
         f'<div class="grid" id="ranked"></div>'
-        f"<h2>Look-alike pictures{more}</h2><p class='muted'>{len(sus.groups)} groups of "
-        "identical or near-identical pictures (a perceptual hash): keep one of each; one in "
-        "train and one in valid or test makes the score read too high.</p>"
+        f"<h2>Look-alike pictures{more}</h2><p class='muted'>{len(sus.groups)} "
+        f"group{'' if len(sus.groups) == 1 else 's'} of identical or near-identical pictures "
+        "(a perceptual hash): keep one of each; one in train and one in valid or test makes "
+        "the score read too high.</p>"
         f'<div id="groups"></div><pre id="plan"></pre></main>'
         f'<script type="application/json" id="clean-data">{blob}</script>'
         f"<script>{_SCRIPT}</script></body></html>\n"

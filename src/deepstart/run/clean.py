@@ -182,7 +182,12 @@ def clean_run(
     ranked = rank_run(run_dir, splits=splits, data_dir=data_dir, device=device, log=log)
     page, table = write_clean(ranked, top=top)
     sus = ranked.suspects
-    log(f"{len(sus)} pictures ranked by loss; {len(sus.groups)} groups of look-alikes")
+    groups = sus.duplicates()
+    disagree = sum(g["labels_disagree"] for g in groups)
+    log(
+        f"{len(sus)} pictures ranked by loss; {len(groups)} groups of look-alikes"
+        + (f", {disagree} of them labelled differently" if disagree else "")
+    )
     for r in sus.rows(min(top, 10)):
         log(f"  {r['loss']:6.2f}  {r['name']}: labelled {r['label']}, predicted {r['pred']} "
             f"({r['prob']:.0%})")  # fmt: skip
