@@ -1,8 +1,10 @@
 """A run directory -> ``report.html``: everything about one run on one page.
 
-The page is self-contained: every picture is embedded as a PNG data URI (and also kept in
-``plots/`` beside it), there is no script and no CDN, so it opens offline, can be mailed, and
-renders the same in any browser. The numbers behind the pictures go to ``interpretation.json``.
+The page is self-contained: every picture is embedded as a data URI (and the figures also kept
+in ``plots/`` beside it), the little script that makes the confusion matrix clickable and the
+grids filterable is inline (:mod:`deepstart.interpret.explorer`), and nothing comes from a CDN,
+so it opens offline and can be mailed. The numbers behind the pictures go to
+``interpretation.json``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from deepstart.data.dataset import conform_images
 from deepstart.interpret import plots
 from deepstart.interpret.analysis import Interpretation
+from deepstart.interpret.explorer import confusion_table, explorer_assets, filtered_grid
 from deepstart.interpret.html import CSS
 from deepstart.run.rundir import RunDir, load_run_learner
 from deepstart.train.learner import Learner
@@ -81,9 +84,10 @@ def build_report(
         _config_section(run),
         _data_section(learn, run, out),
         _training_section(run, interp, out, run_dir),
-        _results_section(interp, summary, written["confusion"]),
-        _pictures_section(written),
+        _results_section(interp, summary),
+        _pictures_section(written, interp.classes),
         _vision_section(learn, interp, out, layer),
+        explorer_assets(interp, TOP_LOSSES),  # the pictures and script of the two above
     ]
     title = _title(run)
     page = _page(title, sections)
@@ -207,7 +211,7 @@ def _training_section(run: dict[str, Any], interp: Interpretation, out: Path, ru
     return _section("training", "Training", body)
 
 
-def _results_section(interp: Interpretation, summary: dict[str, Any], cm: Path) -> str:
+def _results_section(interp: Interpretation, summary: dict[str, Any]) -> str:
     head = "<tr><th>class</th><th>support</th><th>predicted</th><th>precision</th>"
     head += "<th>recall</th><th>F1</th></tr>"
     rows = "".join(
@@ -231,14 +235,22 @@ def _results_section(interp: Interpretation, summary: dict[str, Any], cm: Path) 
     body = (
         f'<div class="cols"><div><h3>Per class ({_e(interp.split)})</h3><table>{head}{rows}'
         f"</table></div><div><h3>Most confused pairs</h3>{confused}</div></div>"
-        + _img(cm, "confusion matrix: rows are true classes, columns predictions")
+        + "<h3>Confusion matrix</h3><p class='muted'>Rows are true classes, columns "
+        "predictions; the shade is the row's share. Click a cell for its pictures (also as a "
+        "figure: plots/confusion.png).</p>" + confusion_table(interp)
     )
     return _section("results", "Results", body)
 
 
-def _pictures_section(written: dict[str, Path]) -> str:
+# Grids drawn by the page (filterable by class) rather than embedded as figures.
+FILTERED = {"top_losses": "losses", "uncertain": "uncertain"}
+
+
+def _pictures_section(written: dict[str, Path], classes: list[str]) -> str:
     body = "".join(
-        f"<h3>{_e(title)}</h3>" + _img(written[stem], caption)
+        filtered_grid(FILTERED[stem], title, caption, classes)
+        if stem in FILTERED
+        else f"<h3>{_e(title)}</h3>" + _img(written[stem], caption)
         for stem, title, caption in plots.GRIDS
     )
     body += "<p class='muted'>Titles: predicted / true class, probability of the prediction, "

@@ -8,6 +8,7 @@ deepstart fit-function 'sin(3*x)+0.3*x' [--compare]
 deepstart export RUN_DIR --out model.zip [--onnx model.onnx]
 deepstart predict model.zip photos/ 'more/*.jpg' [--top-k 3] [--json | --csv]
 deepstart serve model.zip [--host 127.0.0.1 --port 8000]
+deepstart clean RUN_DIR [--top 200] | --apply clean-plan.json | --undo
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from deepstart.cli import data, fit_function, models, ship, train, tune
+from deepstart.cli import clean, data, fit_function, models, ship, train, tune
 from deepstart.errors import DeepstartError
 
 __all__ = ["build_parser", "main"]
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_parsers(sub)
     tune.add_parsers(sub)
     ship.add_parsers(sub)
+    clean.add_parsers(sub)
     fit_function.add_parsers(sub)
     return parser
 

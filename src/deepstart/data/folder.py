@@ -63,6 +63,8 @@ class FolderData:
         root: the directory the layout was found in (inside the extraction for archives).
         notes: decisions worth telling the user (mixed sizes, ignored folders).
         from_cache: True when the arrays came from the decoded cache (nothing was decoded).
+        files: each split's image files relative to ``root``, in item order
+            (``files["train"][i]`` is the file of ``train[i]``): what cleaning moves.
     """
 
     train: ImageSet
@@ -73,6 +75,7 @@ class FolderData:
     root: Path
     notes: list[str] = field(default_factory=list)
     from_cache: bool = False
+    files: dict[str, list[str]] = field(default_factory=dict)
 
 
 def load_folder(
@@ -227,25 +230,28 @@ def _decode_all(root, splits, listing, classes, size, channels, resize, notes) -
     paths = [root / rel for _, rel, _ in files]
     results = _decode_files(paths, size, channels, resize, n_bytes >= _THREAD_BYTES * len(files))
     skipped = [(rel, r) for (_, rel, _), r in zip(files, results) if isinstance(r, str)]
-    good = [(s, label, r) for (s, _, label), r in zip(files, results) if not isinstance(r, str)]
+    good = [  # (split, label, array, file): the decoded ones, in listing order
+        (s, label, r, rel) for (s, rel, label), r in zip(files, results) if not isinstance(r, str)
+    ]
     for split, items in listing.items():
-        lost = {label for _, label, _ in items} - {label for s, label, _ in good if s == split}
+        lost = {label for _, label, _ in items} - {label for s, label, *_ in good if s == split}
         if lost:
             class_dir = splits[split] / classes[min(lost)]
             raise DataError(f"class folder {class_dir} has only unreadable files")
 
-    channels = channels or (3 if any(a.shape[2] == 3 for *_, a in good) else 1)
+    channels = channels or (3 if any(a.shape[2] == 3 for _, _, a, _ in good) else 1)
     if size is None:
-        sizes = Counter(a.shape[:2] for *_, a in good)
+        sizes = Counter(a.shape[:2] for _, _, a, _ in good)
         size = sizes.most_common(1)[0][0]
         if len(sizes) > 1:
             notes.append(
                 f"images in {root} come in {len(sizes)} sizes; all brought to the most common, "
                 f"{size[0]}x{size[1]} (H x W), by resize={resize!r} (pass size= to choose)"
             )
-    sets = {}
+    sets, names = {}, {}
     for split in listing:
-        part = [(label, a) for s, label, a in good if s == split]
+        part = [(label, a) for s, label, a, _ in good if s == split]
+        names[split] = [rel for s, _, _, rel in good if s == split]
         images = np.empty((len(part), channels, *size), dtype=np.uint8)  # (N, C, H, W)
         for j, (_, a) in enumerate(part):
             if a.shape[:2] != size:  # only with size=None and mixed sizes
@@ -256,7 +262,7 @@ def _decode_all(root, splits, listing, classes, size, channels, resize, notes) -
         labels = torch.tensor([label for label, _ in part], dtype=torch.int64)
         sets[split] = ImageSet(torch.from_numpy(images), labels, list(classes))
     test, valid = sets.get("test"), sets.get("valid")
-    return FolderData(sets["train"], valid, test, list(classes), skipped, root, notes)
+    return FolderData(sets["train"], valid, test, list(classes), skipped, root, notes, files=names)
 
 
 # --- decoded cache ----------------------------------------------------------------------
@@ -276,8 +282,8 @@ def _cache_key(listing, size, channels, resize) -> str:
 def _read_cache(cache_dir: Path, root: Path) -> FolderData | None:
     try:
         meta = json.loads((cache_dir / "meta.json").read_text())
-        if meta.get("version") != _CACHE_VERSION:
-            return None
+        if meta.get("version") != _CACHE_VERSION or "files" not in meta:
+            return None  # "files" came later: a cache without them is decoded again, once
         sets = {}
         for split in meta["splits"]:
             # allow_pickle=False: a cache file can only ever be plain numbers.
@@ -289,9 +295,12 @@ def _read_cache(cache_dir: Path, root: Path) -> FolderData | None:
     except (OSError, ValueError, KeyError, DataError):
         return None  # absent, half-deleted or from another version: decode again
     skipped = [(str(f), str(why)) for f, why in meta["skipped"]]
+    files = {str(s): [str(f) for f in fs] for s, fs in meta["files"].items()}
+    if any(len(files.get(s, ())) != len(v) for s, v in sets.items()):
+        return None
     return FolderData(
         sets["train"], sets.get("valid"), sets.get("test"), list(meta["classes"]),
-        skipped, root, list(meta["notes"]), from_cache=True,
+        skipped, root, list(meta["notes"]), from_cache=True, files=files,
     )  # fmt: skip
 
 
@@ -304,6 +313,7 @@ def _write_cache(cache_dir: Path, data: FolderData, quiet: bool) -> None:
         "splits": [s for s, v in splits.items() if v is not None],
         "skipped": data.skipped,
         "notes": data.notes,
+        "files": data.files,
     }
     try:
         # A folder already there is an unreadable leftover (we only write after a miss).

@@ -16,6 +16,7 @@ import torch
 from deepstart.data.dataset import ImageSet, conform_images
 
 if TYPE_CHECKING:
+    from deepstart.interpret.suspects import Suspects
     from deepstart.train.learner import Learner
 
 
@@ -184,6 +185,20 @@ class Interpretation:
         first: for two classes, the pictures the model calls closest to 50/50."""
         order = torch.sort(self.confidence, stable=True).indices
         return order[:k] if k is not None else order
+
+    def suspects(self, *, duplicates: bool = True) -> Suspects:
+        """This split's items ranked by the loss of their label, highest first, with groups
+        of identical or near-identical pictures: the ones to check for a wrong label.
+        A table with pictures in a notebook; see :mod:`deepstart.interpret.suspects`
+        (``suspects_from_learner(learn)`` ranks train and valid together).
+
+        Example:
+            >>> Interpretation.from_learner(learn, "valid").suspects().rows(1)[0]["label"]
+            'cat'
+        """
+        from deepstart.interpret.suspects import Suspects
+
+        return Suspects.from_interpretations([self], duplicates=duplicates)
 
     def item(self, i: int) -> dict[str, Any]:
         """One item's true and predicted class, probability of the prediction, and loss."""
