@@ -74,3 +74,11 @@ def test_resume_with_a_broken_config(tmp_path, capsys):
     _fails_in_one_line(capsys, ["train", "--resume", str(run)], "not valid JSON")
     (run / "config.json").write_text("[1, 2]")
     _fails_in_one_line(capsys, ["train", "--resume", str(run)], "config")
+
+
+def test_a_split_that_leaves_no_validation_images(tmp_path, capsys):
+    # One training image per class: before, every epoch scored valid_loss 0.0 (the "best").
+    out = tmp_path / "runs"
+    argv = ["train", *TINY, "--data-opt", "train_per_class=1", "--out", str(out)]
+    _fails_in_one_line(capsys, argv, "no validation images")
+    assert not out.exists() or not list(out.iterdir())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import shutil
 import sys
@@ -20,6 +21,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from deepstart.errors import DataError
 
@@ -95,6 +97,19 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator:
         yield f
         f.flush()
         os.fsync(f.fileno())
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float (in nested dicts, lists and tuples) as None,
+    so ``json.dumps(..., allow_nan=False)`` writes strict JSON: a bare ``NaN`` is not JSON,
+    and other readers (browsers, jq, pandas' strict mode) refuse the whole file."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 import torch
 
+from deepstart.cache import json_safe
 from deepstart.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from deepstart.data.dataset import ImageSet
 from deepstart.data.mismatch import input_stats
@@ -289,7 +290,7 @@ class _Run:
                 where += " of the frozen phase" if learn.phase == 0 else " of the unfrozen phase"
             self.say(f"resuming {run.path} at {where} of {tc.epochs}")
             if self.main:  # metrics.jsonl may hold a row written after the checkpoint
-                run.write_metrics(learn.recorder.history)
+                run.write_metrics([json_safe(row) for row in learn.recorder.history])
         if self.main:
             learn.recorder.path = run.metrics_path
         start = time.perf_counter()
@@ -362,7 +363,7 @@ class _Run:
             results[f"{scored}_tta"] = {
                 k: v for k, v in res.items() if k not in ("probs", "pred", "target")
             }
-        run.write_json(RESULTS, results)
+        run.write_json(RESULTS, json_safe(results))  # a class with no test images: null
         # Per-batch loss and LR, for the report's curves (metrics.jsonl has one row per epoch).
         rec, per_epoch = learn.recorder, len(getattr(learn, "train_dl", ()))
         run.write_json(

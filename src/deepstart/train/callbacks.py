@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from deepstart.cache import atomic_write
+from deepstart.cache import atomic_write, json_safe
 from deepstart.train.events import (
     Callback,
     CancelBatch,
@@ -183,8 +183,8 @@ class Recorder(Callback):
         self.history.append(row)
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            with open(self.path, "a") as f:  # strict JSON: a NaN loss is written as null
+                f.write(json.dumps(json_safe(row), allow_nan=False) + "\n")
 
 
 class Checkpoint(Callback):

@@ -1,0 +1,68 @@
+"""Hostile runs (issue 22 items 6, 9, 10): an empty validation split, numbers JSON cannot hold,
+broken checkpoints, runs that fail before their first epoch, and temp files a kill left."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from deepstart.data.dataset import DataError, make_dataset
+from deepstart.models.registry import create_model
+from deepstart.train.callbacks import Checkpoint
+from deepstart.train.learner import Learner
+from tests.conftest import bars
+
+
+def _strict(line: str) -> dict:
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} is not JSON: {line}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+# -- item 6: an empty validation split ----------------------------------------------------------
+def test_a_split_that_leaves_no_validation_images_is_refused_at_load():
+    # One image per class: holding out any share of each leaves none (before: valid_loss 0.0
+    # every epoch, chosen as the best).
+    one_each = bars(3)
+    with pytest.raises(DataError, match="no validation images") as e:
+        make_dataset("tiny", one_each, bars(6, seed=1), valid_pct=0.1)
+    assert "\n" not in str(e.value)
+
+
+def test_an_empty_given_validation_split_is_refused():
+    empty = bars(30).subset([])
+    with pytest.raises(DataError, match="validation split has no images"):
+        make_dataset("given", bars(30), None, valid=empty)
+    data = make_dataset("ok", bars(30), None, valid_pct=0.2)
+    with pytest.raises(DataError, match="validation split has no images"):
+        dataclasses.replace(data, valid=empty)  # a hand-made Dataset is checked too
+
+
+def test_scoring_no_items_gives_no_loss_rather_than_a_perfect_one(toy_data):
+    learn = Learner(toy_data, create_model("logreg", in_channels=1, num_classes=3,
+                    input_size=(16, 16)), device="cpu", log=lambda m: None)  # fmt: skip
+    res = learn.evaluate(toy_data.valid.subset([]))
+    assert res["n"] == 0
+    assert math.isnan(res["loss"]) and math.isnan(res["accuracy"])
+
+
+def test_metrics_rows_are_strict_json_and_nan_is_never_best(tmp_path, toy_data):
+    model = create_model("logreg", in_channels=1, num_classes=3, input_size=(16, 16))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(math.nan)  # every loss NaN: the row holds numbers JSON has no name for
+    ckpt = Checkpoint(tmp_path / "checkpoints")
+    learn = Learner(toy_data, model, device="cpu", guard=False, callbacks=[ckpt],
+                    log=lambda m: None)  # fmt: skip
+    learn.recorder.path = tmp_path / "metrics.jsonl"
+    learn.fit(1, 1e-3)
+    (line,) = learn.recorder.path.read_text().splitlines()
+    row = _strict(line)
+    assert row["valid_loss"] is None and row["train_loss"] is None
+    assert (tmp_path / "checkpoints" / "last.pt").is_file()
+    assert not (tmp_path / "checkpoints" / "best.pt").exists()
