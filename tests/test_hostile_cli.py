@@ -3,7 +3,11 @@ for a usage error or 1 for a deepstart error, never a traceback, and nothing hal
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
+import torch
 
 from deepstart.cli import main
 from deepstart.device import resolve_device
@@ -82,3 +86,38 @@ def test_a_split_that_leaves_no_validation_images(tmp_path, capsys):
     argv = ["train", *TINY, "--data-opt", "train_per_class=1", "--out", str(out)]
     _fails_in_one_line(capsys, argv, "no validation images")
     assert not out.exists() or not list(out.iterdir())
+
+
+# -- a finished tiny run, shared by the resume and bundle tests -------------------------------
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    (run,) = out.iterdir()
+    return run
+
+
+def _copy(run: Path, to: Path) -> Path:
+    shutil.copytree(run, to)
+    return to
+
+
+class _Smuggled:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda p: p.write_bytes(b""),
+        lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),
+        lambda p: torch.save({"model": _Smuggled()}, p),
+    ],
+    ids=["empty", "truncated", "pickle"],
+)
+def test_resume_from_a_broken_checkpoint(tmp_path, capsys, tiny_run, damage):
+    run = _copy(tiny_run, tmp_path / "run")
+    damage(run / "checkpoints" / "last.pt")
+    err = _fails_in_one_line(capsys, ["train", "--resume", str(run)], "last.pt")
+    assert "checkpoint" in err and "this must never run" not in capsys.readouterr().out

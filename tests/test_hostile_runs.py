@@ -12,7 +12,7 @@ import torch
 
 from deepstart.data.dataset import DataError, make_dataset
 from deepstart.models.registry import create_model
-from deepstart.train.callbacks import Checkpoint
+from deepstart.train.callbacks import Checkpoint, load_checkpoint
 from deepstart.train.learner import Learner
 from tests.conftest import bars
 
@@ -66,3 +66,28 @@ def test_metrics_rows_are_strict_json_and_nan_is_never_best(tmp_path, toy_data):
     assert row["valid_loss"] is None and row["train_loss"] is None
     assert (tmp_path / "checkpoints" / "last.pt").is_file()
     assert not (tmp_path / "checkpoints" / "best.pt").exists()
+
+
+# -- item 9: a checkpoint that is not one ----------------------------------------------------
+class _Smuggled:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+@pytest.mark.parametrize(
+    ("write", "says"),
+    [
+        (lambda p: p.write_bytes(b""), "not a readable checkpoint"),
+        (lambda p: p.write_bytes(b"\x00garbage" * 50), "not a readable checkpoint"),
+        (lambda p: torch.save({"x": _Smuggled()}, p), "not a readable checkpoint"),
+        (lambda p: torch.save({"weights": torch.zeros(2)}, p), "not a deepstart checkpoint"),
+        (lambda p: torch.save([1, 2], p), "not a deepstart checkpoint"),
+    ],
+)
+def test_a_broken_checkpoint_is_one_line(tmp_path, capsys, write, says):
+    path = tmp_path / "last.pt"
+    write(path)
+    with pytest.raises(DataError, match=says) as e:
+        load_checkpoint(path)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+    assert "this must never run" not in capsys.readouterr().out
