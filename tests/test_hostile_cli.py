@@ -3,6 +3,7 @@ for a usage error or 1 for a deepstart error, never a traceback, and nothing hal
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -80,6 +81,12 @@ def test_resume_with_a_broken_config(tmp_path, capsys):
     _fails_in_one_line(capsys, ["train", "--resume", str(run)], "config")
 
 
+def test_a_negative_weight_decay(tmp_path, capsys):
+    out = tmp_path / "runs"
+    _fails_in_one_line(capsys, ["train", *TINY, "--wd", "-5", "--out", str(out)], "wd must be")
+    assert not out.exists()
+
+
 def test_a_split_that_leaves_no_validation_images(tmp_path, capsys):
     # One training image per class: before, every epoch scored valid_loss 0.0 (the "best").
     out = tmp_path / "runs"
@@ -121,3 +128,47 @@ def test_resume_from_a_broken_checkpoint(tmp_path, capsys, tiny_run, damage):
     damage(run / "checkpoints" / "last.pt")
     err = _fails_in_one_line(capsys, ["train", "--resume", str(run)], "last.pt")
     assert "checkpoint" in err and "this must never run" not in capsys.readouterr().out
+
+
+def _meta(run: Path, change) -> Path:
+    meta = json.loads((run / "model.json").read_text())
+    change(meta)
+    (run / "model.json").write_text(json.dumps(meta))
+    return run
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (lambda m: m["arch"].update(num_classes=10**12), "outputs"),
+        (lambda m: m["arch"].update(input_size=[100000, 100000]), "input size"),
+        (lambda m: m["arch"].update(in_channels=10**9), "channels"),
+        (
+            lambda m: m["arch"].update(name="mlp", kwargs={"hidden": [10**9], "dropout": 0.0}),
+            "parameters",
+        ),
+        (lambda m: m["preprocess"].update(size=[100000, 100000]), "preprocess size"),
+        (lambda m: m["preprocess"].update(size=[0, 16]), "preprocess size"),
+        (
+            lambda m: m["preprocess"].update(channels=1000, mean=[0.5] * 1000, std=[0.2] * 1000),
+            "channels",
+        ),
+        (lambda m: m["preprocess"].update(resize="zoom"), "resize"),
+    ],
+    ids=["classes", "input-size", "in-channels", "params", "size", "size0", "channels", "resize"],
+)
+def test_a_bundle_with_absurd_sizes_is_refused_at_load(tmp_path, capsys, tiny_run, change, says):
+    # Before: a raw allocation error, an OOM kill in predict ("broken image file:
+    # MemoryError"), or a resize mode silently read as "squish". Export loads the bundle
+    # first, and never allocates what a prediction would.
+    run = _meta(_copy(tiny_run, tmp_path / "run"), change)
+    _fails_in_one_line(capsys, ["export", str(run), "--out", str(tmp_path / "b.zip")], says)
+    assert not (tmp_path / "b.zip").exists()
+
+
+@pytest.mark.parametrize("command", ["serve", "predict"])
+def test_a_device_that_does_not_exist_for_a_bundle(tmp_path, capsys, tiny_run, command):
+    argv = [command, str(tiny_run), "--device", "tpu"]
+    if command == "predict":
+        argv.insert(2, str(tmp_path / "none.png"))
+    _fails_in_one_line(capsys, argv, "unknown device 'tpu'")
