@@ -130,6 +130,23 @@ def test_resume_from_a_broken_checkpoint(tmp_path, capsys, tiny_run, damage):
     assert "checkpoint" in err and "this must never run" not in capsys.readouterr().out
 
 
+def test_typed_output_flags_override_a_resumed_runs_config(tmp_path, capsys, tiny_run):
+    run = _copy(tiny_run, tmp_path / "run")
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["train"]["report"] = True  # as if started without --no-report
+    (run / "config.json").write_text(json.dumps(cfg))
+    for name in ("model.safetensors", "results.json"):
+        (run / name).unlink()
+    assert main(["train", "--resume", str(run), "--no-report", "--progress", "none"]) == 0
+    assert (run / "model.safetensors").is_file()
+    assert not (run / "report.html").exists()  # before: --no-report was ignored
+
+
+def test_resume_refuses_flags_that_would_change_the_run(tmp_path, capsys, tiny_run):
+    run = _copy(tiny_run, tmp_path / "run")
+    _fails_in_one_line(capsys, ["train", "--resume", str(run), "--epochs", "9"], "--epochs")
+
+
 def _meta(run: Path, change) -> Path:
     meta = json.loads((run / "model.json").read_text())
     change(meta)
