@@ -6,13 +6,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
+from deepstart.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from deepstart.data.dataset import DataError, make_dataset
 from deepstart.models.registry import create_model
-from deepstart.train.callbacks import Checkpoint, load_checkpoint
+from deepstart.run.runner import train_run
+from deepstart.train.callbacks import Callback, Checkpoint, load_checkpoint
 from deepstart.train.learner import Learner
 from tests.conftest import bars
 
@@ -91,3 +94,36 @@ def test_a_broken_checkpoint_is_one_line(tmp_path, capsys, write, says):
         load_checkpoint(path)
     assert "\n" not in str(e.value) and str(path) in str(e.value)
     assert "this must never run" not in capsys.readouterr().out
+
+
+# -- item 10: runs that fail early leave nothing behind ------------------------------------------
+class _FailInEpoch(Callback):
+    """Raises in a training batch of epoch ``epoch`` (0-based): a run that breaks."""
+
+    def __init__(self, epoch: int = 0) -> None:
+        self.at = epoch
+
+    def after_batch(self) -> None:
+        if self.learn.epoch >= self.at:
+            raise RuntimeError(f"boom in epoch {self.learn.epoch + 1}")
+
+
+def _tiny(out: Path, **train) -> RunConfig:
+    data = DataConfig("shapes", size=(16, 16), options={"n_train": 60, "n_test": 30})
+    tc = TrainConfig(out=str(out), report=False, progress="none", batch_size=32, **train)
+    return RunConfig(data=data, model=ModelConfig("logreg"), train=tc)
+
+
+def test_a_run_that_fails_before_its_first_epoch_ends_removes_its_directory(tmp_path):
+    out = tmp_path / "runs"
+    with pytest.raises(RuntimeError, match="boom"):
+        train_run(_tiny(out, epochs=1), callbacks=[_FailInEpoch(0)], quiet=True)
+    assert list(out.iterdir()) == []  # before: a directory holding only config.json
+
+
+def test_a_run_that_fails_after_an_epoch_keeps_its_directory(tmp_path):
+    out = tmp_path / "runs"
+    with pytest.raises(RuntimeError, match="boom"):
+        train_run(_tiny(out, epochs=2), callbacks=[_FailInEpoch(1)], quiet=True)
+    (run,) = out.iterdir()
+    assert (run / "checkpoints" / "last.pt").is_file()  # something to resume from

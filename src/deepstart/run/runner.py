@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import torch
 
@@ -138,9 +138,27 @@ class _Run:
 
     def go(self) -> RunResult:
         self.prepare()
-        self.open_run_dir()
-        self.build_learner()
-        return self.train_and_finish()
+        try:
+            self.open_run_dir()
+            self.build_learner()
+            return self.train_and_finish()
+        except Exception as e:  # not a second Ctrl-C: that one leaves everything as it is
+            if not isinstance(e, Interrupted):
+                self.drop_unfinished()
+            raise
+
+    def drop_unfinished(self) -> None:
+        """After a failure, remove a new run directory that holds nothing to resume or read."""
+        run = getattr(self, "run", None)
+        if run is None or self.resume is not None or not self.main or not run.path.is_dir():
+            return
+        if self.tc.fast_dev_run:  # its own temp folder, removed after a success too
+            shutil.rmtree(run.path.parent, ignore_errors=True)
+        elif not run.has_progress():
+            shutil.rmtree(run.path, ignore_errors=True)
+            self.say(f"removed {run.path}: the run failed before its first epoch ended")
+        else:
+            self.say(f"run directory kept: {run.path} (deepstart train --resume continues it)")
 
     # -- 1. data and model ----------------------------------------------------------------
     def prepare(self) -> None:
@@ -239,7 +257,9 @@ class _Run:
         self.tc = tc
         if self.main and not resuming:
             run.write_config(dataclasses.replace(self.cfg, train=tc), self.resolved())
-        self.interrupt = GracefulInterrupt(log=lambda m: _print(m, self.stream or sys.stderr))
+        self.interrupt = GracefulInterrupt(
+            log=lambda m: print(m, file=self.stream or sys.stderr, flush=True)
+        )
         shown = tc.progress if self.stream is not None else "none"
         cbs: list[Callback] = [Progress(shown, self.stream)]
         if tc.checkpoint:  # on every rank: rank 0 writes, the others wait for it at epoch ends
@@ -396,10 +416,6 @@ def _fit(learn: Learner, tc: TrainConfig, start_epoch: int, restart_at: int) -> 
             learn.fit(tc.epochs, lr, schedule=spec, **fit_kw)
 
 
-def _print(text: str, stream: TextIO) -> None:
-    print(text, file=stream, flush=True)
-
-
 def lr_find_run(
     data_cfg: DataConfig,
     model_cfg: ModelConfig,
@@ -434,6 +450,4 @@ def _no_tensors(res: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _brief(res: dict[str, Any] | None) -> dict[str, Any] | None:
-    if res is None:
-        return None
-    return {k: res[k] for k in ("split", "n", "loss", "accuracy")}
+    return None if res is None else {k: res[k] for k in ("split", "n", "loss", "accuracy")}
