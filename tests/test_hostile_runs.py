@@ -6,11 +6,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from deepstart.cache import atomic_write
 from deepstart.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from deepstart.data.dataset import DataError, make_dataset
 from deepstart.models.registry import create_model
@@ -127,3 +130,45 @@ def test_a_run_that_fails_after_an_epoch_keeps_its_directory(tmp_path):
         train_run(_tiny(out, epochs=2), callbacks=[_FailInEpoch(1)], quiet=True)
     (run,) = out.iterdir()
     assert (run / "checkpoints" / "last.pt").is_file()  # something to resume from
+
+
+# -- item 10: temp files of a write that was killed ----------------------------------------------
+def _stale(path: Path, tag: str, age: float) -> Path:
+    tmp = path.parent / f".{path.name}.{tag}.tmp"
+    tmp.write_bytes(b"half a file")
+    when = time.time() - age
+    os.utime(tmp, (when, when))
+    return tmp
+
+
+def test_the_next_write_removes_stale_temp_files_of_its_target_only(tmp_path):
+    target = tmp_path / "last.pt"
+    old = _stale(target, "k3j_9xq2", age=3600)  # from a process killed an hour ago
+    fresh = _stale(target, "a1b2c3d4", age=-60)  # being written by a live process
+    other = _stale(tmp_path / "best.pt", "zzzzzzzz", age=3600)  # another target's
+    odd = tmp_path / f".last.pt.{'x' * 8}.keep"  # not the temp-name pattern
+    odd.write_bytes(b"mine")
+    with atomic_write(target) as f:
+        f.write(b"whole")
+    assert target.read_bytes() == b"whole"
+    assert not old.exists()
+    assert fresh.exists() and other.exists() and odd.exists()
+
+
+def test_a_checkpoint_cleans_its_stale_temp_files_when_training_starts(tmp_path, toy_data):
+    ckdir = tmp_path / "checkpoints"
+    ckdir.mkdir()
+    stale = [_stale(ckdir / name, "q1w2e3r4", age=3600) for name in ("last.pt", "best.pt")]
+    seen: list[bool] = []
+
+    class Look(Callback):
+        order = 35  # after the checkpoint's before_fit, before any epoch is saved
+
+        def before_epoch(self) -> None:
+            seen.append(any(p.exists() for p in stale))
+
+    model = create_model("logreg", in_channels=1, num_classes=3, input_size=(16, 16))
+    learn = Learner(toy_data, model, device="cpu", callbacks=[Checkpoint(ckdir), Look()],
+                    log=lambda m: None)  # fmt: skip
+    learn.fit(1, 1e-3)
+    assert seen == [False]

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from deepstart.cache import atomic_write, json_safe
+from deepstart.cache import atomic_write, json_safe, remove_stale_temps
 from deepstart.errors import DataError
 from deepstart.train.events import (
     Callback,
@@ -218,6 +218,9 @@ class Checkpoint(Callback):
 
     def before_fit(self) -> None:
         self._last_save = time.monotonic()
+        if self.writes:  # a run killed mid-save left a temp file; nothing will rename it now
+            for name in ("last.pt", "best.pt"):
+                remove_stale_temps(self.dir / name)
 
     def state(self, *, mid_epoch: bool) -> dict[str, Any]:
         learn = self.learn
