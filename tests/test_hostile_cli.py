@@ -158,6 +158,7 @@ def _meta(run: Path, change) -> Path:
     ("change", "says"),
     [
         (lambda m: m["arch"].update(num_classes=10**12), "outputs"),
+        (lambda m: m["arch"].update(num_classes="3"), "not a whole number"),
         (lambda m: m["arch"].update(input_size=[100000, 100000]), "input size"),
         (lambda m: m["arch"].update(in_channels=10**9), "channels"),
         (
@@ -172,7 +173,17 @@ def _meta(run: Path, change) -> Path:
         ),
         (lambda m: m["preprocess"].update(resize="zoom"), "resize"),
     ],
-    ids=["classes", "input-size", "in-channels", "params", "size", "size0", "channels", "resize"],
+    ids=[
+        "classes",
+        "classes-text",
+        "input-size",
+        "in-channels",
+        "params",
+        "size",
+        "size0",
+        "channels",
+        "resize",
+    ],
 )
 def test_a_bundle_with_absurd_sizes_is_refused_at_load(tmp_path, capsys, tiny_run, change, says):
     # Before: a raw allocation error, an OOM kill in predict ("broken image file:

@@ -217,9 +217,10 @@ def checked_preprocess(meta: dict, where: str) -> Preprocess:
 
 def _bounded(value: Any, what: str, low: int, high: int, where: str) -> int:
     """``value`` when it is a whole number in ``low..high``, else a one-line BundleError."""
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        shown = f"{value:,}" if isinstance(value, int) else repr(value)
-        raise BundleError(f"{where}: {what} {shown} is not a whole number in {low}..{high:,}")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BundleError(f"{where}: {what} {value!r} is not a whole number")
+    if not low <= value <= high:
+        raise BundleError(f"{where}: {what} {value:,} is outside the limits {low}..{high:,}")
     return value
 
 
