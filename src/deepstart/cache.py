@@ -4,14 +4,16 @@ Lookup order for a dataset's files: an explicit ``data_dir``, then ``$DEEPSTART_
 the user cache (``$DEEPSTART_CACHE``, else ``$XDG_CACHE_HOME/deepstart``, else
 ``~/.cache/deepstart``). Only the cache is ever written to, and always through a temp file or
 folder renamed into place, so a killed process never leaves a half-written one under the
-final name.
+final name (and the temp file it does leave is removed by the next write of that name).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -20,6 +22,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from deepstart.errors import DataError
 
@@ -97,10 +100,57 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator:
         os.fsync(f.fileno())
 
 
+# When this process began using deepstart: a temp file last written before then cannot be
+# one this process is writing, and a writer that is alive keeps its file's time moving.
+_STARTED = time.time()
+# What follows ".<target name>" in a temp file's name: mkstemp's 8 random characters.
+_TEMP_TAIL = re.compile(r"\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the temp files a killed writer of ``path`` left beside it (exactly
+    ``.<name>.XXXXXXXX.tmp``, last written before this process started); returns them.
+
+    Example:
+        >>> remove_stale_temps("runs/x/checkpoints/last.pt")  # after a kill mid-save
+        [PosixPath('runs/x/checkpoints/.last.pt.k3j_9xq2.tmp')]
+    """
+    path = Path(path)
+    prefix = f".{path.name}"
+    removed = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:  # no folder yet: nothing was left in it
+        return []
+    for entry in entries:
+        if not entry.name.startswith(prefix) or not _TEMP_TAIL.fullmatch(entry.name[len(prefix) :]):
+            continue
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove
+            if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < _STARTED:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float (in nested dicts, lists and tuples) as None,
+    so ``json.dumps(..., allow_nan=False)`` writes strict JSON: a bare ``NaN`` is not JSON,
+    and other readers (browsers, jq, pandas' strict mode) refuse the whole file."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 @contextlib.contextmanager
 def _temp_file(path: Path) -> Iterator[Path]:
-    """An empty temp file beside ``path``, replacing ``path`` on success, removed on failure."""
+    """An empty temp file beside ``path``, replacing ``path`` on success, removed on failure
+    (and the temp files an earlier, killed writer of ``path`` left are removed first)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

@@ -9,7 +9,9 @@ from typing import Any
 
 from deepstart.cli.args import _add_data_args, _data_config, _model, _pairs
 from deepstart.cli.options import add_option, add_option_groups, given_options
-from deepstart.config import ModelConfig, TrainConfig
+from deepstart.config import ModelConfig, RunConfig, TrainConfig
+from deepstart.config.option import default_of, option_of
+from deepstart.errors import ConfigError
 
 # The TrainConfig fields `deepstart lr-find` takes as flags (its --out is the plot's path).
 LR_FIND_OPTIONS = ("batch_size", "opt", "wd", "seed", "device")
@@ -71,9 +73,9 @@ def cmd_train(a: argparse.Namespace) -> int:
     from deepstart.train.distributed import launch, world_from_env
 
     if a.resume:
-        cfg = load_run_config(a.resume)
+        cfg = _resume_config(a, load_run_config(a.resume))
         if cfg.train.devices > 1 and world_from_env() == 1:  # resume as it ran: distributed
-            return launch(cfg.train.devices, ["train", "--resume", str(a.resume)])
+            return launch(cfg.train.devices, a.argv)
         try:
             train_run(cfg, resume=a.resume)
         except Interrupted as e:
@@ -128,6 +130,37 @@ def cmd_train(a: argparse.Namespace) -> int:
         print(f"deepstart: {e}", file=sys.stderr)
         return 130
     return 0
+
+
+# The flags a resumed run takes: how it shows progress, what it writes besides its checkpoints
+# and where it runs. Any other would make it a different run from the one its checkpoint holds.
+RESUME_OPTIONS = ("report", "progress", "tensorboard", "checkpoint_minutes", "device")
+# Flags of the data and the model, which a resumed run takes from its config.json.
+_RUN_FLAGS = ("data_dir", "valid_pct", "size", "channels", "resize", "data_opt", "model",
+              "model_opt", "recipe", "pretrained", "pretrained_sha256")  # fmt: skip
+
+
+def _resume_config(a: argparse.Namespace, cfg: RunConfig) -> RunConfig:
+    """The run's own config with the typed RESUME_OPTIONS flags applied; any other typed
+    flag is refused in one line rather than silently ignored."""
+    given = given_options(a, TrainConfig)
+    refused = [_flag(name) for name in given if name not in RESUME_OPTIONS]
+    refused += ["--" + n.replace("_", "-") for n in _RUN_FLAGS if getattr(a, n) is not None]
+    if refused:
+        allowed = ", ".join(_flag(name) for name in RESUME_OPTIONS)
+        raise ConfigError(
+            f"--resume continues {a.resume} as it was configured: {', '.join(refused)} cannot "
+            f"change (only {allowed} may)"
+        )
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **given))
+
+
+def _flag(name: str) -> str:
+    opt = option_of(TrainConfig, name)
+    flag = (opt.flag if opt is not None else None) or "--" + name.replace("_", "-")
+    if isinstance(default_of(TrainConfig, name), bool):
+        return f"{flag}/--no-{flag[2:]}"
+    return flag
 
 
 def cmd_lr_find(a: argparse.Namespace) -> int:

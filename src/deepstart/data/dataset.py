@@ -152,6 +152,14 @@ class Dataset:
     notes: list[str] = field(default_factory=list)
     resize: str = "squish"
 
+    def __post_init__(self) -> None:
+        # Scored every epoch: with no images its loss is no measurement at all, and a run
+        # would keep (best.pt) whatever epoch that nothing happened to favour.
+        for split in ("train", "valid"):
+            if len(getattr(self, split)) == 0:
+                which = "training" if split == "train" else "validation"
+                raise DataError(f"{self.name}: the {which} split has no images")
+
     @property
     def channels(self) -> int:
         return self.train.channels
@@ -210,6 +218,12 @@ def make_dataset(
         if valid_pct > 0:
             train, valid = train.split(valid_pct, seed)
             notes.append(f"valid: {valid_pct:.0%} of train held out (seed {seed})")
+            if len(valid) == 0:  # each class keeps its only image for training
+                raise DataError(
+                    f"{name}: no validation images: every class has at most one training "
+                    f"image, so holding out {valid_pct:g} of each leaves none; add images (two "
+                    "per class at least) or give a validation split"
+                )
         elif test is not None:
             valid = test
             notes.append("valid is the test split (valid_pct=0): its score is not a clean test")

@@ -100,6 +100,16 @@ class RunDir:
         """The path of ``name`` inside the run (lr_find.png, report.html, plots/...)."""
         return self.path / name
 
+    def has_progress(self) -> bool:
+        """Whether the run wrote anything beyond its setup (config.json, the LR finder's
+        files, an empty metrics.jsonl or checkpoints/): an epoch, a checkpoint, a model..."""
+        setup = (CONFIG, LR_FIND, "lr_find.png", METRICS, "checkpoints")
+        return any(
+            p.name not in setup or (any(p.iterdir()) if p.is_dir() else p.stat().st_size > 0)
+            for p in self.path.iterdir()
+            if p.name not in setup[:3]
+        )
+
     # -- JSON files ----------------------------------------------------------------------------
     def write_json(self, name: str, obj: Any) -> Path:
         return write_json(self.path / name, obj)

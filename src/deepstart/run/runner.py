@@ -16,10 +16,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import torch
 
+from deepstart.cache import json_safe
 from deepstart.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from deepstart.data.dataset import ImageSet
 from deepstart.data.mismatch import input_stats
@@ -137,9 +138,27 @@ class _Run:
 
     def go(self) -> RunResult:
         self.prepare()
-        self.open_run_dir()
-        self.build_learner()
-        return self.train_and_finish()
+        try:
+            self.open_run_dir()
+            self.build_learner()
+            return self.train_and_finish()
+        except Exception as e:  # not a second Ctrl-C: that one leaves everything as it is
+            if not isinstance(e, Interrupted):
+                self.drop_unfinished()
+            raise
+
+    def drop_unfinished(self) -> None:
+        """After a failure, remove a new run directory that holds nothing to resume or read."""
+        run = getattr(self, "run", None)
+        if run is None or self.resume is not None or not self.main or not run.path.is_dir():
+            return
+        if self.tc.fast_dev_run:  # its own temp folder, removed after a success too
+            shutil.rmtree(run.path.parent, ignore_errors=True)
+        elif not run.has_progress():
+            shutil.rmtree(run.path, ignore_errors=True)
+            self.say(f"removed {run.path}: the run failed before its first epoch ended")
+        else:
+            self.say(f"run directory kept: {run.path} (deepstart train --resume continues it)")
 
     # -- 1. data and model ----------------------------------------------------------------
     def prepare(self) -> None:
@@ -238,7 +257,9 @@ class _Run:
         self.tc = tc
         if self.main and not resuming:
             run.write_config(dataclasses.replace(self.cfg, train=tc), self.resolved())
-        self.interrupt = GracefulInterrupt(log=lambda m: _print(m, self.stream or sys.stderr))
+        self.interrupt = GracefulInterrupt(
+            log=lambda m: print(m, file=self.stream or sys.stderr, flush=True)
+        )
         shown = tc.progress if self.stream is not None else "none"
         cbs: list[Callback] = [Progress(shown, self.stream)]
         if tc.checkpoint:  # on every rank: rank 0 writes, the others wait for it at epoch ends
@@ -289,7 +310,7 @@ class _Run:
                 where += " of the frozen phase" if learn.phase == 0 else " of the unfrozen phase"
             self.say(f"resuming {run.path} at {where} of {tc.epochs}")
             if self.main:  # metrics.jsonl may hold a row written after the checkpoint
-                run.write_metrics(learn.recorder.history)
+                run.write_metrics([json_safe(row) for row in learn.recorder.history])
         if self.main:
             learn.recorder.path = run.metrics_path
         start = time.perf_counter()
@@ -362,7 +383,7 @@ class _Run:
             results[f"{scored}_tta"] = {
                 k: v for k, v in res.items() if k not in ("probs", "pred", "target")
             }
-        run.write_json(RESULTS, results)
+        run.write_json(RESULTS, json_safe(results))  # a class with no test images: null
         # Per-batch loss and LR, for the report's curves (metrics.jsonl has one row per epoch).
         rec, per_epoch = learn.recorder, len(getattr(learn, "train_dl", ()))
         run.write_json(
@@ -393,10 +414,6 @@ def _fit(learn: Learner, tc: TrainConfig, start_epoch: int, restart_at: int) -> 
         else:
             spec = ScheduleSpec(kind=tc.schedule, pct_start=tc.pct_start)
             learn.fit(tc.epochs, lr, schedule=spec, **fit_kw)
-
-
-def _print(text: str, stream: TextIO) -> None:
-    print(text, file=stream, flush=True)
 
 
 def lr_find_run(
@@ -433,6 +450,4 @@ def _no_tensors(res: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _brief(res: dict[str, Any] | None) -> dict[str, Any] | None:
-    if res is None:
-        return None
-    return {k: res[k] for k in ("split", "n", "loss", "accuracy")}
+    return None if res is None else {k: res[k] for k in ("split", "n", "loss", "accuracy")}

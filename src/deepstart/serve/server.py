@@ -17,6 +17,7 @@ import os
 import warnings
 from collections.abc import Callable
 
+from deepstart.device import resolve_device
 from deepstart.errors import DeepstartError
 from deepstart.serve.limit import MAX_UPLOAD_BYTES
 
@@ -68,8 +69,10 @@ def run(
 
     Raises:
         DeepstartError: FastAPI or uvicorn is not installed, or a bad setting.
+        ConfigError: a device this machine lacks (before anything is loaded).
         BundleError: the bundle cannot be loaded.
     """
+    device = str(resolve_device(device))
     try:
         import uvicorn
     except ImportError:

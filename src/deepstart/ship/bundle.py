@@ -202,7 +202,7 @@ def load_bundle(path: str | os.PathLike, device: str = "cpu") -> Bundle | OnnxBu
     Args:
         path: the bundle.
         device: where a PyTorch model runs: "cpu", "cuda", "mps" or "auto" (onnxruntime
-            always runs on the CPU).
+            always runs on the CPU); one this machine lacks is a ConfigError.
 
     Raises:
         BundleError: a missing path or member, broken JSON or weights, an unsafe or
@@ -214,12 +214,11 @@ def load_bundle(path: str | os.PathLike, device: str = "cpu") -> Bundle | OnnxBu
         'circle'
     """
     path = Path(path).expanduser()
+    device = str(resolve_device(device))  # a device this machine lacks: one line, now
     if not path.exists():
         if _model_name(str(path)):
             return pretrained_bundle(str(path), device=device)
         raise BundleError(f"{path} does not exist")
-    if device == "auto":
-        device = str(resolve_device(device))
     if path.is_file() and path.suffix.lower() == ".onnx":
         from deepstart.ship.onnx import load_onnx
 
@@ -270,9 +269,8 @@ def pretrained_bundle(name: str, device: str = "cpu") -> Bundle:
     from deepstart.models.weights import get_weights
 
     model_name, _, weights_name = name.partition(":")
+    device = str(resolve_device(device))
     w = get_weights(model_name, weights_name or "imagenet")
-    if device == "auto":
-        device = str(resolve_device(device))
     model = create_model(model_name, input_size=w.input_size, pretrained=w.name)
     prep = Preprocess(w.input_size, 3, tuple(w.mean), tuple(w.std), resize="crop")
     meta = {

@@ -33,11 +33,10 @@ import torch
 from torch import nn
 
 from deepstart.cache import atomic_write
-from deepstart.data.dataset import Preprocess
 from deepstart.ship.bundle import check_batch, shareable
 from deepstart.ship.predict import PredictMixin
 from deepstart.ship.saved import VERSION as MODEL_VERSION
-from deepstart.ship.saved import BundleError
+from deepstart.ship.saved import BundleError, checked_preprocess
 
 if TYPE_CHECKING:
     from deepstart.ship.bundle import Bundle
@@ -232,7 +231,7 @@ class OnnxBundle(PredictMixin):
         self.session = session
         self.meta: dict[str, Any] = meta
         self.classes: list[str] = list(meta["classes"])
-        self.preprocess = Preprocess.from_dict(meta["preprocess"])
+        self.preprocess = checked_preprocess(meta, source)
         self.config = None
         self.source = source
 

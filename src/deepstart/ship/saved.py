@@ -18,17 +18,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load, load_file, save
 from torch import nn
 
 from deepstart.cache import atomic_write
 from deepstart.data.dataset import Preprocess
+from deepstart.data.decode import RESIZE_POLICIES
+from deepstart.device import resolve_device
 from deepstart.errors import DeepstartError
-from deepstart.models.registry import create_model_from_arch
+from deepstart.models.registry import count_parameters, create_model_from_arch
 
 FORMAT = "deepstart.model"
 VERSION = 1
 META, WEIGHTS, CONFIG = "model.json", "model.safetensors", "config.json"
+
+# What a bundle may ask to be built, checked before anything is allocated: a hostile or
+# broken model.json must not take the machine's memory (10**12 classes, a 100000x100000
+# input) nor be silently read as something else (a resize mode that does not exist).
+MAX_CLASSES = 100_000  # ImageNet-21k has 21,841
+MAX_SIDE = 4096  # pixels per side of the model's input
+MAX_PARAMS = 2**30  # 4 GiB of float32: the largest weights file a zipped bundle may hold
+CHANNELS = (1, 3)
 
 
 class BundleError(DeepstartError):
@@ -125,11 +136,22 @@ def read_meta(directory: str | Path) -> dict:
 
 
 def build_model(meta: dict, weights: str | bytes, where: str, device: str) -> nn.Module:
-    """The architecture of ``meta`` with ``weights`` (a file path or the file's bytes)."""
+    """The architecture of ``meta`` with ``weights`` (a file path or the file's bytes),
+    built only after its parameters are counted on the meta device (nothing allocated)."""
+    arch = meta["arch"]
+    if "pretrained" in (arch.get("kwargs") or {}):
+        raise BundleError(f"{where}: the architecture names weights to fetch; a bundle has its own")
     try:
-        model = create_model_from_arch(meta["arch"])
-    except (DeepstartError, KeyError, TypeError) as e:
-        raise BundleError(f"{where}: cannot rebuild the model ({e})") from None
+        with torch.device("meta"):
+            n = count_parameters(create_model_from_arch(arch))
+        if n > MAX_PARAMS:
+            raise BundleError(f"{where}: {n:,} parameters, over the limit of {MAX_PARAMS:,}")
+        model = create_model_from_arch(arch)
+    except BundleError:
+        raise
+    except (DeepstartError, KeyError, TypeError, ValueError, RuntimeError, MemoryError) as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise BundleError(f"{where}: cannot rebuild the model ({why})") from None
     try:
         state = load_file(weights) if isinstance(weights, str) else load(weights)
         model.load_state_dict(state)
@@ -146,6 +168,7 @@ def load_model(directory: str | Path, device: str = "cpu") -> SavedModel:
         >>> saved.classes
         ['circle', 'square', 'triangle']
     """
+    device = str(resolve_device(device))  # a device this machine lacks: one line, now
     meta = read_meta(directory)
     weights_path = Path(directory) / WEIGHTS
     prep = checked_preprocess(meta, str(directory)) if meta.get("preprocess") else None
@@ -157,13 +180,30 @@ def checked_preprocess(meta: dict, where: str) -> Preprocess:
     """The bundle's Preprocess, refused in one line when it cannot give sane predictions:
     a class list that does not match the model's outputs (IndexError in predict, HTTP 500 in
     serve) or a std of 0 or a non-finite mean/std (NaN probabilities)."""
-    classes, k = meta["classes"], meta["arch"].get("num_classes")
-    if k is not None and len(classes) != int(k):
-        raise BundleError(f"{where}: {len(classes)} class names for a model with {k} outputs")
+    arch = meta.get("arch") or {}
+    classes, k = meta["classes"], arch.get("num_classes")
+    if k is not None:
+        _bounded(k, "num_classes (the model's outputs)", 1, MAX_CLASSES, where)
+        if len(classes) != k:
+            raise BundleError(f"{where}: {len(classes)} class names for a model with {k} outputs")
+    if "input_size" in arch:
+        _sides(arch["input_size"], "the model's input size", where)
     try:
         prep = Preprocess.from_dict(meta["preprocess"])
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise BundleError(f"{where}: broken preprocess ({e})") from None
+    _sides(meta["preprocess"]["size"], "preprocess size", where)
+    if prep.channels not in CHANNELS:
+        raise BundleError(f"{where}: preprocess channels must be 1 or 3, got {prep.channels}")
+    if arch.get("in_channels", prep.channels) != prep.channels:
+        raise BundleError(
+            f"{where}: the model takes {arch['in_channels']!r} channels, the preprocess gives "
+            f"{prep.channels}"
+        )
+    if prep.resize not in RESIZE_POLICIES:
+        raise BundleError(
+            f"{where}: preprocess resize {prep.resize!r} is not one of {', '.join(RESIZE_POLICIES)}"
+        )
     values = (*prep.mean, *prep.std)
     if not all(math.isfinite(v) for v in values) or min(prep.std, default=0) <= 0:
         raise BundleError(f"{where}: preprocess std must be positive and finite, got {prep.std}")
@@ -173,3 +213,20 @@ def checked_preprocess(meta: dict, where: str) -> Preprocess:
             f"{prep.channels} channels"
         )
     return prep
+
+
+def _bounded(value: Any, what: str, low: int, high: int, where: str) -> int:
+    """``value`` when it is a whole number in ``low..high``, else a one-line BundleError."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BundleError(f"{where}: {what} {value!r} is not a whole number")
+    if not low <= value <= high:
+        raise BundleError(f"{where}: {what} {value:,} is outside the limits {low}..{high:,}")
+    return value
+
+
+def _sides(size: Any, what: str, where: str) -> None:
+    """An ``[H, W]`` of whole numbers, each 1..MAX_SIDE pixels."""
+    if not isinstance(size, (list, tuple)) or len(size) != 2:
+        raise BundleError(f"{where}: {what} must be [height, width], got {size!r}")
+    for side in size:
+        _bounded(side, what, 1, MAX_SIDE, where)

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from deepstart.cache import atomic_write
+from deepstart.cache import atomic_write, json_safe, remove_stale_temps
+from deepstart.errors import DataError
 from deepstart.train.events import (
     Callback,
     CancelBatch,
@@ -183,8 +184,8 @@ class Recorder(Callback):
         self.history.append(row)
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            with open(self.path, "a") as f:  # strict JSON: a NaN loss is written as null
+                f.write(json.dumps(json_safe(row), allow_nan=False) + "\n")
 
 
 class Checkpoint(Callback):
@@ -217,6 +218,9 @@ class Checkpoint(Callback):
 
     def before_fit(self) -> None:
         self._last_save = time.monotonic()
+        if self.writes:  # a run killed mid-save left a temp file; nothing will rename it now
+            for name in ("last.pt", "best.pt"):
+                remove_stale_temps(self.dir / name)
 
     def state(self, *, mid_epoch: bool) -> dict[str, Any]:
         learn = self.learn
@@ -282,12 +286,16 @@ def restore_checkpoint(learn: Learner, ckpt: dict[str, Any]) -> tuple[int, int]:
     continue in). The learner must have the same model, data and optimizer kind, and the
     same layers frozen as when the checkpoint was saved (the optimizer holds only the
     trainable ones)."""
-    learn.model.load_state_dict(ckpt["model"])
-    learn.batch_size = int(ckpt["batch_size"])
-    learn.phase = int(ckpt.get("phase", 0))
-    learn.create_opt()
-    if ckpt["opt"]:
-        learn.opt.load_state_dict(ckpt["opt"])
+    try:
+        learn.model.load_state_dict(ckpt["model"])
+        learn.batch_size = int(ckpt["batch_size"])
+        learn.phase = int(ckpt.get("phase", 0))
+        learn.create_opt()
+        if ckpt["opt"]:
+            learn.opt.load_state_dict(ckpt["opt"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:  # torch's are many lines
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise DataError(f"the checkpoint does not fit this model and optimizer ({why})") from None
     learn.lr_mult = float(ckpt["lr_mult"])
     learn.recorder.load_state(json.loads(ckpt["recorder"]))
     torch.set_rng_state(ckpt["rng"]["torch"])
@@ -338,6 +346,31 @@ class GracefulInterrupt(Callback):
             self._old = None
 
 
+# What restore_checkpoint reads from a checkpoint.
+_KEYS = ("model", "opt", "epoch", "next_iter", "lr_mult", "batch_size", "best", "rng", "recorder")
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint without unpickling code."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Read a checkpoint without unpickling code.
+
+    Raises:
+        DataError: in one line, for a file that is empty, truncated, not a torch file, holds
+            Python objects beyond tensors (refused unread) or is not a deepstart checkpoint.
+    """
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises EOFError, RuntimeError, UnpicklingError... for these
+        if type(e).__name__ == "UnpicklingError":
+            why = "it holds Python objects, not only tensors; deepstart never loads those"
+        elif path.is_file() and path.stat().st_size == 0:
+            why = "an empty file"
+        else:
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise DataError(f"{path}: not a readable checkpoint ({why})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "deepstart.checkpoint":
+        raise DataError(f"{path}: not a deepstart checkpoint (no format 'deepstart.checkpoint')")
+    missing = [k for k in _KEYS if k not in ckpt]
+    if missing:
+        raise DataError(f"{path}: not a deepstart checkpoint (it has no {', '.join(missing)})")
+    return ckpt

@@ -44,10 +44,18 @@ def resolve_split(data: Any, split: str | ImageSet | TensorSet) -> Any:
 def score(learn: Learner, dl: Any) -> dict[str, Any]:
     """``learn.task.score`` of the batches ``dl`` in eval mode; when the device runs out of
     memory it halves the evaluation batch and starts again (no gradients are kept, so only
-    speed depends on the batch size)."""
+    speed depends on the batch size).
+
+    A pass over no items measured nothing: its loss is NaN (written as null), never the 0.0
+    of an empty sum, which would read as a perfect score."""
     while True:
         try:
-            return learn.task.score(learn, dl)
+            out = learn.task.score(learn, dl)
+            # (A distributed classifier's shard may be empty while the split is not; its
+            # scorer sums over the ranks and settles this itself.)
+            if len(out["target"]) == 0 and getattr(dl, "world", 1) == 1:
+                out["loss"] = math.nan
+            return out
         except OUT_OF_MEMORY as e:
             if dl.batch_size < 2:
                 raise
@@ -89,7 +97,7 @@ def score_logits(learn: Learner, dl: Any) -> dict[str, Any]:
     if getattr(dl, "world", 1) > 1 and learn.dist is not None:
         loss, correct, n = learn.dist.sum([loss, correct, float(n)])
     return {
-        "loss": loss / max(n, 1),
+        "loss": loss / n if n else math.nan,
         "accuracy": correct / n if n else math.nan,
         "pred": pred,
         "target": target,
@@ -118,7 +126,7 @@ def evaluate_images(
     (see :meth:`Learner.evaluate`); ``probs=True`` adds the ``(N, K)`` probabilities."""
     images = resolve_split(learn.data, split)
     warnings: list[str] = []
-    if learn.input_check and isinstance(images, ImageSet):
+    if learn.input_check and isinstance(images, ImageSet) and len(images):
         warnings = _input_warnings(learn, split, images)
     images = conform_images(images, learn.preprocess)
     out = score(learn, learn.batches(images))
