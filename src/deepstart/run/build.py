@@ -1,4 +1,5 @@
-"""The first steps of a run: its data, its model, pretrained weights and the debug cuts.
+"""The first steps of a run: its data, its model, pretrained weights and the debug cuts
+(and ``deepstart lr-find``, which takes the same first steps).
 
 Each is a plain function of a config, so a Python user can take one step and change the next.
 """
@@ -15,10 +16,13 @@ import torch
 from deepstart.config import DataConfig, ModelConfig, TrainConfig
 from deepstart.data.catalog import load_dataset
 from deepstart.data.dataset import Dataset
+from deepstart.device import seed_everything
 from deepstart.models.pretrained import load_pretrained
 from deepstart.models.registry import create_model
 from deepstart.models.weights import load_source
 from deepstart.ship.bundle import read_meta
+from deepstart.train.learner import Learner
+from deepstart.train.lr_finder import lr_find
 
 # The batch size the debug modes cut the data by when the batch size is still "auto".
 DEBUG_BATCH = 128
@@ -128,3 +132,25 @@ def debug_cut(
         )
         return dataclasses.replace(data, train=fixed, valid=fixed), tc
     return data, tc
+
+
+def lr_find_run(
+    data_cfg: DataConfig,
+    model_cfg: ModelConfig,
+    tc: TrainConfig,
+    **kwargs: Any,
+) -> Any:
+    """``deepstart lr-find``: the LR finder on a fresh model; prints nothing itself."""
+    seed_everything(tc.seed)
+    data = load_data(data_cfg, tc.seed)
+    model = build_model(model_cfg, data, tc.seed)
+    learn = Learner(
+        data,
+        model,
+        opt=tc.opt,
+        wd=tc.wd,
+        batch_size=int(tc.batch_size),
+        device=tc.device,
+        seed=tc.seed,
+    )
+    return lr_find(learn, **kwargs)

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deepstart.cache import atomic_write
+from deepstart.cache import atomic_write, json_safe
 from deepstart.config import DataConfig, RunConfig
 from deepstart.errors import DataError
 
@@ -140,7 +140,7 @@ class RunDir:
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
         """Rewrite metrics.jsonl with ``rows`` (a resumed run drops rows after its checkpoint)."""
         with atomic_write(self.metrics_path, "w") as f:
-            f.writelines(json.dumps(row, default=_json_default) + "\n" for row in rows)
+            f.writelines(_strict_json(row) + "\n" for row in rows)
 
     def metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.is_file():
@@ -247,9 +247,13 @@ def write_json(path: str | Path, obj: Any) -> Path:
     """Write ``obj`` as indented JSON, atomically (a reader never sees half a file)."""
     path = Path(path)
     with atomic_write(path, "w") as f:
-        json.dump(obj, f, indent=2, default=_json_default)
-        f.write("\n")
+        f.write(_strict_json(obj, indent=2) + "\n")
     return path
+
+
+def _strict_json(obj: Any, indent: int | None = None) -> str:
+    """JSON that every parser reads: NaN and infinities become null (json_safe)."""
+    return json.dumps(json_safe(obj), indent=indent, default=_json_default, allow_nan=False)
 
 
 def _json_default(o: Any) -> Any:

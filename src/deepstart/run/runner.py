@@ -20,14 +20,20 @@ from typing import Any
 
 import torch
 
-from deepstart.cache import json_safe
-from deepstart.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from deepstart.config import RunConfig, TrainConfig
 from deepstart.data.dataset import ImageSet
 from deepstart.data.mismatch import input_stats
 from deepstart.device import busy_cpu_note, resolve_device, resolve_precision, seed_everything
 from deepstart.errors import DataError, DeepstartError
 from deepstart.models.registry import count_parameters
-from deepstart.run.build import apply_pretrained, build_model, debug_cut, describe, load_data
+from deepstart.run.build import (
+    apply_pretrained,
+    build_model,
+    debug_cut,
+    describe,
+    load_data,
+    lr_find_run,
+)
 from deepstart.run.options import learner_kwargs, option_callbacks
 from deepstart.run.resolve import resolve_train
 from deepstart.run.rundir import (
@@ -50,7 +56,6 @@ from deepstart.train.callbacks import (
 from deepstart.train.distributed import Distributed, prepare_model, shutdown
 from deepstart.train.learner import Learner
 from deepstart.train.losses import make_loss
-from deepstart.train.lr_finder import lr_find
 from deepstart.train.schedule import ScheduleSpec
 from deepstart.train.tensorboard import TensorBoardLogger, summary_writer_class
 
@@ -310,7 +315,7 @@ class _Run:
                 where += " of the frozen phase" if learn.phase == 0 else " of the unfrozen phase"
             self.say(f"resuming {run.path} at {where} of {tc.epochs}")
             if self.main:  # metrics.jsonl may hold a row written after the checkpoint
-                run.write_metrics([json_safe(row) for row in learn.recorder.history])
+                run.write_metrics(learn.recorder.history)
         if self.main:
             learn.recorder.path = run.metrics_path
         start = time.perf_counter()
@@ -383,7 +388,7 @@ class _Run:
             results[f"{scored}_tta"] = {
                 k: v for k, v in res.items() if k not in ("probs", "pred", "target")
             }
-        run.write_json(RESULTS, json_safe(results))  # a class with no test images: null
+        run.write_json(RESULTS, results)  # strict JSON: a class with no test images is null
         # Per-batch loss and LR, for the report's curves (metrics.jsonl has one row per epoch).
         rec, per_epoch = learn.recorder, len(getattr(learn, "train_dl", ()))
         run.write_json(
@@ -414,28 +419,6 @@ def _fit(learn: Learner, tc: TrainConfig, start_epoch: int, restart_at: int) -> 
         else:
             spec = ScheduleSpec(kind=tc.schedule, pct_start=tc.pct_start)
             learn.fit(tc.epochs, lr, schedule=spec, **fit_kw)
-
-
-def lr_find_run(
-    data_cfg: DataConfig,
-    model_cfg: ModelConfig,
-    tc: TrainConfig,
-    **kwargs: Any,
-) -> Any:
-    """``deepstart lr-find``: the LR finder on a fresh model; prints nothing itself."""
-    seed_everything(tc.seed)
-    data = load_data(data_cfg, tc.seed)
-    model = build_model(model_cfg, data, tc.seed)
-    learn = Learner(
-        data,
-        model,
-        opt=tc.opt,
-        wd=tc.wd,
-        batch_size=int(tc.batch_size),
-        device=tc.device,
-        seed=tc.seed,
-    )
-    return lr_find(learn, **kwargs)
 
 
 def _train_stats(learn: Learner) -> dict | None:

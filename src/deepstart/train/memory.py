@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from deepstart.device import OUT_OF_MEMORY, release_cached_memory
 from deepstart.train.events import RestartEpoch
+from deepstart.train.precompute import fit_loaders
 
 if TYPE_CHECKING:
     from deepstart.train.learner import Learner
@@ -88,7 +89,7 @@ def halve_batch(learn: Learner, error: BaseException) -> None:
     old, new = learn.batch_size, learn.batch_size // 2
     learn.batch_size = new
     learn.lr_mult *= new / old  # linear scaling: same LR per sample
-    learn._make_loaders()
+    learn.train_dl, learn.valid_dl = fit_loaders(learn)
     learn.restart_at = learn.iter * old // new
     learn.total_iters = learn.n_epochs * len(learn.train_dl)
     learn.train_iter = learn.epoch * len(learn.train_dl) + learn.restart_at
