@@ -76,8 +76,8 @@ def check_pixels(data: bytes) -> None:
 
 def _bomb(detail: str) -> str:
     return (
-        f"refused as a possible decompression bomb ({detail}); the server reads images of "
-        "at most PIL.Image.MAX_IMAGE_PIXELS pixels"
+        f"refused as a possible decompression bomb ({detail}); the server's limit is "
+        "DEEPSTART_MAX_PIXELS (default: Pillow's)"
     )
 
 

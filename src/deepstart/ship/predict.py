@@ -169,7 +169,7 @@ def refuse_bombs() -> Iterator[None]:
 def _reason(e: BaseException, path: Path) -> str:
     if isinstance(e, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
         return (
-            f"refused as a possible decompression bomb ({e}); raise PIL.Image.MAX_IMAGE_PIXELS "
+            f"refused as a possible decompression bomb ({e}); set DEEPSTART_MAX_PIXELS higher "
             "if you trust this file"
         )
     text = str(e).replace(f"'{path}'", "").replace(str(path), "").strip(" :") or type(e).__name__
