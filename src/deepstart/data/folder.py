@@ -4,7 +4,8 @@
 every image with :func:`deepstart.data.decode.decode_image` (in threads when the files are
 large) into uint8 arrays of one size and channel count, and caches the arrays under
 ``cache_root()/"folders"`` keyed by the files' names, sizes and mtimes: a second load of the
-same tree reads a few ``.npy`` files and decodes nothing.
+same tree reads a few ``.npy`` files and decodes nothing, and a tree whose files moved or went
+(``deepstart clean``) is decoded afresh. ``FolderData.files`` names the file of every item.
 Archives (``.zip``, ``.tar``, ``.tar.gz``, ``.tgz``) are extracted safely, once, by
 :func:`deepstart.data.archive.extract_archive`. Files that fail to decode are skipped and
 reported, and so are images declaring more than :func:`deepstart.data.decode.max_pixels`
