@@ -200,3 +200,21 @@ def test_a_device_that_does_not_exist_for_a_bundle(tmp_path, capsys, tiny_run, c
     if command == "predict":
         argv.insert(2, str(tmp_path / "none.png"))
     _fails_in_one_line(capsys, argv, "unknown device 'tpu'")
+
+
+def test_a_folder_takes_its_own_options(tmp_path):
+    # The option check must not refuse what load_folder takes (it once refused --size).
+    from PIL import Image
+
+    from deepstart.data.catalog import load_dataset
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(6):
+            Image.new("RGB", (20, 24), (40 * i, 100 if c == "a" else 0, 0)).save(
+                tmp_path / c / f"{i}.png"
+            )
+    data = load_dataset(str(tmp_path), size=16, channels=1, resize="crop", valid_pct=0.34)
+    assert data.size == (16, 16) and data.channels == 1
+    with pytest.raises(Exception, match="folder has no option colour"):
+        load_dataset(str(tmp_path), colour="red")
