@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from deepstart.interpret.analysis import Interpretation
 
 CELL = 12  # pictures a cell opens (highest loss first)
-BUDGET = 1500  # at most this many pictures embedded (~1.5 KB each for 32 px colour)
+BUDGET = 2400  # at most this many pictures embedded (~1 KB each for 32 px colour: JPEG)
 
 _STYLE = """<style>
 table.cm td.cell{cursor:pointer;text-align:center;min-width:40px;padding:6px}
