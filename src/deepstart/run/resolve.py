@@ -10,7 +10,6 @@ very values this one did.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 
 from deepstart.config import TrainConfig
@@ -62,7 +61,7 @@ def _find_lr(
     older deepstart, whose config still says "auto", reuses the recorded value)."""
     record = run.file(LR_FIND)
     if resuming and record.is_file():
-        return float(json.loads(record.read_text())["chosen"])
+        return float(run.read_json(LR_FIND)["chosen"])  # one line if the file is damaged
     # Every rank sweeps (the losses are reduced over ranks, so all choose the same LR).
     probe = make_learner(dataclasses.replace(tc, lr=PROBE_LR))
     plot = run.file("lr_find.png")

@@ -21,8 +21,6 @@ from typing import Any
 import torch
 
 from deepstart.config import RunConfig, TrainConfig
-from deepstart.data.dataset import ImageSet
-from deepstart.data.mismatch import input_stats
 from deepstart.device import busy_cpu_note, resolve_device, resolve_precision, seed_everything
 from deepstart.errors import DataError, DeepstartError
 from deepstart.models.registry import count_parameters
@@ -54,6 +52,7 @@ from deepstart.train.callbacks import (
     restore_checkpoint,
 )
 from deepstart.train.distributed import Distributed, prepare_model, shutdown
+from deepstart.train.evaluation import train_stats
 from deepstart.train.learner import Learner
 from deepstart.train.losses import make_loss
 from deepstart.train.schedule import ScheduleSpec
@@ -370,7 +369,7 @@ class _Run:
             run.path,
             classes=data.classes,
             preprocess=data.preprocess,
-            extra={"dataset": data.name, "test": _brief(test), "input_stats": _train_stats(learn)},
+            extra={"dataset": data.name, "test": _brief(test), "input_stats": train_stats(learn)},
         )
         results = {
             "test": _no_tensors(test),
@@ -419,13 +418,6 @@ def _fit(learn: Learner, tc: TrainConfig, start_epoch: int, restart_at: int) -> 
         else:
             spec = ScheduleSpec(kind=tc.schedule, pct_start=tc.pct_start)
             learn.fit(tc.epochs, lr, schedule=spec, **fit_kw)
-
-
-def _train_stats(learn: Learner) -> dict | None:
-    """The training images' input statistics (for the mismatch check of later evaluations)."""
-    if learn.train_stats is None and isinstance(getattr(learn.data, "train", None), ImageSet):
-        learn.train_stats = input_stats(learn.data.train.images)
-    return learn.train_stats
 
 
 def _no_tensors(res: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -105,13 +105,22 @@ def score_logits(learn: Learner, dl: Any) -> dict[str, Any]:
     }
 
 
-def _input_warnings(learn: Learner, split: str | ImageSet, images: ImageSet) -> list[str]:
-    """What looks prepared differently from the training images (each also logged)."""
-    from deepstart.data.mismatch import check_inputs, input_stats
+def train_stats(learn: Learner) -> dict | None:
+    """The training images' input statistics (:func:`deepstart.data.mismatch.input_stats`),
+    computed from ``learn.data.train`` the first time they are needed; None for non-images."""
+    from deepstart.data.mismatch import input_stats
 
     train = getattr(learn.data, "train", None)
     if learn.train_stats is None and isinstance(train, ImageSet):
         learn.train_stats = input_stats(train.images)
+    return learn.train_stats
+
+
+def _input_warnings(learn: Learner, split: str | ImageSet, images: ImageSet) -> list[str]:
+    """What looks prepared differently from the training images (each also logged)."""
+    from deepstart.data.mismatch import check_inputs
+
+    train_stats(learn)
     name = f"{split} images" if isinstance(split, str) else "these images"
     warnings = check_inputs(learn.train_stats, images.images, what=name)
     for w in warnings:
