@@ -37,12 +37,15 @@ def jobs(shared: Path, photos: Path) -> dict[str, list[str]]:
     return {
         "shapes-fast": ["--recipe", "shapes-fast", "--data", "shapes"],
         "mnist-fast": ["--recipe", "mnist-fast", "--data", "mnist", "--data-dir", str(shared)],
-        "fashion-fast": ["--recipe", "fashion-fast", "--data", "fashion_mnist"]
-        + ["--data-dir", str(shared)],
+        "fashion-fast": [
+            *("--recipe", "fashion-fast", "--data", "fashion_mnist", "--data-dir", str(shared))
+        ],
         "cifar10-fast": ["--recipe", "cifar10-fast", "--data", "folder", "--data-dir", str(cifar)],
         "photos": ["--data", "folder", "--data-dir", str(photos)],
-        "resnet34": ["--data", "folder", "--data-dir", str(photos), "--model", "resnet34"]
-        + ["--size", "64", "--epochs", "3", "--batch-size", "64", "--lr", "1e-3"],
+        "resnet34": [
+            *("--data", "folder", "--data-dir", str(photos), "--model", "resnet34"),
+            *("--size", "64", "--epochs", "3", "--batch-size", "64", "--lr", "1e-3"),
+        ],
     }
 
 

@@ -27,7 +27,9 @@ def _train(tmp_path, model="vgg_small", *extra, data=("--data", "shapes", *TINY)
     out = tmp_path / "runs"
     assert not out.exists()
     args = ["train", *data, "--model", model, "--epochs", "2", "--lr", "3e-3"]
-    args += ["--batch-size", "32", "--out", str(out), "--progress", "plain", *extra]
+    # every panel, whatever this machine's speed ("auto" draws what fits 10% of training)
+    args += ["--batch-size", "32", "--out", str(out), "--progress", "plain"]
+    args += ["--report-panels", "all", *extra]
     assert main(args) == 0
     (run_dir,) = out.iterdir()
     return run_dir
@@ -45,15 +47,16 @@ def _images(page: str) -> list[tuple[str, Image.Image]]:
     return found
 
 
-# Figures the page draws itself from embedded pictures (a clickable confusion matrix, grids
-# filtered by class); their PNGs are still written to plots/.
-DRAWN = {"confusion", "top_losses", "uncertain"}
+# Figures the page draws itself (a clickable confusion matrix, grids filtered by class, SVG
+# curves, thumbnails of the training samples); their PNGs are still written to plots/.
+DRAWN = {"confusion", "top_losses", "uncertain", "curves", "samples"}
 
 
 def check_report(run_dir, plots: set[str]) -> dict:
     """What every report must satisfy; returns interpretation.json."""
     page = (run_dir / "report.html").read_text()
-    assert page.count("<img") == len(plots - DRAWN)
+    assert page.count("data-file=") == len(plots - DRAWN)
+    assert page.count('<svg class="chart"') == 4  # loss, accuracy, LR, bits
     embedded = _images(page)
     where = {p: "lr_find.png" if p == "lr_find" else f"plots/{p}.png" for p in plots}
     assert {name for name, _ in embedded} == {where[p] for p in plots - DRAWN}

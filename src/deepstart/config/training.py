@@ -29,6 +29,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("one_cycle", "constant", "step", "cosine", "triangle")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PROGRESS_MODES = ("auto", "rich", "plain", "none")
+REPORT_PANELS = ("auto", "all", "core")  # deepstart.report.budget.PANELS; a test keeps them equal
 # The names of deepstart.augment.PRESETS, in its order ("none": no augmentation). Spelt out
 # here because the config layer imports nothing above it; a test keeps the two equal.
 AUGMENT_PRESETS = ("none", "flip", "cifar", "cifar-alt", "photo", "digits")
@@ -233,7 +234,13 @@ class OutputConfig:
         help="live bar (rich), lines only (plain), nothing (none); auto picks by terminal",
         choices=PROGRESS_MODES,
     )
-    report: bool = option(True, help="write report.html (plots, interpretation) at the end: ~10 s")
+    report: bool = option(True, help="write report.html (curves, interpretation) at the end")
+    report_panels: str = option(
+        "auto",
+        help="the report's slow panels (figures, what the network sees): auto draws those that "
+        "keep the report within 10% of the training time, all draws every one, core none",
+        choices=REPORT_PANELS,
+    )
     tensorboard: bool = option(
         False, help="also log to RUN_DIR/tensorboard; needs pip install 'deepstart[tensorboard]'"
     )
@@ -242,6 +249,8 @@ class OutputConfig:
         _check_positive("checkpoint_minutes", self.checkpoint_minutes)
         if self.progress not in PROGRESS_MODES:
             raise ConfigError(f"progress must be auto, rich, plain or none: {self.progress!r}")
+        if self.report_panels not in REPORT_PANELS:
+            raise ConfigError(f"report_panels must be auto, all or core: {self.report_panels!r}")
 
 
 @dataclass(frozen=True)

@@ -349,7 +349,7 @@ class _Run:
             from deepstart.report import build_report
 
             final = result.test if result.test is not None else result.valid
-            build_report(run.path, learn=learn, log=self.log, scored=final)
+            build_report(run.path, learn=learn, log=self.log, scored=final, panels=tc.report_panels)
         return result
 
     def score_and_save(self, train_seconds: float) -> RunResult:
