@@ -429,3 +429,41 @@ def test_train_with_a_spec_writes_an_ordinary_run(tmp_path, capsys):
 def test_build_spec_directly():
     net = build_spec("conv4-gap", in_channels=2, num_classes=3, input_size=(5, 5))
     assert net(torch.zeros(1, 2, 5, 5)).shape == (1, 3)
+
+
+ISSUE_SPEC = "conv16-bn-relu-pool-conv32-bn-relu-pool-gap-dense3"
+
+
+def test_models_show_without_data_says_the_outputs_come_from_the_data(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")
+    assert main(["models", "show", ISSUE_SPEC]) == 0
+    out = capsys.readouterr().out
+    # The spec's dense3 is its output layer: no ReLU, no second head, no made-up 10.
+    assert "Linear 32->3 " in out and "3->10" not in out and "-> 3 outputs" in out
+    assert "outputs: one per class of the data (here 3; --data NAME or --classes K)" in out
+    assert main(["models", "show", "mnist_cnn"]) == 0
+    assert "outputs: one per class of the data (here 10;" in capsys.readouterr().out
+
+
+def test_models_show_with_data_builds_it_for_that_dataset(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")
+    assert main(["models", "show", "conv8-pool-gap-dense16", "--data", "shapes"]) == 0
+    out = capsys.readouterr().out
+    assert "1x32x32 -> 3 classes of shapes" in out and "Linear 16->3 " in out
+    assert "output 3" in out and "one per class of the data" not in out
+    # a dense with one unit per class of the data is the output layer
+    assert main(["models", "show", "conv8-pool-gap-dense3", "--data", "shapes"]) == 0
+    out = capsys.readouterr().out
+    assert "Linear 8->3 " in out and "Linear 3->3" not in out
+
+
+def test_models_table_reads_at_80_columns(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line.rstrip()) for line in out.splitlines()) <= 80
+    words = set(out.split())
+    for info in list_models(task=None):
+        assert info.name in words  # whole, never cut or wrapped
+        # descriptions wrap between words, never inside one
+        assert all(w in words for w in info.description.split()), info.name

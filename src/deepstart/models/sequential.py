@@ -368,8 +368,8 @@ def _input_shape(value: Any) -> tuple[int, int, int]:
     h, w, c = shape
     if c in (1, 3, 4) and h not in (1, 3, 4):
         raise ModelError(
-            f"input_shape={shape!r} looks like Keras's (height, width, channels): deepstart "
-            f"is channels-first, as PyTorch is: input_shape=({c}, {h}, {w})"
+            f"input_shape={shape!r} looks like Keras's (height, width, channels), but "
+            f"deepstart is channels-first: input_shape=({c}, {h}, {w})"
         )
     return shape
 

@@ -498,7 +498,7 @@ def is_spec(name: str) -> bool:
 
 @register_model(
     "spec",
-    description="your own net from a layer spec, e.g. --model 'conv32-pool-flat-dense128-drop.5'",
+    description="your own net in one line (a layer spec): --model conv32-pool-flat-dense10",
     input_size=(28, 28),
     in_channels=1,
     num_classes=10,
