@@ -92,14 +92,13 @@ def cmd_models(a: argparse.Namespace) -> int:
         c = a.channels or info.in_channels
         size = a.size or info.input_size
         k = a.classes or info.num_classes
+        text = info.description
         try:
             model = create_model(info.name, in_channels=c, num_classes=k, input_size=size)
             n = f"{count_parameters(model):,}"
-        except DeepstartError as e:
-            n, info_text = "n/a", f"{info.description} (n/a: {e})"
-            table.add_row(info.name, f"{c}x{size[0]}x{size[1]}", n, info_text)
-            continue
-        table.add_row(info.name, f"{c}x{size[0]}x{size[1]}", n, info.description)
+        except DeepstartError as e:  # e.g. --size too small for it: say why in its row
+            n, text = "n/a", f"{text} (n/a: {e})"
+        table.add_row(info.name, f"{c}x{size[0]}x{size[1]}", n, text)
     console = Console()
     console.print(table)
     classes = f"{a.classes} classes" if a.classes else "the class count it was made for"
