@@ -95,8 +95,8 @@ def _caret(err: SpecError) -> tuple[str, str]:
 @pytest.mark.parametrize(
     ("spec", "bad", "message"),
     [
-        ("conv32-pool-dense64-flat", "dense64", "dense needs a vector"),
-        ("conv32-flat-conv16-flat", "conv16", "conv needs a feature map"),
+        ("conv32-pool-dense64-flat", "dense64", "dense64 needs a vector"),
+        ("conv32-flat-conv16-flat", "conv16", "conv16 needs a feature map"),
         ("conv32-flat-gap", "gap", "gap needs a feature map"),
         ("conv32-flat-flat", "flat", "flat needs a feature map"),
         ("conv32-pool-blob-flat", "blob", "unknown layer 'blob'"),
@@ -165,16 +165,19 @@ def test_body_ends_at_the_feature_map_and_the_head_starts_at_flat():
 
 
 def test_default_activation_option_and_linear():
-    net = create_model("conv8-linear-gap-dense4", activation="silu", input_size=(8, 8))
+    net = create_model("conv8-linear-gap-dense4-drop.1", activation="silu", input_size=(8, 8))
     assert _types(net.body) == ["Conv2d"]  # `linear` removed the default after the conv
-    assert _types(net.classifier) == ["AdaptiveAvgPool2d", "Flatten", "Linear", "SiLU", "Linear"]
+    assert _types(net.classifier) == [
+        *("AdaptiveAvgPool2d", "Flatten", "Linear", "SiLU", "Dropout", "Linear"),
+    ]
     with pytest.raises(Exception, match="activation must be one of"):
         create_model("conv8-gap", activation="swish")
 
 
 def test_dense_only_spec_is_an_mlp_whose_features_are_the_last_hidden_layer():
     net = create_model("flat-dense32-drop.2-dense16", input_size=(8, 8))
-    assert _types(net.body) == ["Flatten", "Linear", "ReLU", "Dropout", "Linear", "ReLU"]
+    # No ReLU after the last dense16: the spec ends there and writes none (dense16-relu would).
+    assert _types(net.body) == ["Flatten", "Linear", "ReLU", "Dropout", "Linear"]
     assert _types(net.classifier) == ["Linear"]
     assert net.features(torch.zeros(3, 1, 8, 8)).shape == (3, 16)
 
@@ -250,6 +253,8 @@ SPECS = [
     "conv8k5s2p2-bn-silu-res16-res16s2-avgpool-gap-dense16-tanh",
     "conv8-bn-pool3s1-conv8-linear-bn-gelu-flat-dense8-bn",
     "flat-dense32-drop.1-dense16",
+    "conv8-bn-relu-pool-gap-dense5",  # its dense5 is the output layer (5 classes below)
+    "flat-dense32-dense5-softmax",
 ]
 
 
@@ -288,6 +293,10 @@ def test_spec_models_keep_the_model_contract(spec, channels, tmp_path):
     body = {k: v.clone() for k, v in model.body.state_dict().items()}
     model.reset_head(7)
     assert model(x).shape == (4, 7) and model.arch["num_classes"] == 7
+    # ... and the arch still rebuilds this model (a last dense5 output became dense7)
+    again = create_model_from_arch(model.arch)
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    assert {k: v.shape for k, v in again.state_dict().items()} == shapes
     assert all(torch.equal(v, model.body.state_dict()[k]) for k, v in body.items())
     seen = [id(p) for g in model.layer_groups() for m in g for p in m.parameters()]
     assert sorted(seen) == sorted(id(p) for p in model.parameters())
@@ -354,9 +363,9 @@ def test_sequential_keras_example_summary_and_errors():
     assert s.output_shape == (10,) and s.params == count_parameters(model)
     # 28 -> 28 -> 28 ('same') -> pool 14: flat 32*14*14 = 6272 into dense 128
     assert any(r.layer == "Linear 6272->128" for r in s.rows)
-    with pytest.raises(SpecError, match="dense needs a vector") as e:
+    with pytest.raises(SpecError, match=r"layers\[1\] Dense\(4\) needs a vector") as e:
         Sequential([Conv(8), Dense(4)], input_shape=(1, 8, 8))
-    assert _caret(e.value)[1] == "dense4"
+    assert e.value.index == 1 and "dense4" not in str(e.value)
     with pytest.raises(Exception, match="deepstart layers"):
         Sequential([nn.ReLU()])
 
@@ -420,3 +429,41 @@ def test_train_with_a_spec_writes_an_ordinary_run(tmp_path, capsys):
 def test_build_spec_directly():
     net = build_spec("conv4-gap", in_channels=2, num_classes=3, input_size=(5, 5))
     assert net(torch.zeros(1, 2, 5, 5)).shape == (1, 3)
+
+
+ISSUE_SPEC = "conv16-bn-relu-pool-conv32-bn-relu-pool-gap-dense3"
+
+
+def test_models_show_without_data_says_the_outputs_come_from_the_data(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")
+    assert main(["models", "show", ISSUE_SPEC]) == 0
+    out = capsys.readouterr().out
+    # The spec's dense3 is its output layer: no ReLU, no second head, no made-up 10.
+    assert "Linear 32->3 " in out and "3->10" not in out and "-> 3 outputs" in out
+    assert "outputs: one per class of the data (here 3; --data NAME or --classes K)" in out
+    assert main(["models", "show", "mnist_cnn"]) == 0
+    assert "outputs: one per class of the data (here 10;" in capsys.readouterr().out
+
+
+def test_models_show_with_data_builds_it_for_that_dataset(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")
+    assert main(["models", "show", "conv8-pool-gap-dense16", "--data", "shapes"]) == 0
+    out = capsys.readouterr().out
+    assert "1x32x32 -> 3 classes of shapes" in out and "Linear 16->3 " in out
+    assert "output 3" in out and "one per class of the data" not in out
+    # a dense with one unit per class of the data is the output layer
+    assert main(["models", "show", "conv8-pool-gap-dense3", "--data", "shapes"]) == 0
+    out = capsys.readouterr().out
+    assert "Linear 8->3 " in out and "Linear 3->3" not in out
+
+
+def test_models_table_reads_at_80_columns(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line.rstrip()) for line in out.splitlines()) <= 80
+    words = set(out.split())
+    for info in list_models(task=None):
+        assert info.name in words  # whole, never cut or wrapped
+        # descriptions wrap between words, never inside one
+        assert all(w in words for w in info.description.split()), info.name

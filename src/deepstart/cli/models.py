@@ -28,8 +28,23 @@ def add_parsers(sub: Any) -> None:
         "--input-size", type=int, nargs="+", metavar=("H", "W"), dest="show_size", help="H [W]"
     )
     ms.add_argument("--channels", type=int, dest="show_channels", help="image channels")
-    ms.add_argument("--classes", type=int, dest="show_classes", help="number of classes")
-    ms.add_argument("--model-opt", action="append", metavar="KEY=VALUE", dest="show_opts")
+    ms.add_argument(
+        "--classes", type=int, dest="show_classes", help="number of classes (the outputs)"
+    )
+    ms.add_argument(
+        "--data",
+        dest="show_data",
+        metavar="NAME",
+        help="show the model as it is built for this dataset (deepstart data list) or image "
+        "folder: its channels, size and number of classes",
+    )
+    ms.add_argument(
+        "--model-opt",
+        action="append",
+        metavar="KEY=VALUE",
+        dest="show_opts",
+        help="a model option, e.g. width=8 or activation=gelu (repeatable)",
+    )
     ms.set_defaults(func=cmd_models_show)
     rc = sub.add_parser(
         "recipes",
@@ -55,30 +70,45 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_models(a: argparse.Namespace) -> int:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     from deepstart.models.registry import count_parameters, create_model, list_models
 
-    table = Table(title="models")
-    for col in ("name", "family", "input", "parameters", "description"):
-        table.add_column(col, justify="right" if col == "parameters" else "left")
-    for info in list_models(task=None):
+    infos = list_models(task=None)
+    # Made to read at 80 columns: names and sizes never wrap, descriptions wrap at spaces,
+    # and the lines between cells are dropped to leave the description room.
+    table = Table(title="models", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    table.add_column("name", no_wrap=True, min_width=max(len(i.name) for i in infos))
+    table.add_column("input", no_wrap=True)
+    table.add_column("parameters", justify="right", no_wrap=True)
+    table.add_column("description", ratio=1)
+    for info in infos:
         if info.task == "regression":
             n = f"{count_parameters(create_model(info.name)):,}"
-            table.add_row(info.name, info.family, "x (N, 1) -> y (N, 1)", n, info.description)
+            table.add_row(info.name, "x -> y", n, info.description)
             continue
         c = a.channels or info.in_channels
         size = a.size or info.input_size
         k = a.classes or info.num_classes
+        text = info.description
         try:
             model = create_model(info.name, in_channels=c, num_classes=k, input_size=size)
             n = f"{count_parameters(model):,}"
-        except DeepstartError as e:
-            n = f"n/a ({e})"
-        shape = f"{c}x{size[0]}x{size[1]}, {k} classes"
-        table.add_row(info.name, info.family, shape, n, info.description)
-    Console().print(table)
+        except DeepstartError as e:  # e.g. --size too small for it: say why in its row
+            n, text = "n/a", f"{text} (n/a: {e})"
+        table.add_row(info.name, f"{c}x{size[0]}x{size[1]}", n, text)
+    console = Console()
+    console.print(table)
+    classes = f"{a.classes} classes" if a.classes else "the class count it was made for"
+    note = (
+        f"parameters: counted for the input shown (CxHxW) and {classes} (1000 for ImageNet "
+        "models, else 10); a model trained on your data gets one output per class. "
+        "Counts for yours: --channels C --size S --classes K; one model's layers: "
+        "deepstart models show NAME --data NAME"
+    )
+    console.print(note, highlight=False, markup=False)
     return 0
 
 
@@ -132,19 +162,42 @@ def cmd_models_show(a: argparse.Namespace) -> int:
         raise DeepstartError(f"{a.model} is a {info.task} model; models show draws image models")
     if a.show_size is not None and len(a.show_size) not in (1, 2):
         raise DeepstartError(f"--input-size takes H [W], got {a.show_size}")
-    h, w = (a.show_size * 2)[:2] if a.show_size else info.input_size
-    c = a.show_channels or info.in_channels
-    k = a.show_classes or info.num_classes
-    model = create_model(
-        a.model,
-        in_channels=c,
-        num_classes=k,
-        input_size=(h, w),
-        **_pairs(a.show_opts, "--model-opt"),
-    )
-    title = f"{a.model} ({info.family}): {c}x{h}x{w} -> {k} classes"
-    Console().print(summarize(model, (c, h, w)).table(title=title))
+    c, (h, w), k = info.in_channels, info.input_size, a.show_classes
+    opts = _pairs(a.show_opts, "--model-opt")
+    source = "model"
+    if a.show_data:
+        from deepstart.data.catalog import load_dataset
+
+        data = load_dataset(a.show_data)
+        c, (h, w), k, source = data.channels, data.size, k or data.num_classes, a.show_data
+    if a.show_size:
+        h, w = (a.show_size * 2)[:2]
+    c = a.show_channels or c
+    note = None
+    if k is None:
+        # The number of outputs is the data's number of classes; with no data given, show
+        # a spec's own output layer if it ends on one, else the count the model was made for.
+        k = _spec_output_units({**info.defaults, **opts}.get("spec")) or info.num_classes
+        note = f"outputs: one per class of the data (here {k}; --data NAME or --classes K)"
+    model = create_model(a.model, in_channels=c, num_classes=k, input_size=(h, w), **opts)
+    what = f"{k} classes of {source}" if a.show_data else f"{k} outputs"
+    title = f"{a.model} ({info.family}): {c}x{h}x{w} -> {what}"
+    console = Console()
+    console.print(summarize(model, (c, h, w)).table(title=title))
+    if note:
+        console.print(note, highlight=False, markup=False)
     return 0
+
+
+def _spec_output_units(spec: str | None) -> int | None:
+    """The width of the dense a spec ends on (its output layer for that many classes)."""
+    from deepstart.models.spec import SpecError, final_dense, parse_spec
+
+    try:
+        last = final_dense(parse_spec(spec)) if spec else None
+    except SpecError:
+        return None  # create_model reports it, with the caret
+    return last.args["width"] if last is not None else None
 
 
 def cmd_weights(a: argparse.Namespace) -> int:

@@ -21,7 +21,10 @@ token              layer
 ``avgpool``        the same, averaging
 ``bn``             BatchNorm (2-D on feature maps, 1-D on vectors)
 ``relu`` ``gelu``  an activation; right after a conv or dense (or its bn) it replaces the
-``silu`` ``tanh``  default one; ``linear`` means none there
+``silu`` ``tanh``  default one; ``linear`` means none there (also ``sigmoid``, ``elu``,
+                   ``selu``, ``softplus``)
+``softmax``        only at the very end, after the output dense: dropped, because the loss
+                   and the predictions apply softmax to the logits themselves
 ``drop.25``        dropout with p = 0.25 (also ``drop0.25``)
 ``flat``           flatten the feature map to a vector
 ``gap``            global average pool: each channel's mean, a vector of C
@@ -30,8 +33,16 @@ token              layer
 
 The default activation (option ``activation``, ``relu`` unless told) follows every conv and
 dense layer, after its ``bn`` if one comes next (and then the conv or dense layer has no bias:
-the BatchNorm's mean would cancel it). A final linear layer to ``num_classes`` is always
-appended. The model is an ordinary :class:`~deepstart.models.basic.Net`: the body runs up to
+the BatchNorm's mean would cancel it) -- except a dense that ends the spec: nothing is added
+after the last layer that the spec does not say. The end of the spec decides the output:
+
+- it ends on a dense with as many units as there are classes (``...-gap-dense3`` on 3 classes,
+  optionally followed by ``linear`` or ``softmax``): that dense **is** the output layer, its
+  outputs are the logits;
+- otherwise a linear layer to ``num_classes`` is appended after the last layer (after a
+  last ``dense64`` with no activation in between, unless the spec writes one: ``dense64-relu``).
+
+The model is an ordinary :class:`~deepstart.models.basic.Net`: the body runs up to
 the first ``flat``/``gap`` and ends at the last feature map (what Grad-CAM looks at), the
 classifier starts there; a spec that starts with ``flat`` is a dense net whose body ends at its
 last hidden layer, like ``mlp``. Weights start from PyTorch's default initialisation.
@@ -44,6 +55,7 @@ record ``{"name": "spec", "kwargs": {"spec": ...}}`` and rebuild it like any oth
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,9 +71,16 @@ ACTIVATIONS: dict[str, type[nn.Module] | None] = {
     "gelu": nn.GELU,
     "silu": nn.SiLU,
     "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "elu": nn.ELU,
+    "selu": nn.SELU,
+    "softplus": nn.Softplus,
     "linear": None,
 }
-LAYERS = ("conv", "res", "pool", "avgpool", "bn", *ACTIVATIONS, "drop", "flat", "gap", "dense")
+LAYERS = (
+    *("conv", "res", "pool", "avgpool", "bn", *ACTIVATIONS, "softmax"),
+    *("drop", "flat", "gap", "dense"),
+)
 EXAMPLES = {
     "conv": "conv32, conv32k5s2p0",
     "res": "res64, res64s2",
@@ -86,6 +105,7 @@ class SpecError(ModelError):
 
     def __init__(self, spec: str, start: int, length: int, message: str) -> None:
         self.spec, self.start, self.length = spec, start, length
+        self.reason = message  # the message without the spec and caret lines
         marker = " " * start + "^" * max(length, 1)
         super().__init__(f"bad layer spec: {message}\n  {spec}\n  {marker}")
 
@@ -134,7 +154,7 @@ def _parse_token(spec: str, text: str, start: int) -> Token:
         raise fail("empty layer (two '-' in a row, or one at an end)")
     if text in ACTIVATIONS:
         return Token("act", text, start, {"name": text})
-    if text in ("flat", "gap", "bn"):
+    if text in ("flat", "gap", "bn", "softmax"):
         return Token(text, text, start)
     if m := _DENSE.fullmatch(text):
         return Token("dense", text, start, {"width": _positive(m.group(1), "dense width", fail)})
@@ -218,6 +238,62 @@ class ResBlock(nn.Module):
         return self.act2(y + self.shortcut(x))
 
 
+@dataclass(frozen=True)
+class Words:
+    """How build errors name things. A spec's errors name its tokens (the caret shows
+    where); :class:`~deepstart.models.sequential.Sequential` names its layer objects, so
+    every message speaks of what the user wrote."""
+
+    layer: Callable[[Token], str] = lambda tok: tok.text
+    flat: str = "flat"
+    gap: str = "gap"
+    dense: str = "dense"
+    size: str = "a larger --size"
+    whole: str = "the spec"
+
+
+SPEC_WORDS = Words()
+
+
+class SpecNet(Net):
+    """The :class:`Net` of a spec. It knows whether the spec's last dense is the output
+    layer, so :meth:`reset_head` keeps ``arch`` rebuildable: the new output width is written
+    into the spec (``...-dense3`` becomes ``...-dense7``)."""
+
+    def __init__(
+        self, body: nn.Module, classifier: nn.Module, *, spec: str, output: Token | None
+    ) -> None:
+        super().__init__(body, classifier)
+        self.spec = spec
+        self.output_token = output  # the dense that is the output layer, if the spec has one
+
+    def reset_head(self, num_classes: int) -> None:
+        k = int(num_classes)
+        last = final_dense(parse_spec(self.spec))
+        if self.output_token is None and last is not None and last.args["width"] == k:
+            raise ModelError(
+                f"cannot give this spec model {k} outputs: its last layer {last.text} has {k} "
+                f"units too, and a spec ending on dense{k} means that layer is the output; "
+                f"build the spec for {k} classes instead"
+            )
+        super().reset_head(k)
+        if self.output_token is not None:
+            tok = self.output_token
+            end = tok.start + len(tok.text)
+            self.spec = f"{self.spec[: tok.start]}dense{k}{self.spec[end:]}"
+            self.output_token = Token("dense", f"dense{k}", tok.start, {"width": k})
+            if hasattr(self, "arch"):
+                self.arch = {**self.arch, "kwargs": {**self.arch["kwargs"], "spec": self.spec}}
+
+
+def final_dense(tokens: list[Token]) -> Token | None:
+    """The dense that ends the spec, on its own or followed by ``linear`` or ``softmax``."""
+    end = tokens[-1]
+    if end.kind == "softmax" or (end.kind == "act" and end.args["name"] == "linear"):
+        end = tokens[-2] if len(tokens) > 1 else end
+    return end if end.kind == "dense" else None
+
+
 def build_spec(
     spec: str,
     *,
@@ -225,8 +301,11 @@ def build_spec(
     num_classes: int,
     input_size: tuple[int, int],
     activation: str = "relu",
-) -> Net:
+    words: Words = SPEC_WORDS,
+) -> SpecNet:
     """The :class:`Net` a spec describes, for this input and class count.
+
+    ``words`` is how errors name the layers (``Sequential`` passes its own).
 
     Example:
         >>> net = build_spec("conv8-pool-flat", in_channels=1, num_classes=3, input_size=(8, 8))
@@ -239,12 +318,22 @@ def build_spec(
           (0): Flatten(start_dim=1, end_dim=-1)
           (1): Linear(in_features=128, out_features=3, bias=True)
         ))
+        >>> build_spec("flat-dense3", in_channels=1, num_classes=3, input_size=(8, 8)).classifier
+        Sequential(
+          (0): Linear(in_features=64, out_features=3, bias=True)
+        )
     """
     if activation not in ACTIVATIONS:
         raise ModelError(
             f"spec activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}"
         )
     tokens = parse_spec(spec)
+    k = int(num_classes)
+    _check_softmax(spec, tokens, k, words)
+    last = final_dense(tokens)
+    # The user's last dense is the output layer when it has one unit per class: it goes
+    # into the head (even in a dense-only spec) and nothing is appended after it.
+    output = last if last is not None and last.args["width"] == k else None
     default_act = ACTIVATIONS[activation]
     # The shape of one image as it flows: (C, H, W) for a feature map, (D,) for a vector.
     shape: tuple[int, ...] = (int(in_channels), *(int(s) for s in input_size))
@@ -256,16 +345,17 @@ def build_spec(
     pending: type[nn.Module] | None = None
     pending_in = body
     for i, tok in enumerate(tokens):
-        layers = head if 0 < split <= i else body
+        layers = head if 0 < split <= i or tok is output else body
         nxt = tokens[i + 1] if i + 1 < len(tokens) else None
         if tok.kind == "act":
             pending = None  # an explicit activation replaces the default one
         elif pending is not None and tok.kind != "bn":
             pending_in.append(pending())
             pending = None
-        modules, shape = _layer(spec, tok, nxt, shape, default_act)
+        modules, shape = _layer(spec, tok, nxt, shape, default_act, words)
         layers.extend(modules)
-        if tok.kind in ("conv", "dense"):
+        # No default activation after a dense that ends the spec: the user wrote none there.
+        if tok.kind == "conv" or (tok.kind == "dense" and tok is not last):
             pending, pending_in = default_act, layers
     if pending is not None:
         pending_in.append(pending())
@@ -275,11 +365,38 @@ def build_spec(
             spec,
             len(spec),
             1,
-            f"the spec ends on a {c}x{h}x{w} feature map; end it with flat or gap "
-            f"(then any dense layers) so the last layer gets a vector",
+            f"{words.whole} ends on a {c}x{h}x{w} feature map; end it with {words.flat} or "
+            f"{words.gap} (then any {words.dense} layers) so the last layer gets a vector",
         )
-    head.append(nn.Linear(shape[0], int(num_classes)))
-    return Net(nn.Sequential(*body), nn.Sequential(*head))
+    if output is None:
+        head.append(nn.Linear(shape[0], k))
+    return SpecNet(nn.Sequential(*body), nn.Sequential(*head), spec=spec, output=output)
+
+
+def _check_softmax(spec: str, tokens: list[Token], k: int, words: Words) -> None:
+    """``softmax`` may only end the spec, right after the output dense (and is dropped)."""
+    for i, tok in enumerate(tokens):
+        if tok.kind != "softmax":
+            continue
+        prev = tokens[i - 1] if i else None
+        named = words.layer(prev if prev is not None and prev.kind == "dense" else tok)
+        why = "the loss and the predictions apply softmax to the logits themselves"
+        if i != len(tokens) - 1 or prev is None or prev.kind != "dense":
+            raise SpecError(
+                spec,
+                tok.start,
+                len(tok.text),
+                f"{named}: softmax can only end the model, right after the output "
+                f"{words.dense} layer ({why})",
+            )
+        if prev.args["width"] != k:
+            raise SpecError(
+                spec,
+                prev.start,
+                len(prev.text) + 1 + len(tok.text),
+                f"{named}: softmax makes class probabilities, so this output layer needs one "
+                f"unit per class: there are {k} classes, this layer has {prev.args['width']} units",
+            )
 
 
 def _layer(
@@ -288,8 +405,10 @@ def _layer(
     nxt: Token | None,
     shape: tuple[int, ...],
     act: type[nn.Module] | None,
+    words: Words = SPEC_WORDS,
 ) -> tuple[list[nn.Module], tuple[int, ...]]:
     """The modules of one token and the shape after them."""
+    name = words.layer(tok)
 
     def fail(message: str) -> SpecError:
         return SpecError(spec, tok.start, len(tok.text), message)
@@ -297,17 +416,17 @@ def _layer(
     def need_map() -> tuple[int, int, int]:
         if len(shape) != 3:
             raise fail(
-                f"{tok.kind} needs a feature map, but the input here is already a vector of "
-                f"{shape[0]} (flat or gap came before it)"
+                f"{name} needs a feature map, but the input here is already a vector of "
+                f"{shape[0]} ({words.flat} or {words.gap} came before it)"
             )
         return shape  # type: ignore[return-value]
 
-    def check(what: str, h: int, w: int) -> None:
+    def check(h: int, w: int) -> None:
         if h < 1 or w < 1:
             _, h0, w0 = shape
             raise fail(
-                f"{what} turns the {h0}x{w0} map into {h}x{w}: the input is too small for "
-                f"this spec (use a larger --size, less pooling, or padding)"
+                f"{name} turns the {h0}x{w0} map into {h}x{w}: the input is too small for "
+                f"{words.whole} (use {words.size}, less pooling, or padding)"
             )
 
     a, kind = tok.args, tok.kind
@@ -315,7 +434,7 @@ def _layer(
         c, h, w = need_map()
         k, s, p = a["kernel"], a["stride"], a["padding"]
         h2, w2 = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-        check(tok.text, h2, w2)
+        check(h2, w2)
         bias = nxt is None or nxt.kind != "bn"  # a BatchNorm next would cancel the bias
         return [nn.Conv2d(c, a["width"], k, stride=s, padding=p, bias=bias)], (a["width"], h2, w2)
     if kind == "res":
@@ -327,7 +446,7 @@ def _layer(
         c, h, w = need_map()
         k, s = a["size"], a["stride"]
         h2, w2 = (h - k) // s + 1, (w - k) // s + 1
-        check(tok.text, h2, w2)
+        check(h2, w2)
         pool = nn.MaxPool2d(k, s) if kind == "pool" else nn.AvgPool2d(k, s)
         return [pool], (c, h2, w2)
     if kind == "flat":
@@ -340,8 +459,8 @@ def _layer(
         if len(shape) != 1:
             c, h, w = shape
             raise fail(
-                f"dense needs a vector, but the input here is a {c}x{h}x{w} feature map: "
-                f"put flat or gap before it"
+                f"{name} needs a vector, but the input here is a {c}x{h}x{w} feature map: "
+                f"put {words.flat} or {words.gap} before it"
             )
         bias = nxt is None or nxt.kind != "bn"
         return [nn.Linear(shape[0], a["width"], bias=bias)], (a["width"],)
@@ -353,6 +472,10 @@ def _layer(
     if kind == "act":
         cls = ACTIVATIONS[a["name"]]
         return ([cls()] if cls else []), shape
+    if (
+        kind == "softmax"
+    ):  # checked by _check_softmax: it ends the output layer, the loss applies it
+        return [], shape
     raise AssertionError(f"unhandled token kind {kind}")
 
 
@@ -375,7 +498,7 @@ def is_spec(name: str) -> bool:
 
 @register_model(
     "spec",
-    description="your own net from a layer spec, e.g. --model 'conv32-pool-flat-dense128'",
+    description="your own net in one line (a layer spec): --model conv32-pool-flat-dense10",
     input_size=(28, 28),
     in_channels=1,
     num_classes=10,
@@ -389,17 +512,19 @@ def spec_model(
     input_size: tuple[int, int],
     spec: str,
     activation: str,
-) -> Net:
+) -> SpecNet:
     """A net from a layer spec (see :mod:`deepstart.models.spec`); the default ``spec`` is
     the Keras CIFAR example with 'same' padding: two blocks of two convs, then dense 256.
 
     Args:
         in_channels: image channels C.
-        num_classes: outputs of the appended last layer.
+        num_classes: the model's outputs: the spec's last dense when it has this many
+            units, else a linear layer appended to the spec.
         input_size: image ``(H, W)``.
         spec: the layers, e.g. ``"conv32-conv32-pool-drop.25-flat-dense256-drop.5"``.
         activation: the default activation after conv and dense layers (``relu``,
-            ``gelu``, ``silu``, ``tanh`` or ``linear`` for none).
+            ``gelu``, ``silu``, ``tanh``, ``sigmoid``, ``elu``, ``selu``, ``softplus`` or
+            ``linear`` for none).
 
     Example:
         >>> create_model("conv16-pool-gap", input_size=(16, 16))(torch.zeros(2, 1, 16, 16)).shape
