@@ -117,9 +117,11 @@ def rescale_groups(opt: torch.optim.Optimizer, lr_scales: list[float] | None) ->
 
 def cycle_momentums(momentum: float) -> tuple[float, float, float]:
     """One-cycle's momentum (start, middle, end): fastai's (0.95, 0.85, 0.95), capped by the
-    momentum the user asked for."""
-    top = max(momentum, 0.85)
-    return (top, 0.85 if top > 0.85 else top, top)
+    momentum the user asked for; below 0.85 (0 is plain SGD, as in the notes) it is held at
+    what was asked rather than raised into the cycle."""
+    if momentum < 0.85:
+        return (momentum, momentum, momentum)
+    return (momentum, 0.85, momentum)
 
 
 def prepare_fit(
