@@ -19,7 +19,8 @@ def test_json_round_trip(tmp_path):
     [
         lambda: TrainConfig(epochs=0),
         lambda: TrainConfig(lr=-1),
-        lambda: TrainConfig(opt="rmsprop"),
+        lambda: TrainConfig(opt="rmsprob"),
+        lambda: DataConfig(normalize="minmax"),
         lambda: TrainConfig(schedule="warp"),
         lambda: DataConfig(valid_pct=1.0),
         lambda: DataConfig(channels=2),

@@ -165,7 +165,7 @@ def test_the_learner_feeds_channels_last_batches_and_trains_the_same(toy_data):
     for (name, a), b in zip(nhwc.model.state_dict().items(), nchw.model.state_dict().values()):
         assert a.is_contiguous(), name  # the weights keep their usual layout (safetensors)
         assert torch.allclose(a, b, atol=1e-4), name
-    assert F.mse_loss(nhwc.predict(shapes.test), nchw.predict(shapes.test)) < 1e-8
+    assert F.mse_loss(nhwc.get_preds(shapes.test)[0], nchw.get_preds(shapes.test)[0]) < 1e-8
 
 
 def test_a_busy_cpu_gets_the_passive_wait_tip(monkeypatch):

@@ -117,19 +117,25 @@ def test_evaluate_per_class_and_bits(toy_data):
     assert weighted == pytest.approx(res["accuracy"])
 
 
-def test_predict_accepts_layouts_and_sizes(toy_data):
+def test_get_preds_accepts_splits_layouts_and_sizes(toy_data):
     learn = Learner(toy_data, _model(toy_data), batch_size=32)
     learn.fit_one_cycle(2, 3e-3)
+    probs, targets = learn.get_preds()  # the validation split, as fastai's
+    assert probs.shape == (len(toy_data.valid), 3) and torch.equal(targets, toy_data.valid.labels)
+    acc = float((probs.argmax(1) == targets).double().mean())
+    assert acc == pytest.approx(learn.evaluate("valid")["accuracy"])
     imgs = toy_data.test.images[:6]
-    p = learn.predict(imgs)
-    assert p.shape == (6, 3)
+    p, none = learn.get_preds(imgs)  # a batch of images: no targets
+    assert p.shape == (6, 3) and none is None
     torch.testing.assert_close(p.sum(1), torch.ones(6))
-    torch.testing.assert_close(learn.predict(imgs[:, 0].numpy()), p)  # (N, H, W)
-    torch.testing.assert_close(learn.predict(imgs.permute(0, 2, 3, 1)), p)  # (N, H, W, C)
+    torch.testing.assert_close(learn.get_preds(imgs[:, 0].numpy()[:, None])[0], p)  # (N,1,H,W)
+    torch.testing.assert_close(learn.get_preds(imgs.permute(0, 2, 3, 1))[0], p)  # (N, H, W, C)
+    torch.testing.assert_close(learn.get_preds(imgs.float() / 255)[0], p)  # floats in [0, 1]
+    torch.testing.assert_close(learn.get_preds(list(imgs))[0], p)  # a list of CHW images
     big = torch.nn.functional.interpolate(imgs.float(), size=(32, 32)).to(torch.uint8)
-    assert (learn.predict(big).argmax(1) == p.argmax(1)).float().mean() >= 0.8
-    with pytest.raises(ValueError, match="uint8"):
-        learn.predict(imgs.float())
+    assert (learn.get_preds(big)[0].argmax(1) == p.argmax(1)).float().mean() >= 0.8
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        learn.get_preds(imgs.float())  # 0-255 floats: refused, not read as white
 
 
 def test_checkpoints_and_saved_model_round_trip(toy_data, tmp_path):

@@ -69,7 +69,7 @@ def _probs(preds: list[Prediction]) -> torch.Tensor:
 
 def test_bundle_predict_equals_learner_predict_for_paths_pil_and_arrays(run_dir, learn, tmp_path):
     images = _test_images(learn)
-    want = learn.predict(images)  # (12, 3)
+    want, _ = learn.get_preds(images)  # (12, 3)
     bundle = load_bundle(run_dir)
     paths = []
     for i, img in enumerate(images):
@@ -87,7 +87,7 @@ def test_bundle_predict_equals_learner_predict_for_paths_pil_and_arrays(run_dir,
     assert torch.equal(_probs(bundle.predict(tmp_path)), want)
     # Another size goes through the same resize as Learner.predict/evaluate.
     big = torch.nn.functional.interpolate(images.float(), size=(23, 29)).round().to(torch.uint8)
-    assert torch.equal(_probs(bundle.predict(big)), learn.predict(big))
+    assert torch.equal(_probs(bundle.predict(big)), learn.get_preds(big)[0])
     # The top-k is the sorted probabilities (a batch of one may differ in the last bit).
     pred = bundle.predict(paths[0], top_k=2)[0]
     assert torch.allclose(pred.probs, want[0], rtol=0, atol=1e-6)
@@ -100,7 +100,7 @@ def test_zip_bundle_predicts_like_the_run_dir(run_dir, learn, tmp_path):
     assert main(["export", str(run_dir), "--out", str(tmp_path / "m.zip")]) == 0
     images = _test_images(learn)
     zipped = load_bundle(tmp_path / "m.zip")
-    assert torch.equal(_probs(zipped.predict(images)), learn.predict(images))
+    assert torch.equal(_probs(zipped.predict(images)), learn.get_preds(images)[0])
     assert zipped.config is not None and zipped.config["model"]["name"] == "vgg_small"
 
 
@@ -206,10 +206,14 @@ def test_array_images_layouts():
     assert torch.equal(array_images(rgba), array_images(rgba.transpose(2, 0, 1)))
     batch = array_images(rgba[None].repeat(2, 0))
     assert batch.shape == (2, 3, 5, 6) and int(batch[1, 2, 4, 5]) == 100  # 200 * 128 / 255
-    # A 4x4 image is ambiguous (4 channels?); the first candidate axis wins, as in torch.
-    assert array_images(np.zeros((3, 4, 4), np.uint8)).shape == (1, 3, 4, 4)
-    with pytest.raises(DataError, match="uint8"):
-        array_images(np.zeros((4, 4), np.float32))
+    # A 3x4 image of 4 channels or a 4x4 one of 3? Refused, never guessed.
+    with pytest.raises(DataError, match="channels-first or channels-last; pass a PIL image"):
+        array_images(np.zeros((3, 4, 4), np.uint8))
+    # Floats in [0, 1] are pixels / 255; floats outside it are refused, not clipped.
+    half = np.full((4, 5), 0.5, np.float32)
+    assert torch.equal(array_images(half), torch.full((1, 1, 4, 5), 128, dtype=torch.uint8))
+    with pytest.raises(DataError, match=r"\[0, 1\].*divide by 255"):
+        array_images(half * 255)
     with pytest.raises(DataError, match="channel axis"):
         array_images(np.zeros((10, 10, 10), np.uint8))
 
@@ -255,7 +259,7 @@ def test_cli_export_and_predict(run_dir, learn, tmp_path, capsys, monkeypatch):
     files = _write_formats(imgs / "sub")
     for i, img in enumerate(_test_images(learn, 4)):
         Image.fromarray(img[0].numpy()).save(imgs / f"t{i}.png")
-    want = {f"t{i}.png": p for i, p in enumerate(learn.predict(_test_images(learn, 4)))}
+    want = {f"t{i}.png": p for i, p in enumerate(learn.get_preds(_test_images(learn, 4))[0])}
 
     for bundle in (run_dir, tmp_path / "bundle", tmp_path / "model.zip"):
         assert main(["predict", str(bundle), str(imgs), "--json", "--top-k", "3"]) == 0

@@ -90,7 +90,7 @@ def test_classification_batches_scores_evaluates_and_predicts(toy_data):
     res = learn.evaluate("valid")
     assert res["loss"] == pytest.approx(out["loss"]) and res["split"] == "valid"
     assert {"per_class", "loss_bits", "chance_bits", "input_warnings"} <= set(res)
-    probs = learn.predict(toy_data.valid.images[:5])
+    probs, _ = learn.get_preds(toy_data.valid.images[:5])
     torch.testing.assert_close(probs, out["probs"][:5])
     assert learn.baseline_loss == pytest.approx(math.log(3))  # a uniform guess
 
@@ -131,6 +131,11 @@ def test_regression_scores_a_model_by_hand():
     assert res["mean_error"] == pytest.approx(3.5 / 3)
     assert learn.evaluate()["n"] == 3  # no test split: valid
     torch.testing.assert_close(learn.predict([0.0, 1.0]), torch.zeros(2, 1))
+    out, target = learn.get_preds("valid")  # outputs and targets, as for a classifier
+    torch.testing.assert_close(out, torch.zeros(3, 1))
+    assert torch.equal(target, data.valid.y)
+    out, none = learn.get_preds([0.0, 1.0])
+    assert none is None and out.shape == (2, 1)
     # knowing nothing: the mean training y (1) for every valid point
     assert learn.baseline_loss == pytest.approx(float((y - 1).square().mean()))
     with pytest.raises(ConfigError, match="image classifiers"):

@@ -46,7 +46,7 @@ def _model(name: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 # The held-out share when --valid-pct is not typed (and the recipe, if any, sets none).
 VALID_PCT: float = default_of(DataConfig, "valid_pct")
 # DataConfig's fields that are command-line options (generated from the fields).
-DATA_OPTIONS = ("data_dir", "valid_pct", "size", "channels", "resize")
+DATA_OPTIONS = ("data_dir", "valid_pct", "size", "channels", "resize", "normalize")
 
 
 def _add_data_args(p: argparse.ArgumentParser, *, required: bool) -> None:

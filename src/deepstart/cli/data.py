@@ -64,6 +64,7 @@ def cmd_data_show(a: argparse.Namespace) -> int:
         size=a.size,
         channels=a.channels,
         resize=a.resize,
+        normalize=a.normalize or "standardize",
         **_pairs(a.data_opt, "--data-opt"),
     )
     print(describe(data))

@@ -136,8 +136,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 # and where it runs. Any other would make it a different run from the one its checkpoint holds.
 RESUME_OPTIONS = ("report", "progress", "tensorboard", "checkpoint_minutes", "device")
 # Flags of the data and the model, which a resumed run takes from its config.json.
-_RUN_FLAGS = ("data_dir", "valid_pct", "size", "channels", "resize", "data_opt", "model",
-              "model_opt", "recipe", "pretrained", "pretrained_sha256")  # fmt: skip
+_RUN_FLAGS = ("data_dir", "valid_pct", "size", "channels", "resize", "normalize", "data_opt",
+              "model", "model_opt", "recipe", "pretrained", "pretrained_sha256")  # fmt: skip
 
 
 def _resume_config(a: argparse.Namespace, cfg: RunConfig) -> RunConfig:

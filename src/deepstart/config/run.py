@@ -19,6 +19,8 @@ from deepstart.errors import ConfigError
 
 # How images of another size reach DataConfig.size: stretch, centre crop or pad.
 RESIZE_MODES = ("squish", "crop", "pad")
+# How pixels are scaled before the model: by the training split's mean/std, or only / 255.
+NORMALIZE_MODES = ("standardize", "unit")
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class DataConfig:
         size: ``(H, W)`` to resize to (None keeps the dataset's own).
         channels: 1 or 3 to convert to (None keeps the dataset's own).
         resize: "squish", "crop" or "pad" when images must change size.
+        normalize: "standardize" (training mean/std) or "unit" (pixels / 255, in [0, 1]).
         options: source-specific settings, e.g. shapes' ``n_train``, ``classes``.
     """
 
@@ -57,6 +60,12 @@ class DataConfig:
         "the photos recipe crops",
         choices=RESIZE_MODES,
     )
+    normalize: str = option(
+        "standardize",
+        help="pixel scaling: standardize (the training split's mean/std) or unit (only / 255, "
+        "in [0, 1], like the Keras notes: their LRs carry over)",
+        choices=NORMALIZE_MODES,
+    )
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -66,6 +75,8 @@ class DataConfig:
             raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
         if self.resize not in RESIZE_MODES:
             raise ConfigError(f"resize must be squish, crop or pad, got {self.resize!r}")
+        if self.normalize not in NORMALIZE_MODES:
+            raise ConfigError(f"normalize must be standardize or unit, got {self.normalize!r}")
 
 
 @dataclass(frozen=True)

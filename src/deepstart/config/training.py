@@ -25,7 +25,9 @@ from deepstart.config.option import (
 )
 from deepstart.errors import ConfigError
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+# The optimizers a run can name; deepstart.train.optim.OPTIMIZER_NAMES adds lbfgs (Python
+# only). A test keeps this a subset of those.
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("one_cycle", "constant", "step", "cosine", "triangle")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PROGRESS_MODES = ("auto", "rich", "plain", "none")
@@ -54,7 +56,10 @@ class OptimConfig:
     """The optimiser, its learning rate, batch size, weight decay and momentum."""
 
     opt: str = option(
-        "adamw", help="optimizer; wd is decoupled for adamw, L2 otherwise", choices=OPTIMIZERS
+        "adamw",
+        help="optimizer; wd is decoupled for adamw, L2 otherwise; rmsprop has Keras's rho "
+        "0.9, eps 1e-7",
+        choices=OPTIMIZERS,
     )
     lr: float | str = option(
         1e-3,
@@ -70,7 +75,7 @@ class OptimConfig:
         parse=parse_batch_size,
     )
     wd: float = option(0.01, help="weight decay")
-    momentum: float = option(0.9, help="SGD momentum / Adam beta1")
+    momentum: float = option(0.9, help="SGD and RMSprop momentum / Adam beta1")
     nesterov: bool = option(False, help="Nesterov momentum for sgd")
     # airbench trains BatchNorm shifts 64x faster with SGD; their L2 is divided by the
     # multiplier, so their decay per step stays lr * wd.

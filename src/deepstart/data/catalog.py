@@ -149,6 +149,7 @@ def load_dataset(
     size: int | tuple[int, int] | None = None,
     channels: int | None = None,
     resize: str = "squish",
+    normalize: str = "standardize",
     download: bool = True,
     **options: Any,
 ) -> Dataset:
@@ -163,6 +164,8 @@ def load_dataset(
             0 scores the test split every epoch.
         seed: seeds the split (and generated data such as shapes).
         size, channels, resize: bring every split to this size / channel count.
+        normalize: "standardize" (the training split's mean/std, the default) or "unit"
+            (pixels / 255 only, in [0, 1], like the Keras tutorials; see docs/training.md).
         download: fetch missing public datasets into the cache.
         **options: source settings, e.g. ``n_train=3000, classes=("circle", "star")`` for
             shapes, ``copies=4, test_pad="corner"`` for affnist. For every other source,
@@ -213,7 +216,14 @@ def load_dataset(
         )
         train, valid, test = (_conform_opt(s, target) for s in (train, valid, test))
     data = make_dataset(
-        name, train, test, valid=valid, valid_pct=valid_pct, seed=seed, resize=resize
+        name,
+        train,
+        test,
+        valid=valid,
+        valid_pct=valid_pct,
+        seed=seed,
+        resize=resize,
+        normalize=normalize,
     )
     data.notes[:0] = notes
     return data

@@ -206,8 +206,13 @@ def make_dataset(
     valid_pct: float = 0.1,
     seed: int = 0,
     resize: str = "squish",
+    normalize: str = "standardize",
 ) -> Dataset:
     """Assemble the splits: use a given valid split, else hold out ``valid_pct`` of train.
+
+    ``normalize`` decides the Preprocess's mean/std: "standardize" (the training split's
+    per-channel mean and std, so inputs have mean ~0 and std ~1) or "unit" (mean 0, std 1:
+    pixels are only divided by 255, into [0, 1], as the Keras/TensorFlow tutorials do).
 
     With ``valid_pct == 0`` and no valid split the test split is scored every epoch (as the
     Keras examples do); a note says so, because choosing anything by that score leaks the test
@@ -229,7 +234,13 @@ def make_dataset(
             notes.append("valid is the test split (valid_pct=0): its score is not a clean test")
         else:
             raise DataError(f"{name}: no valid or test split and valid_pct=0")
-    mean, std = train.mean_std()
+    if normalize == "standardize":
+        mean, std = train.mean_std()
+    elif normalize == "unit":  # x / 255 and nothing else: the tutorials' [0, 1] pixels
+        mean, std = [0.0] * train.channels, [1.0] * train.channels
+        notes.append("normalize: unit (pixels / 255, in [0, 1]; not standardised)")
+    else:
+        raise DataError(f"normalize must be standardize or unit, got {normalize!r}")
     return Dataset(name, train, valid, test, list(train.classes), mean, std, notes, resize)
 
 

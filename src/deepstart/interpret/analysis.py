@@ -53,7 +53,7 @@ class Interpretation:
         name = split if isinstance(split, str) else "custom"
         if name == "test" and learn.data.test is None:
             name = "valid"  # the learner falls back to valid; say which split this really is
-        return cls(images, learn.predict(images), name)
+        return cls(images, learn.get_preds(images)[0], name)
 
     # -- per item ---------------------------------------------------------------------------
     @property

@@ -38,6 +38,7 @@ def load_data(cfg: DataConfig, seed: int) -> Dataset:
         size=cfg.size,
         channels=cfg.channels,
         resize=cfg.resize,
+        normalize=cfg.normalize,
         **cfg.options,
     )
 

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from deepstart.cache import atomic_write
 from deepstart.data.dataset import Batches, ImageSet, Preprocess
 from deepstart.device import resolve_device, use_channels_last
+from deepstart.models.saving import shareable, write_bundle
 from deepstart.ship.predict import PredictMixin
 from deepstart.ship.saved import (
     CONFIG,
@@ -145,34 +145,6 @@ def check_batch(images: torch.Tensor, prep: Preprocess) -> None:
             f"probabilities() wants (N, {want[0]}, {want[1]}, {want[2]}) uint8 images, got "
             f"{tuple(images.shape)} {images.dtype}; predict() converts any size and mode"
         )
-
-
-def shareable(path: Path) -> Path:
-    """Give a file written through a temp file (mode 0600) the usual rights under the umask:
-    a shipped model is meant to be read by others."""
-    mask = os.umask(0)
-    os.umask(mask)
-    path.chmod(0o666 & ~mask)
-    return path
-
-
-def write_bundle(files: dict[str, bytes], out: str | os.PathLike) -> Path:
-    """Write bundle members (name -> bytes) into a ``.zip`` or a directory, atomically."""
-    out = Path(out)
-    if out.suffix.lower() == ".zip":
-        with atomic_write(out) as f, zipfile.ZipFile(f, "w") as zf:
-            for name, data in files.items():
-                # Weights are float noise to deflate (~7% smaller, slower); JSON shrinks well.
-                method = zipfile.ZIP_STORED if name == WEIGHTS else zipfile.ZIP_DEFLATED
-                zf.writestr(name, data, compress_type=method)
-        return shareable(out)
-    if out.exists() and not out.is_dir():
-        raise BundleError(f"{out} exists and is not a directory; use a new name or a .zip")
-    for name, data in files.items():
-        with atomic_write(out / name) as f:
-            f.write(data)
-        shareable(out / name)
-    return out
 
 
 def export_bundle(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:

@@ -6,8 +6,9 @@ regression model, which takes raw numbers, has no classes and no preprocess), pl
 the run added (dataset name, test score, statistics of the training inputs).
 Loading it can never run code: weights are plain tensors, everything else is JSON.
 
-This module writes and checks those two files; :mod:`deepstart.ship.bundle` packs them (with
-the run's ``config.json``) into a shippable bundle and predicts with it.
+This module reads and checks those two files (:mod:`deepstart.models.saving` writes them);
+:mod:`deepstart.ship.bundle` packs them (with the run's ``config.json``) into a shippable
+bundle and predicts with it.
 """
 
 from __future__ import annotations
@@ -19,19 +20,45 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load, load_file, save
+from safetensors.torch import load, load_file
 from torch import nn
 
-from deepstart.cache import atomic_write
 from deepstart.data.dataset import Preprocess
 from deepstart.data.decode import RESIZE_POLICIES
 from deepstart.device import resolve_device
 from deepstart.errors import DeepstartError
 from deepstart.models.registry import count_parameters, create_model_from_arch
 
-FORMAT = "deepstart.model"
-VERSION = 1
-META, WEIGHTS, CONFIG = "model.json", "model.safetensors", "config.json"
+# The write side of the format lives in deepstart.models.saving (Learner.export writes it
+# too); its names are re-exported here for the code that imports them from this module.
+from deepstart.models.saving import (
+    CONFIG,
+    FORMAT,
+    META,
+    VERSION,
+    WEIGHTS,
+    BundleError,
+    save_model,
+    weights_bytes,
+)
+
+__all__ = [
+    "CONFIG",
+    "FORMAT",
+    "META",
+    "VERSION",
+    "WEIGHTS",
+    "BundleError",
+    "SavedModel",
+    "build_model",
+    "check_meta",
+    "checked_preprocess",
+    "load_model",
+    "parse_json",
+    "read_meta",
+    "save_model",
+    "weights_bytes",
+]
 
 # What a bundle may ask to be built, checked before anything is allocated: a hostile or
 # broken model.json must not take the machine's memory (10**12 classes, a 100000x100000
@@ -42,10 +69,6 @@ MAX_PARAMS = 2**30  # 4 GiB of float32: the largest weights file a zipped bundle
 CHANNELS = (1, 3)
 
 
-class BundleError(DeepstartError):
-    """A model directory or bundle that is missing, broken or from a newer deepstart."""
-
-
 @dataclass
 class SavedModel:
     """A model loaded back, with what it needs to be used on new images."""
@@ -54,45 +77,6 @@ class SavedModel:
     classes: list[str]
     preprocess: Preprocess | None  # None for a regression model
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-def weights_bytes(model: nn.Module) -> bytes:
-    # safetensors refuses shared or non-contiguous storage; clone to plain CPU tensors.
-    weights = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    return save(weights, metadata={"format": FORMAT})
-
-
-def save_model(
-    model: nn.Module,
-    directory: str | Path,
-    *,
-    classes: list[str],
-    preprocess: Preprocess | None,
-    extra: dict[str, Any] | None = None,
-) -> Path:
-    """Write ``model.safetensors`` and ``model.json`` into ``directory``.
-
-    Example:
-        >>> save_model(learn.model, "runs/x", classes=data.classes, preprocess=data.preprocess)
-    """
-    arch = getattr(model, "arch", None)
-    if arch is None:
-        raise BundleError("model has no .arch: build it with create_model() to save it")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    with atomic_write(directory / WEIGHTS) as f:
-        f.write(weights_bytes(model))
-    meta = {
-        "format": FORMAT,
-        "version": VERSION,
-        "arch": arch,
-        "classes": list(classes),
-        "preprocess": preprocess.to_dict() if preprocess is not None else None,
-        **(extra or {}),
-    }
-    with atomic_write(directory / META, "w") as f:
-        json.dump(meta, f, indent=2)
-    return directory
 
 
 def check_meta(meta: Any, where: str) -> dict:

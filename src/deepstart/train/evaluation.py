@@ -1,5 +1,6 @@
 """Scoring a model on a split: the out-of-memory-safe pass every task uses, and what an
-image classifier measures with it (loss, accuracy overall and per class, probabilities).
+image classifier measures with it (loss, accuracy overall and per class, probabilities), and
+its predictions of new images (:func:`predict_images`, the same as a bundle's).
 
 The functions take the Learner and leave it as they found it (train/eval mode included);
 :class:`~deepstart.train.task.Classification` calls them, and
@@ -13,16 +14,19 @@ Example:
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from deepstart.data.dataset import ImageSet, conform_images
+from deepstart.data.inputs import Prediction, is_single, predict_inputs
 from deepstart.data.tensors import TensorSet
 from deepstart.device import OUT_OF_MEMORY, release_cached_memory
-from deepstart.errors import ConfigError
+from deepstart.errors import ConfigError, DataError
+from deepstart.models.saving import model_files, write_bundle
 from deepstart.train.precompute import FeatureBatches
 
 if TYPE_CHECKING:
@@ -159,30 +163,69 @@ def evaluate_images(
     }
 
 
-def as_image_set(images: torch.Tensor | np.ndarray, classes: list[str]) -> ImageSet:
-    """uint8 images shaped ``(N, C, H, W)``, ``(N, H, W)`` or ``(N, H, W, C)`` as an
-    unlabelled ImageSet of ``(N, C, H, W)`` (at most 3 channels: alpha is dropped)."""
-    x = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images)
-    if x.dtype != torch.uint8:
-        raise ConfigError(f"predict wants uint8 images (0-255), got {x.dtype}")
-    if x.ndim == 3:
-        x = x[:, None]
-    elif x.ndim == 4 and x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3, 4):
-        x = x.permute(0, 3, 1, 2)
-    return ImageSet(x[:, :3].contiguous(), torch.zeros(len(x)), list(classes))
-
-
 @torch.no_grad()
-def predict_images(learn: Learner, images: torch.Tensor | np.ndarray | ImageSet) -> torch.Tensor:
-    """Class probabilities ``(N, K)`` on the CPU (see :meth:`Learner.predict`)."""
-    if not isinstance(images, ImageSet):
-        images = as_image_set(images, learn.data.classes)
-    images = conform_images(images, learn.preprocess)
-    return score(learn, learn.batches(images))["probs"]
+def image_probabilities(learn: Learner, images: torch.Tensor) -> torch.Tensor:
+    """Class probabilities ``(N, K)`` on the CPU of ``(N, C, H, W)`` uint8 images already at
+    the learner's size and channels (normalised as its training batches were)."""
+    labels = torch.zeros(len(images), dtype=torch.int64)
+    return score(learn, learn.batches(ImageSet(images, labels, list(learn.data.classes))))["probs"]
+
+
+def predict_images(learn: Learner, inputs: Any, *, top_k: int = 3) -> Prediction | list[Prediction]:
+    """:class:`~deepstart.data.inputs.Prediction` objects for anything a bundle predicts
+    (see :meth:`EvaluateMixin.predict`): one for one image, a list for several."""
+    stats = train_stats(learn) if learn.input_check else None
+    preds = predict_inputs(
+        lambda x: image_probabilities(learn, x),
+        inputs,
+        learn.preprocess,
+        list(learn.data.classes),
+        top_k=top_k,
+        train_stats=stats,
+        log=lambda message: learn.log(f"warning: {message}"),
+    )
+    if not is_single(inputs):
+        return preds
+    (pred,) = preds
+    if pred.error is not None:  # one file asked for: its error is the answer, said loudly
+        raise DataError(f"{pred.source}: {pred.error}")
+    return pred
+
+
+def image_preds(learn: Learner, x: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(probs (N, K), targets (N,))`` of a split or an ImageSet; ``(probs, None)`` of
+    images given any way :meth:`EvaluateMixin.predict` takes them (see ``get_preds``)."""
+    if isinstance(x, (str, ImageSet)):
+        images = conform_images(resolve_split(learn.data, x), learn.preprocess)
+        out = score(learn, learn.batches(images))
+        return out["probs"], out["target"]
+    preds = predict_images(learn, [x] if is_single(x) else x)
+    failed = [p for p in preds if p.error is not None]
+    if failed:
+        raise DataError(f"{failed[0].source}: {failed[0].error}")
+    k = learn.num_classes
+    return (torch.stack([p.probs for p in preds]) if preds else torch.zeros(0, k)), None
+
+
+def export_learner(learn: Learner, path: str | os.PathLike) -> Path:
+    """Write the learner's model as a bundle (see :meth:`EvaluateMixin.export`)."""
+    extra: dict[str, Any] = {"dataset": getattr(learn.data, "name", None)}
+    if learn.task.name == "classification":
+        extra["input_stats"] = train_stats(learn)  # bundles warn on images unlike these
+    else:
+        extra["task"] = learn.task.name
+    files = model_files(
+        learn.model,
+        classes=list(getattr(learn.data, "classes", None) or []),
+        preprocess=learn.preprocess,
+        extra=extra,
+    )
+    return write_bundle(files, path)
 
 
 class EvaluateMixin:
-    """The Learner's ways of using its model: ``evaluate`` and ``predict``, asked of its task."""
+    """The Learner's ways of using its model: ``evaluate``, ``predict`` and ``get_preds``,
+    asked of its task."""
 
     data: Any
     task: Any
@@ -199,9 +242,51 @@ class EvaluateMixin:
     def _split(self, split: str | ImageSet | TensorSet) -> Any:
         return resolve_split(self.data, split)
 
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor | np.ndarray | ImageSet) -> torch.Tensor:
-        """Class probabilities ``(N, K)`` for uint8 images ``(N, C, H, W)``, ``(N, H, W)`` or
-        ``(N, H, W, C)``, converted the way the training data was (any size and channels);
-        for regression the outputs ``(N, E)`` for x shaped ``(N,)`` or ``(N, D)``."""
-        return self.task.predict(self, images)
+    def predict(self, x: Any, *, top_k: int | None = None) -> Any:
+        """Predict new images the way a bundle of this model would
+        (:func:`deepstart.ship.bundle.load_bundle` ``(...).predict``): the same decoding, the
+        same resize and normalisation, the same :class:`~deepstart.data.inputs.Prediction`
+        (``label``, ``probability``, ``top``, ``probs``).
+
+        ``x`` is a file path, a PIL image, an array or tensor (uint8, or float in [0, 1]; HW,
+        HWC or CHW), which give one Prediction (with the ``top_k`` classes, 3 by default);
+        or a list of those, a folder, a glob, a 4-D batch (NCHW or NHWC) or an ImageSet,
+        which give a list. A 3-D array whose layout cannot be told (``(3, 32, 3)``) is
+        refused: pass a PIL image. An unreadable file raises when asked for alone, and gives
+        a Prediction with ``error`` in a list.
+
+        For regression, the outputs ``(N, E)`` for x shaped ``(N,)`` or ``(N, D)``.
+        Probabilities of a whole split or batch: :meth:`get_preds`.
+
+        Example:
+            >>> learn.predict("circle.png").label
+            'circle'
+        """
+        # A task of your own may take no options: top_k goes only where it was asked for.
+        options = {} if top_k is None else {"top_k": top_k}
+        return self.task.predict(self, x, **options)
+
+    def get_preds(self, split_or_images: Any = "valid") -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(probs, targets)``: class probabilities ``(N, K)`` and labels ``(N,)`` of a split
+        ("valid", "train", "test") or an ImageSet, as fastai's ``get_preds``; for images given
+        as :meth:`predict` takes them (a 4-D batch, a list, a folder) ``(probs, None)``. For
+        regression the outputs ``(N, E)`` and targets.
+
+        Example:
+            >>> probs, targets = learn.get_preds("valid")
+            >>> (probs.argmax(1) == targets).float().mean()  # the validation accuracy
+        """
+        return self.task.get_preds(self, split_or_images)
+
+    def export(self, path: str | os.PathLike) -> Path:
+        """Write the model as a bundle (``model.safetensors`` + ``model.json``: weights,
+        architecture, classes, Preprocess, training-image statistics) into ``path``, a
+        ``.zip`` file or a directory, and return ``path``. It is what ``deepstart export``
+        writes of a run (less the run's config.json): ``load_bundle(path).predict(x)``
+        answers what ``learn.predict(x)`` does, with nothing but torch and the bundle.
+
+        Example:
+            >>> learn.export("shapes.zip")
+            PosixPath('shapes.zip')
+        """
+        return export_learner(self, path)

@@ -53,10 +53,12 @@ class Learner(FreezeMixin, EvaluateMixin):
         model: any module mapping ``(N, C, H, W)`` floats to ``(N, K)`` logits; for
             regression one mapping ``(N, D)`` floats to ``(N, E)``.
         loss_func: defaults to cross-entropy (mean squared error for regression).
-        opt: "sgd", "adam", "adamw" or "lbfgs" (small full-batch problems; it needs a
-            constant schedule: it picks its own step length by a line search).
+        opt: "sgd", "adam", "adamw", "rmsprop" (Keras's rho and epsilon) or "lbfgs" (small
+            full-batch problems; it needs a constant schedule: it picks its own step length
+            by a line search). Another name is refused here, not at ``fit``.
         lr: default learning rate for ``fit`` (the peak for ``fit_one_cycle``).
-        wd, momentum, nesterov: optimizer settings (momentum is Adam's beta1).
+        wd, momentum, nesterov: optimizer settings (momentum is Adam's beta1; SGD's
+            default momentum 0.9 and wd 0.01 are not plain SGD: pass 0 and 0 for that).
         norm_bias_lr: LR multiplier of BatchNorm shifts, their L2 divided by it (airbench's
             64 with SGD; :func:`deepstart.train.finetune.split_norm_biases`).
         batch_size: training batch size; evaluation uses twice it.
@@ -144,6 +146,7 @@ class Learner(FreezeMixin, EvaluateMixin):
             channels_last = use_channels_last(self.model, self.device, self.amp_dtype)
         self.channels_last = bool(channels_last)
         self.log = log
+        optim.check_optimizer_name(opt)  # a typo fails here, with the names, not at fit()
         self.opt_name, self.lr, self.wd = opt, float(lr), float(wd)
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
         self.norm_bias_lr = float(norm_bias_lr)

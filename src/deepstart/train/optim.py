@@ -28,6 +28,14 @@ from deepstart.train.schedule import ScheduleSpec
 if TYPE_CHECKING:
     from deepstart.train.learner import Learner
 
+# The names make_optimizer builds (the config's choices, OPTIMIZERS, are these less lbfgs,
+# which needs a constant schedule and is for small full-batch fits from Python).
+OPTIMIZER_NAMES = ("sgd", "adam", "adamw", "rmsprop", "lbfgs")
+# Keras's RMSprop defaults (rho 0.9, epsilon 1e-7), not PyTorch's (alpha 0.99, eps 1e-8): a
+# Keras user's RMSprop at a Keras LR behaves as in the notes. A shorter average of squared
+# gradients (about 10 steps, not 100) adapts faster to the scale of the gradients.
+RMSPROP_ALPHA, RMSPROP_EPS = 0.9, 1e-7
+
 
 def make_optimizer(
     name: str,
@@ -38,12 +46,16 @@ def make_optimizer(
     momentum: float = 0.9,
     nesterov: bool = False,
 ) -> torch.optim.Optimizer:
-    """Build an optimizer by name: ``sgd`` (momentum, Nesterov), ``adam``, ``adamw`` or
-    ``lbfgs``.
+    """Build an optimizer by name: ``sgd`` (momentum, Nesterov), ``adam``, ``adamw``,
+    ``rmsprop`` or ``lbfgs``.
 
-    ``wd`` is decoupled weight decay for ``adamw`` and L2 for ``sgd`` and ``adam``, as in
-    PyTorch. ``lbfgs`` (for small full-batch problems) takes a strong-Wolfe line search, so
-    ``lr`` is the first step tried (1 is the usual value); it has no weight decay or momentum
+    ``wd`` is decoupled weight decay for ``adamw`` and L2 for the others, as in PyTorch.
+    ``momentum`` is SGD's and RMSprop's momentum and Adam's beta1. ``rmsprop`` uses Keras's
+    rho 0.9 and epsilon 1e-7 (:data:`RMSPROP_ALPHA`); Keras's own RMSprop has momentum 0,
+    so pass ``momentum=0`` to match it.
+
+    ``lbfgs`` (for small full-batch problems) takes a strong-Wolfe line search, so ``lr``
+    is the first step tried (1 is the usual value); it has no weight decay or momentum
     and ignores ``wd`` and ``momentum``. One of its steps runs up to 5 iterations; it stops
     early only when its line search can make no progress (PyTorch's default tolerances are
     absolute, and would stop a fit whose loss is already 1e-7).
@@ -56,6 +68,15 @@ def make_optimizer(
         return torch.optim.Adam(params, lr=lr, betas=(momentum, 0.999), weight_decay=wd)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=(momentum, 0.999), weight_decay=wd)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(
+            params,
+            lr=lr,
+            alpha=RMSPROP_ALPHA,
+            eps=RMSPROP_EPS,
+            momentum=momentum,
+            weight_decay=wd,
+        )
     if name == "lbfgs":
         # A few iterations per step, so callbacks (progress, snapshots) see it advance.
         return torch.optim.LBFGS(
@@ -68,12 +89,13 @@ def make_optimizer(
             history_size=50,
             line_search_fn="strong_wolfe",
         )
-    raise ConfigError(f"unknown optimizer {name!r}; use sgd, adam, adamw or lbfgs")
+    raise ConfigError(f"unknown optimizer {name!r}; use {', '.join(OPTIMIZER_NAMES)}")
 
 
 def check_optimizer_name(name: str) -> None:
     """Raise ConfigError unless ``name`` is an optimizer :func:`make_optimizer` builds."""
-    make_optimizer(name, [torch.zeros(1, requires_grad=True)], lr=1.0)
+    if name not in OPTIMIZER_NAMES:
+        raise ConfigError(f"unknown optimizer {name!r}; use {', '.join(OPTIMIZER_NAMES)}")
 
 
 def create_opt(learn: Learner) -> torch.optim.Optimizer:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from deepstart.data.dataset import Batches, ImageSet
+from deepstart.data.tensors import TensorSet
 from deepstart.device import resolve_precision
 from deepstart.errors import ConfigError
 from deepstart.train import evaluation, regression
@@ -34,7 +35,6 @@ from deepstart.train.evaluation import resolve_split, score
 from deepstart.train.progress import Column
 
 if TYPE_CHECKING:
-    from deepstart.data.tensors import TensorSet
     from deepstart.train.learner import Learner
 
 # The pixels of an evaluation batch on a CPU: 32 images at 224 px (see eval_batch_size).
@@ -126,8 +126,14 @@ class Task:
             **{k: out[k] for k in self.valid_metrics},
         }
 
-    def predict(self, learn: Learner, x: Any) -> torch.Tensor:
-        """The model's outputs for raw inputs ``x``, on the CPU."""
+    def predict(self, learn: Learner, x: Any, **options: Any) -> Any:
+        """The model's answer for raw inputs ``x`` (``Learner.predict``); ``options`` are the
+        task's own (classification's ``top_k``)."""
+        raise NotImplementedError
+
+    def get_preds(self, learn: Learner, x: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(outputs, targets)`` on the CPU of a split or set of items (``Learner.get_preds``);
+        ``(outputs, None)`` for raw inputs."""
         raise NotImplementedError
 
     def baseline_loss(self, learn: Learner) -> float:
@@ -212,8 +218,13 @@ class Classification(Task):
     ) -> dict[str, Any]:
         return evaluation.evaluate_images(learn, split, probs=probs)
 
-    def predict(self, learn: Learner, x: torch.Tensor | np.ndarray | ImageSet) -> torch.Tensor:
-        return evaluation.predict_images(learn, x)
+    def predict(self, learn: Learner, x: Any, *, top_k: int = 3) -> Any:
+        """One :class:`~deepstart.data.inputs.Prediction` for one image, a list for several."""
+        return evaluation.predict_images(learn, x, top_k=top_k)
+
+    def get_preds(self, learn: Learner, x: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Probabilities ``(N, K)`` and labels ``(N,)`` (None for unlabelled images)."""
+        return evaluation.image_preds(learn, x)
 
     def baseline_loss(self, learn: Learner) -> float:
         """ln K nats for K classes: a uniform guess."""
@@ -252,7 +263,15 @@ class Regression(Task):
         return regression.evaluate_values(learn, split)
 
     def predict(self, learn: Learner, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """The outputs ``(N, E)`` for x shaped ``(N,)`` or ``(N, D)``."""
         return regression.predict_values(learn, x)
+
+    def get_preds(self, learn: Learner, x: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Outputs ``(N, E)`` and targets of a split or TensorSet; ``(outputs, None)`` of x."""
+        if isinstance(x, (str, TensorSet)):
+            out = score(learn, self.batches(learn, resolve_split(learn.data, x)))
+            return out["pred"], out["target"]
+        return regression.predict_values(learn, x), None
 
     def baseline_loss(self, learn: Learner) -> float:
         """The valid loss of always predicting the mean training y."""

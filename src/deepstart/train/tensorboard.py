@@ -223,7 +223,7 @@ class TensorBoardLogger(Callback):
         # Predict here, with the weights that validation scores (EMA swaps its average in
         # at before_validate, order 5, and back at after_validate).
         if self.writer is not None and len(self._sample):
-            self._probs = self.learn.predict(self._sample.images)  # (n, K) on the CPU
+            self._probs, _ = self.learn.get_preds(self._sample)  # (n, K) on the CPU
 
     def after_epoch(self) -> None:
         if self.writer is None:
