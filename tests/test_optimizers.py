@@ -53,3 +53,12 @@ def test_every_optimizer_the_config_offers_is_built():
     params = [torch.zeros(1, requires_grad=True)]
     for name in OPTIMIZER_NAMES:
         assert isinstance(make_optimizer(name, params, lr=0.1), torch.optim.Optimizer)
+
+
+def test_one_cycle_keeps_a_low_momentum_as_asked():
+    from deepstart.train.optim import cycle_momentums
+
+    assert cycle_momentums(0.0) == (0.0, 0.0, 0.0)  # the notes' plain SGD stays plain
+    assert cycle_momentums(0.5) == (0.5, 0.5, 0.5)
+    assert cycle_momentums(0.95) == (0.95, 0.85, 0.95)  # fastai's cycle
+    assert cycle_momentums(0.9) == (0.9, 0.85, 0.9)
