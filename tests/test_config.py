@@ -147,4 +147,5 @@ def test_an_old_run_directorys_train_section_still_loads():
     assert cfg.train == TrainConfig(**old)
     saved = cfg.to_dict()["train"]
     assert {k: v for k, v in saved.items() if k in old} == old
-    assert {k: v for k, v in saved.items() if k not in old} == {"accumulate": 1}  # added since
+    added = {k: v for k, v in saved.items() if k not in old}
+    assert added == {"accumulate": 1, "report_panels": "auto"}  # added since, at defaults
