@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import re
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -221,3 +222,47 @@ def test_html_escapes_text():
     html = notebook.table_html(["a<b"], [["<x>"]], ["1 < 2"])
     assert "<x>" not in html and "&lt;x&gt;" in html and "1 &lt; 2" in html
     assert notebook.clock_text(3725) == "1:02:05"
+
+
+def test_a_real_kernel_shows_html_progress_without_widget_warnings():
+    """A notebook run by nbclient on a real ipykernel: the fit's outputs are display_data
+    and update_display_data with text/html (the update arrives as a change to the first
+    output), and nothing on stderr (rich's 'install "ipywidgets"' warning went there)."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    code = "\n".join(
+        [
+            "import torch",
+            "from torch import nn",
+            "from deepstart import Learner",
+            "from deepstart.data.dataset import make_dataset",
+            "from tests.conftest import bars",
+            "data = make_dataset('bars', bars(96), bars(24, seed=1), valid_pct=0.25, seed=0)",
+            "model = nn.Sequential(nn.Flatten(), nn.Linear(256, 3))",
+            "learn = Learner(data, model, batch_size=8)",
+            "learn.fit(2)",
+            "print(type(learn.get_callback(__import__('deepstart').Progress)).__name__,",
+            "      learn.get_callback(__import__('deepstart').Progress).mode)",
+        ]
+    )
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    updates: list[dict] = []
+
+    class Client(nbclient.NotebookClient):
+        def process_message(self, msg, cell, cell_index):  # see every update in place
+            if msg["msg_type"] == "update_display_data":
+                updates.append(msg["content"])
+            return super().process_message(msg, cell, cell_index)
+
+    root = str(Path(__file__).resolve().parents[1])
+    Client(nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": root}}).execute()
+    outputs = nb.cells[0].outputs
+    shown = [o for o in outputs if o.output_type == "display_data"]
+    assert len(shown) == 2 and all("text/html" in o.data for o in shown)  # bar, table
+    assert "<progress" in shown[0].data["text/html"] and "done in" in shown[0].data["text/html"]
+    assert shown[1].data["text/html"].count("<tr>") == 3  # header + one row per epoch
+    assert updates and all("text/html" in u["data"] for u in updates)
+    assert not [o for o in outputs if o.output_type == "stream" and o.name == "stderr"]
+    text = "".join(o.text for o in outputs if o.output_type == "stream")
+    assert "Progress notebook" in text and "ipywidgets" not in text
