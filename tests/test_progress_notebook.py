@@ -266,3 +266,13 @@ def test_a_real_kernel_shows_html_progress_without_widget_warnings():
     assert not [o for o in outputs if o.output_type == "stream" and o.name == "stderr"]
     text = "".join(o.text for o in outputs if o.output_type == "stream")
     assert "Progress notebook" in text and "ipywidgets" not in text
+
+
+def test_runs_name_a_faster_recipe_in_their_estimate():
+    from deepstart.config import DataConfig, ModelConfig, RunConfig
+    from deepstart.run.runner import _Run
+
+    cfg = RunConfig(data=DataConfig("mnist"), model=ModelConfig("mnist_cnn"))
+    progress = _Run(cfg, None, False, None, None).progress()  # what deepstart train shows
+    assert "--recipe mnist-995" in progress.estimate.hint(600)
+    assert _Run(cfg, None, True, None, None).progress().mode == "none"  # quiet=True

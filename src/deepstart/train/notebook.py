@@ -12,8 +12,8 @@ for it. The rendering functions are pure: tests and ``bench/progress_overhead.py
 with a fake ``display``.
 
 Example:
-    >>> bar = NotebookBar(fake_display)
-    >>> bar.show(bar_html(3, 10, "epoch 1/2", "loss 0.52 · 0:01 elapsed · 0:03 left"), "...")
+    >>> bar = NotebookBar(ipython_display())  # (tests pass a fake display)
+    >>> bar.show(3, 10, "epoch 1/2", "loss 0.52 · 0:01 elapsed · 0:03 left")  # then in place
 """
 
 from __future__ import annotations
@@ -138,13 +138,13 @@ class NotebookTable:
 
     def note(self, text: str) -> None:
         self.notes.extend(text.splitlines())
-        self._draw()
+        self.draw()
 
     def add_row(self, cells: Sequence[str]) -> None:
         self.rows.append(list(cells))
-        self._draw()
+        self.draw()
 
-    def _draw(self) -> None:
+    def draw(self) -> None:
         widths = [max(len(c) for c in col) for col in zip(self.header, *self.rows, strict=True)]
         lines = [" ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in self.rows]
         head = " ".join(h.rjust(w) for h, w in zip(self.header, widths, strict=True))

@@ -143,7 +143,7 @@ class Progress(Callback):
         default: bool = False,
     ) -> None:
         self.mode = resolve_mode(mode, stream)
-        self.stream = stream or sys.stdout
+        self._stream = stream
         self.clock, self.display, self.every = clock, display, float(every)
         self.estimate = FitEstimate(estimate_after, hint)
         self.default = default
@@ -153,6 +153,12 @@ class Progress(Callback):
         self._on = False  # this fit shows progress
         self._last_line = self._shown = self._t_epoch = 0.0
         self._items = 0
+
+    @property
+    def stream(self) -> Any:
+        """Where text goes: the one given, else sys.stdout when it is written (so output
+        follows a redirected stdout)."""
+        return self._stream if self._stream is not None else sys.stdout
 
     def _display(self) -> Display:
         return self.display if self.display is not None else ipython_display()
@@ -191,7 +197,7 @@ class Progress(Callback):
         if self._nb_table is None:
             self._print(format_header(columns))
         else:
-            self._nb_table.note("")  # draw the empty table under the bar now
+            self._nb_table.draw()  # the empty table under the bar, now
 
     def _title(self) -> str:
         return f"epoch {self.learn.epoch + 1}/{self.learn.n_epochs}"
