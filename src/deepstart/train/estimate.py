@@ -123,7 +123,7 @@ class FitEstimate:
         text = (
             f"estimate: about {duration_text(self.seconds)} for {epochs} "
             f"epoch{'s' if epochs != 1 else ''} on this machine ({rate:,.0f} images/s, "
-            f"timed on {self.timed_n} batches)"
+            f"timed on {self.timed_n} batch{'es' if self.timed_n != 1 else ''})"
         )
         extra = self.hint(self.seconds) if self.hint is not None else None
         return f"{text}; {extra}" if extra else text
