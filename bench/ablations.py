@@ -163,6 +163,7 @@ def images_per_second(v: Variant, n_images: int) -> float:
         precision=v.precision,
         device="cpu",
         log=lambda m: None,
+        quiet=True,  # timed: no progress display
         **v.learner,
     )
     warm = ImageSet(images[: 2 * v.batch], labels[: 2 * v.batch], s.classes)

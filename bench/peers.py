@@ -97,6 +97,7 @@ def worker(kind: str, args: dict) -> dict:
             batch_size=batch,
             device="cpu",
             log=lambda m: None,
+            quiet=True,  # timed: no progress display
         )
         learn.fit(1)  # warm-up
         learn.data = make_dataset("timed", s, None, valid=small)

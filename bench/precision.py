@@ -29,7 +29,7 @@ def steps_per_second(model_name: str, shape: tuple[int, int, int], precision: st
     data = make_dataset("bench", s, None, valid=s.subset(range(128)))
     torch.manual_seed(0)
     model = create_model(model_name, in_channels=c, num_classes=10, input_size=(h, w))
-    learn = Learner(data, model, batch_size=128, precision=precision, device="cpu")
+    learn = Learner(data, model, batch_size=128, precision=precision, device="cpu", quiet=True)
     learn.fit(1, 1e-3)  # warm-up (allocator, kernels)
     start = time.perf_counter()
     learn.fit(1, 1e-3)

@@ -158,7 +158,8 @@ def test_sweep_is_exponential_from_start_to_end(toy_data):
     assert r.smoothed == smooth_losses(r.losses, 0.98)
     assert set(r.suggestions) == {"valley", "steep", "minimum", "slide"}
     assert all(1e-5 <= r.lrs[i] <= 1e-2 for i in r.indices.values())
-    assert learn.callbacks[-1] is seen and len(learn.callbacks) == 2  # nothing left behind
+    assert learn.callbacks[-1] is seen and len(learn.callbacks) == 3  # nothing left behind
+    # (the Recorder, the default Progress and seen)
 
 
 def test_callbacks_can_sit_the_sweep_out(toy_data):
@@ -169,7 +170,7 @@ def test_callbacks_can_sit_the_sweep_out(toy_data):
     learn = Learner(toy_data, _model(toy_data), batch_size=32, callbacks=[watcher, seen])
     lr_find(learn, num_it=10)
     assert watcher.lrs == [] and len(seen.lrs) == 10
-    assert learn.callbacks == [learn.recorder, watcher, seen]
+    assert learn.callbacks == [learn.recorder, learn.get_callback(Progress), watcher, seen]
 
 
 def test_stops_when_the_smoothed_loss_passes_4x_its_best(toy_data):
@@ -228,7 +229,9 @@ def test_restores_weights_optimizer_and_learner_state(toy_data, tmp_path):
             assert torch.equal(opt_after["state"][i][name].cpu(), value), (i, name)
     assert learn.recorder.history == history and learn.recorder.batch_losses == batch_losses
     assert learn.callbacks == cbs  # Progress and Checkpoint back, in order
-    assert stream.getvalue() == printed  # the sweep printed nothing
+    said = stream.getvalue()[len(printed) :].splitlines()  # the sweep's one line, no rows
+    assert stream.getvalue().startswith(printed) and len(said) == 1
+    assert said[0].startswith(f"LR finder: {len(r.lrs)} steps")
     assert (tmp_path / "ckpt" / "last.pt").read_bytes() == ckpt_bytes
     assert counters == _counters(learn)
     assert learn.lr_mult == 0.5 and learn.lr == 3e-3

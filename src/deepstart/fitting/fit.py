@@ -242,7 +242,7 @@ def train_fit(
     ``after_phase(learn, phase)`` is called after each phase (outside the timing).
     """
     log = (lambda m: print(m, file=stream, flush=True)) if stream is not None else None
-    cbs: list[Callback] = [Progress(progress, stream)] if stream is not None else []
+    cbs: list[Callback] = [Progress(progress if stream is not None else "none", stream)]
     cbs += [*([record] if record is not None else []), *callbacks]
     learn = fit_learner(cfg, data, cbs, log)
     bs, done = learn.batch_size, []

@@ -9,6 +9,7 @@ from typing import Any
 from deepstart.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from deepstart.recipes.recipe import Recipe
 from deepstart.recipes.table import DEFAULTS, RECIPES, get_recipe
+from deepstart.train.estimate import duration_text
 
 # The model trained when there is neither a recipe nor --model (the pre-recipe default).
 FALLBACK_MODEL = "vgg_small"
@@ -127,4 +128,34 @@ def run_config(
             name, options, pretrained=pretrained, pretrained_sha256=pretrained_sha256
         ),
         train=TrainConfig(**settings),
+    )
+
+
+def faster_recipe(data: str, current: str | None, seconds: float) -> str | None:
+    """A phrase naming a recipe of ``data`` that reached, when measured, at least the accuracy
+    of the ``current`` recipe (any accuracy when the run is on none) in under half of
+    ``seconds`` (the run's estimated time), or None. Of several, the most accurate.
+
+    Example:
+        >>> faster_recipe("mnist", None, 600)
+        'recipe mnist-995 reached 99.6% test accuracy in about 1 min 39 s when measured (--re...'
+    """
+    now = RECIPES.get(current) if current else None
+    floor = now.measured.accuracy if now is not None and now.measured else 0.0
+    found = [
+        r
+        for r in RECIPES.values()
+        if r.dataset == data
+        and r.name != current
+        and r.measured is not None
+        and r.measured.accuracy >= floor
+        and 2 * r.measured.seconds <= seconds
+    ]
+    if not found:
+        return None
+    best = max(found, key=lambda r: (r.measured.accuracy, -r.measured.seconds))
+    took = duration_text(best.measured.seconds)
+    return (
+        f"recipe {best.name} reached {best.measured.accuracy:.1%} test accuracy in about "
+        f"{took} when measured (--recipe {best.name})"
     )

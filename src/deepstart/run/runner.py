@@ -24,6 +24,7 @@ from deepstart.config import RunConfig, TrainConfig
 from deepstart.device import busy_cpu_note, resolve_device, resolve_precision, seed_everything
 from deepstart.errors import DataError, DeepstartError
 from deepstart.models.registry import count_parameters
+from deepstart.recipes.choose import faster_recipe
 from deepstart.run.build import (
     apply_pretrained,
     build_model,
@@ -226,7 +227,8 @@ class _Run:
                     train_labels=self.data.train.labels,
                 ),
                 device=self.device,
-                callbacks=callbacks or [],
+                # (probes show their LR sweep as the run shows its fit; never twice)
+                callbacks=callbacks if callbacks is not None else [self.progress()],
                 log=self.log,
                 guard=False,  # added with the other option callbacks, after the LR finder
                 dist=self.dist,
@@ -244,6 +246,13 @@ class _Run:
 
     def log(self, text: str) -> None:
         self.say(text)
+
+    def progress(self) -> Progress:
+        """The run's progress display; its time estimate names a much faster recipe of the
+        dataset where there is one (recipes.choose.faster_recipe)."""
+        shown = self.tc.progress if self.stream is not None else "none"
+        data, recipe = self.cfg.data.name, self.tc.recipe
+        return Progress(shown, self.stream, hint=lambda s: faster_recipe(data, recipe, s))
 
     def build_learner(self) -> None:
         tc, run = self.tc, self.run
@@ -264,8 +273,7 @@ class _Run:
         self.interrupt = GracefulInterrupt(
             log=lambda m: print(m, file=self.stream or sys.stderr, flush=True)
         )
-        shown = tc.progress if self.stream is not None else "none"
-        cbs: list[Callback] = [Progress(shown, self.stream)]
+        cbs: list[Callback] = [self.progress()]
         if tc.checkpoint:  # on every rank: rank 0 writes, the others wait for it at epoch ends
             cbs.append(Checkpoint(run.checkpoints, every_minutes=tc.checkpoint_minutes))
         cbs.append(self.interrupt)

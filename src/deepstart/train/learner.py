@@ -36,6 +36,7 @@ from deepstart.train.guard import DivergenceGuard
 from deepstart.train.lr_finder import lr_find
 from deepstart.train.memory import halve_batch
 from deepstart.train.precompute import FeatureCache, fit_loaders
+from deepstart.train.progress import Progress
 from deepstart.train.schedule import ScheduleSpec
 from deepstart.train.task import Task, eval_batch_size, task_for
 from deepstart.train.tta import tta
@@ -66,7 +67,10 @@ class Learner(FreezeMixin, EvaluateMixin):
             gradients (a larger effective batch than fits in memory; the schedule still
             advances per batch). Not with LBFGS, which re-evaluates its own batch.
         device: "auto", "cpu", "cuda", "mps" or a ``torch.device``.
-        callbacks: extra callbacks; a :class:`Recorder` is always present.
+        callbacks: extra callbacks; a :class:`Recorder` is always present, and a
+            :class:`~deepstart.train.progress.Progress` ("auto": a live display in notebooks
+            and terminals, plain lines in logs) unless the list holds one or ``quiet``.
+        quiet: no progress display (nor time estimate) unless ``callbacks`` hold a Progress.
         seed: seeds the shuffle of every epoch (and nothing global).
         precision: "auto" (bf16 or fp16 autocast on CUDA, bf16 on CPUs with native bf16,
             fp32 elsewhere and for tasks that need it, regression), "fp32", "bf16" or "fp16".
@@ -121,6 +125,7 @@ class Learner(FreezeMixin, EvaluateMixin):
         input_check: bool = True,
         channels_last: bool | None = None,
         task: Task | str | None = None,
+        quiet: bool = False,
     ) -> None:
         self.data = data
         # What the training images looked like (deepstart.data.mismatch.input_stats): evaluate
@@ -174,6 +179,8 @@ class Learner(FreezeMixin, EvaluateMixin):
         self.callbacks: list[Callback] = []
         self.recorder = Recorder()
         self.add_callbacks([self.recorder, *callbacks])
+        if not quiet and self.get_callback(Progress) is None:
+            self.add_callbacks([Progress("auto", default=True)])
         if guard and self.get_callback(DivergenceGuard) is None:
             self.add_callbacks([DivergenceGuard(log=log)])
         self.epoch, self.n_epochs = 0, 0

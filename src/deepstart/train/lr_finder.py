@@ -341,6 +341,9 @@ def lr_find(
     :func:`slide`) are computed; ``suggest`` picks which to mark on the plot and may add
     callables ``rule(lrs, losses) -> (lr, index)``. ``plot`` is a PNG path to write.
 
+    The learner's Progress shows the sweep instead: a bar in notebooks and terminals, and
+    one line at its end.
+
     Example:
         >>> result = lr_find(learn, plot="lr_find.png")  # mnist_cnn on MNIST:
         >>> {k: f"{v:.1e}" for k, v in result.suggestions.items() if k != "slide"}
@@ -363,6 +366,8 @@ def lr_find(
         marked.append(name)
 
     sweep = _Sweep(start_lr, end_lr, num_it, stop_div, div_factor, beta)
+    shown = learn.get_callback(Progress)  # the sweep shows as the learner's fits do
+    extra = shown.for_sweep(sweep) if shown is not None else []
     # Everything fit() may change, to put back afterwards. vars() is shallow: the model and
     # optimizer go back through snapshot/restore, the callback list through its contents.
     saved_vars, saved_cbs = dict(vars(learn)), list(learn.callbacks)
@@ -375,7 +380,7 @@ def lr_find(
         for cb in saved_cbs:
             if _skipped(cb):
                 learn.remove_callback(cb)
-        learn.fit(num_it, callbacks=[sweep])  # epochs: an upper bound; the sweep cancels
+        learn.fit(num_it, callbacks=[sweep, *extra])  # epochs: an upper bound; sweep cancels
     finally:
         seconds = time.perf_counter() - start
         learn.restore(snap)
