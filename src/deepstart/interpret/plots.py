@@ -9,6 +9,7 @@ inline backend.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,13 +32,28 @@ def _figures() -> Any:
     return figures
 
 
+def _pyplot() -> Any:
+    """pyplot on the Agg backend, for the fit-function plots (deepstart.fitting.plots), which
+    still draw through it. New code uses :func:`_figures`: ``matplotlib.use`` here takes a
+    notebook off its inline backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _bare(ax: Any) -> None:
     _figures().bare(ax)
 
 
 def _save(fig: Any, path: str | Path, dpi: int = 100) -> Path:
-    """Lay out and write a figure (not pyplot's: nothing stays open)."""
-    return _figures().save(fig, path, dpi)
+    """Lay out and write a figure; a pyplot one is closed (an open one would leak memory)."""
+    path = _figures().save(fig, path, dpi)
+    if "matplotlib.pyplot" in sys.modules:  # a figure of ours is not pyplot's: a no-op then
+        sys.modules["matplotlib.pyplot"].close(fig)
+    return path
 
 
 def sample_grid_figure(

@@ -188,7 +188,10 @@ class DisplayMixin:
     """The Learner's notebook side: a one-line ``repr``, an HTML card and :meth:`show_results`."""
 
     def __repr__(self) -> str:
-        d = describe(self)  # type: ignore[arg-type]
+        try:
+            d = describe(self)  # type: ignore[arg-type]
+        except AttributeError:  # half-built (an error in __init__, seen from a debugger)
+            return f"<{type(self).__name__}, not fully built>"
         return f"Learner({d['model']}; data {d['data']}; {d['optimizer']}; {d['trained']})"
 
     def _repr_html_(self) -> str:
