@@ -29,7 +29,7 @@ MAY_IMPORT: dict[str, set[str]] = {
 }
 # The run layer: entry points that may use each other (the report reads runs, tune runs them).
 RUN_LAYER = ("run", "report", "tune", "serve", "fitting", "recipes", "recipe_table")
-BOTTOM_MODULES = ("errors", "config", "device", "cache", "_moved")
+BOTTOM_MODULES = ("errors", "config", "device", "cache", "_moved", "display", "figures")
 
 
 def group_of(module: str) -> str:

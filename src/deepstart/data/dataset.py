@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from deepstart.data.show import DatasetDisplay, ImageSetDisplay, to_display  # noqa: F401
 from deepstart.device import to_channels_last
 from deepstart.errors import DataError, DeepstartError  # noqa: F401  (DataError re-exported)
 
 
-@dataclass
-class ImageSet:
+@dataclass(repr=False)  # ImageSetDisplay's: sizes, never pixel values
+class ImageSet(ImageSetDisplay):
     """Images and labels held in memory.
 
     Attributes:
@@ -134,8 +135,8 @@ class Preprocess:
         )
 
 
-@dataclass
-class Dataset:
+@dataclass(repr=False)  # DatasetDisplay's: one line; a table and pictures in a notebook
+class Dataset(DatasetDisplay):
     """The splits of one dataset, ready for a Learner.
 
     ``valid`` is what is scored every epoch; ``test`` is kept apart for the final score (it
@@ -438,9 +439,3 @@ def resize_batch(x: torch.Tensor, size: tuple[int, int], policy: str = "squish")
         top, left = (th - new_h) // 2, (tw - new_w) // 2
         y = torch.nn.functional.pad(y, (left, tw - new_w - left, top, th - new_h - top))
     return y.contiguous()
-
-
-def to_display(image: torch.Tensor) -> np.ndarray:
-    """``(C, H, W)`` uint8 -> ``(H, W)`` or ``(H, W, 3)`` array for imshow."""
-    a = image.cpu().numpy()
-    return a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)

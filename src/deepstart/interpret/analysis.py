@@ -2,7 +2,9 @@
 
 :class:`Interpretation` holds one split's images, labels and predicted probabilities and answers
 the questions fastai's lesson 1 asks of a model: which classes are confused, which pictures
-cost the most loss, which it is surest and least sure about. It computes; ``plots`` draws.
+cost the most loss, which it is surest and least sure about. It computes; ``plots`` draws
+(``interp.plot_confusion_matrix()``, ``plot_top_losses(k)``, ``plot_most_uncertain(k)`` return
+figures a notebook shows inline; the interpretation itself shows as a table).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from deepstart.data.dataset import ImageSet, conform_images
 
 if TYPE_CHECKING:
+    from deepstart.figures import InlineFigure
     from deepstart.interpret.suspects import Suspects
     from deepstart.train.learner import Learner
 
@@ -33,6 +36,7 @@ class Interpretation:
         >>> interp = Interpretation.from_learner(learn)
         >>> interp.most_confused()[:3]
         [('4', '9', 12), ('7', '2', 9), ('3', '5', 8)]
+        >>> interp.plot_top_losses(9)  # in a notebook: the pictures, inline
     """
 
     images: ImageSet
@@ -259,3 +263,65 @@ class Interpretation:
         lines += ["", "most confused (true -> predicted: count):" if pairs else "no mistakes"]
         lines += [f"  {t} -> {p}: {n}" for t, p, n in pairs]
         return "\n".join(lines)
+
+    # -- in a notebook ----------------------------------------------------------------------
+    def __repr__(self) -> str:  # the numbers, never the tensors
+        return (
+            f"Interpretation({self.split}: {len(self.targets)} images, {len(self.classes)} "
+            f"classes, accuracy {self.accuracy:.4f}, loss {self.loss:.4f} nats)"
+        )
+
+    def _repr_html_(self, top: int = 5, max_classes: int = 20) -> str:
+        """Accuracy and loss, the confusion matrix as a table (up to ``max_classes``
+        classes; diagonal in bold, rows true, columns predicted) and the ``top`` confusions."""
+        from deepstart.display import cell, html_table
+
+        k = len(self.classes)
+        chance = math.log2(k) if k > 1 else 0.0
+        head = (
+            f"<p><b>Interpretation</b> of {self.split}: accuracy <b>{self.accuracy:.2%}</b> on "
+            f"{len(self.targets)} images; loss {self.loss / math.log(2):.3f} bits per image "
+            f"(chance {chance:.3f})</p>"
+        )
+        if k <= max_classes:
+            cm = self.confusion_matrix().tolist()
+            rows = [
+                [cell(name), *(f"<b>{v}</b>" if t == p else str(v) for p, v in enumerate(row))]
+                for t, (name, row) in enumerate(zip(self.classes, cm))
+            ]
+            matrix = html_table(
+                ["true \\ predicted", *self.classes], rows, raw=True, caption="confusion matrix"
+            )
+        else:
+            matrix = f"<p>{k} classes: see interp.plot_confusion_matrix()</p>"
+        pairs = self.most_confused(k=top)
+        confused = (
+            html_table(["true", "predicted", "count"], pairs, caption="most confused")
+            if pairs
+            else "<p>no mistakes</p>"
+        )
+        return head + matrix + confused
+
+    def plot_confusion_matrix(self, normalise: bool = False) -> InlineFigure:
+        """The confusion matrix as a figure: counts, or rows normalised to 1 (``normalise``:
+        the diagonal is each class's recall).
+
+        Example:
+            >>> interp.plot_confusion_matrix(normalise=True)
+        """
+        from deepstart.interpret.plots import confusion_figure
+
+        return confusion_figure(self, normalise=normalise)
+
+    def plot_top_losses(self, k: int = 9, *, ncols: int = 3) -> InlineFigure:
+        """The ``k`` pictures with the highest loss, titled "predicted / true" and the
+        probability and loss (fastai's ``plot_top_losses``)."""
+        from deepstart.interpret.plots import prediction_figure
+
+        return prediction_figure(self, self.top_losses(k), title="Top losses", ncols=ncols)
+
+    def plot_most_uncertain(self, k: int = 9, *, ncols: int = 3) -> InlineFigure:
+        """The ``k`` pictures whose top probability is nearest to chance, least sure first."""
+        from deepstart.interpret.plots import prediction_figure
+
+        return prediction_figure(self, self.most_uncertain(k), title="Most uncertain", ncols=ncols)

@@ -1,21 +1,41 @@
-"""Pictures of data and training, drawn with matplotlib (imported only when a plot is made)."""
+"""Pictures of data and training, drawn with matplotlib (imported only when a plot is made).
+
+Each picture has a ``*_figure`` function returning a figure (an
+:class:`~deepstart.figures.InlineFigure`, which a notebook shows inline) and a function that
+saves it as a PNG for the report; both paths draw with the same code. No pyplot: its global
+state would keep every figure open, and ``matplotlib.use`` would take a notebook off its
+inline backend.
+"""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from deepstart.data.dataset import ImageSet, to_display
+from deepstart.train.display import draw_loss
 
 if TYPE_CHECKING:
+    from deepstart.figures import InlineFigure
     from deepstart.interpret.analysis import Interpretation
 
 
-def _pyplot():
+def _figures() -> Any:
+    """The figure helpers (:mod:`deepstart.figures`), imported when a picture is drawn."""
+    from deepstart import figures
+
+    return figures
+
+
+def _pyplot() -> Any:
+    """pyplot on the Agg backend, for the fit-function plots (deepstart.fitting.plots), which
+    still draw through it. New code uses :func:`_figures`: ``matplotlib.use`` here takes a
+    notebook off its inline backend."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: never needs a display
@@ -24,18 +44,25 @@ def _pyplot():
     return plt
 
 
-def sample_grid(
-    images: ImageSet, path: str | Path, *, per_class: int = 8, seed: int = 0, title: str = ""
-) -> Path:
-    """Save a PNG with one row per class and ``per_class`` random samples of it.
+def _bare(ax: Any) -> None:
+    _figures().bare(ax)
 
-    Example:
-        >>> sample_grid(data.train, "samples.png")
-    """
-    plt = _pyplot()
+
+def _save(fig: Any, path: str | Path, dpi: int = 100) -> Path:
+    """Lay out and write a figure; a pyplot one is closed (an open one would leak memory)."""
+    path = _figures().save(fig, path, dpi)
+    if "matplotlib.pyplot" in sys.modules:  # a figure of ours is not pyplot's: a no-op then
+        sys.modules["matplotlib.pyplot"].close(fig)
+    return path
+
+
+def sample_grid_figure(
+    images: ImageSet, *, per_class: int = 8, seed: int = 0, title: str = ""
+) -> InlineFigure:
+    """One row per class and ``per_class`` random samples of it."""
     k = len(images.classes)
     gen = torch.Generator().manual_seed(seed)
-    fig, axes = plt.subplots(
+    fig, axes = _figures().subplots(
         k, per_class, figsize=(per_class * 1.1 + 1.2, k * 1.1 + 0.6), squeeze=False
     )
     for c, name in enumerate(images.classes):
@@ -49,25 +76,45 @@ def sample_grid(
         axes[c][0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return fig
 
 
-def _bare(ax) -> None:
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set_visible(False)
+def sample_grid(
+    images: ImageSet, path: str | Path, *, per_class: int = 8, seed: int = 0, title: str = ""
+) -> Path:
+    """Save a PNG with one row per class and ``per_class`` random samples of it.
+
+    Example:
+        >>> sample_grid(data.train, "samples.png")
+    """
+    return _save(sample_grid_figure(images, per_class=per_class, seed=seed, title=title), path)
 
 
-def _save(fig, path: str | Path, dpi: int = 100) -> Path:
-    """Lay out, write and close a figure (an open figure would leak memory)."""
-    plt = _pyplot()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+def prediction_figure(
+    interp: Interpretation,
+    indices: Sequence[int] | torch.Tensor,
+    *,
+    title: str = "",
+    ncols: int = 8,
+) -> InlineFigure:
+    """The pictures at ``indices`` with "predicted / true" and "probability, loss" over
+    each; green titles are right, red ones wrong (fastai's ``plot_top_losses`` layout)."""
+    from deepstart.data.show import RIGHT, WRONG, image_grid
+
+    items = [interp.item(int(i)) for i in indices]
+    titles = [
+        f"{it['pred']} / {it['true']}\np {it['prob']:.2f}  loss {it['loss']:.2f}" for it in items
+    ]
+    colors = [RIGHT if it["pred"] == it["true"] else WRONG for it in items]
+    return image_grid(
+        [interp.images.images[it["index"]] for it in items],
+        titles,
+        colors,
+        ncols=ncols,
+        panel=1.45,
+        title_lines=2,
+        title=(title + "\n" if title else "") + "predicted / true, probability, loss",
+    )
 
 
 def prediction_grid(
@@ -78,54 +125,30 @@ def prediction_grid(
     title: str = "",
     ncols: int = 8,
 ) -> Path:
-    """Save the pictures at ``indices`` with "predicted / true" and "probability, loss" over
-    each; green titles are right, red ones wrong (fastai's ``plot_top_losses`` layout).
+    """Save :func:`prediction_figure` as a PNG.
 
     Example:
         >>> prediction_grid(interp, interp.top_losses(16), "top_losses.png", title="Top losses")
     """
-    plt = _pyplot()
-    indices = [int(i) for i in indices]
-    n = max(len(indices), 1)
-    ncols = min(ncols, n)
-    nrows = -(-n // ncols)
-    fig, axes = plt.subplots(
-        nrows, ncols, figsize=(ncols * 1.45 + 0.2, nrows * 1.95 + 0.6), squeeze=False
-    )
-    for j, ax in enumerate(axes.flat):
-        _bare(ax)
-        if j >= len(indices):
-            ax.set_visible(False)
-            continue
-        it = interp.item(indices[j])
-        ax.imshow(to_display(interp.images.images[it["index"]]), cmap="gray", vmin=0, vmax=255)
-        ok = it["pred"] == it["true"]
-        ax.set_title(
-            f"{it['pred']} / {it['true']}\np {it['prob']:.2f}  loss {it['loss']:.2f}",
-            fontsize=7,
-            color="#1a7f37" if ok else "#cf222e",
-        )
-    if not indices:
-        axes.flat[0].set_visible(True)
-        axes.flat[0].text(0.5, 0.5, "none", ha="center", va="center")
-    fig.suptitle(
-        (title + "\n" if title else "") + "predicted / true, probability of the prediction, loss",
-        fontsize=9,
-    )
-    return _save(fig, path)
+    return _save(prediction_figure(interp, indices, title=title, ncols=ncols), path)
 
 
-def confusion_plot(interp: Interpretation, path: str | Path) -> Path:
-    """Save the confusion matrix twice, side by side: counts, and rows normalised to 1 (the
-    diagonal is then each class's recall). Rows are true classes, columns predictions."""
-    plt = _pyplot()
+def confusion_figure(interp: Interpretation, normalise: bool | None = None) -> InlineFigure:
+    """The confusion matrix: counts (``normalise=False``), rows normalised to 1 (``True``: the
+    diagonal is then each class's recall), or both side by side (``None``). Rows are true
+    classes, columns predictions."""
     classes = interp.classes
     k = len(classes)
-    counts = interp.confusion_matrix().numpy()
-    norm = interp.confusion_matrix(normalise=True).numpy()
+    panels = []
+    if normalise is not True:
+        panels.append((interp.confusion_matrix().numpy(), "counts"))
+    if normalise is not False:
+        panels.append((interp.confusion_matrix(normalise=True).numpy(), "row-normalised"))
     side = min(max(3.2, 0.42 * k + 1.6), 12)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 0.8, side + 0.3))
-    for ax, mat, label in ((axes[0], counts, "counts"), (axes[1], norm, "row-normalised")):
+    fig, axes = _figures().subplots(
+        1, len(panels), figsize=(len(panels) * side + 0.8, side + 0.3), squeeze=False
+    )
+    for ax, (mat, label) in zip(axes[0], panels):
         im = ax.imshow(mat, cmap="Blues", vmin=0, vmax=mat.max() if mat.max() > 0 else 1)
         ax.set_title(f"Confusion matrix ({label}), {interp.split}", fontsize=10)
         ax.set_xlabel("predicted")
@@ -150,62 +173,37 @@ def confusion_plot(interp: Interpretation, path: str | Path) -> Path:
                         color="white" if v > hi else "black",
                     )
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    return _save(fig, path)
+    fig.tight_layout()
+    return fig
 
 
-def _smooth(values: np.ndarray, beta: float | None = None) -> np.ndarray:
-    """Debiased exponential moving average (what fastai and TensorBoard show). The default
-    ``beta`` averages over about 1/25 of the curve, so a short run is not drawn late."""
-    if beta is None:
-        beta = 1 - 1 / min(max(len(values) / 25, 1), 50)
-    out, avg = np.empty_like(values, dtype=float), 0.0
-    for i, v in enumerate(values):
-        avg = beta * avg + (1 - beta) * v
-        out[i] = avg / (1 - beta ** (i + 1))
-    return out
+def confusion_plot(interp: Interpretation, path: str | Path) -> Path:
+    """Save the confusion matrix twice, side by side: counts, and rows normalised to 1."""
+    return _save(confusion_figure(interp), path)
 
 
-def curves_plot(
+def curves_figure(
     history: Sequence[dict],
-    path: str | Path,
     *,
     batch_losses: Sequence[float] = (),
     batch_lrs: Sequence[float] = (),
     per_epoch: int = 0,
     chance_bits: float | None = None,
     events: Sequence[dict] = (),
-) -> Path:
-    """Save the training curves: loss per batch and per epoch, validation accuracy, the LR
+) -> InlineFigure:
+    """The training curves: loss per batch and per epoch, validation accuracy, the LR
     schedule, and the losses in bits against the chance level ``log2(K)``.
 
     ``history`` holds metrics.jsonl's epoch rows; ``per_epoch`` is batches per epoch (to put
     epoch rows on the batch axis); ``events`` are divergence rows, drawn as red lines.
     """
-    plt = _pyplot()
     epochs = np.array([r["epoch"] for r in history], dtype=float)
     train = np.array([r["train_loss"] for r in history], dtype=float)
     valid = np.array([r["valid_loss"] for r in history], dtype=float)
     acc = np.array([r["accuracy"] for r in history], dtype=float)
-    on_steps = bool(per_epoch) and len(batch_losses) > 0
-    x_epoch = epochs * per_epoch if on_steps else epochs
-    x_label = "batch" if on_steps else "epoch"
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    fig, axes = _figures().subplots(2, 2, figsize=(11, 7))
 
-    ax = axes[0][0]
-    if on_steps:
-        steps = np.arange(1, len(batch_losses) + 1)
-        losses = np.asarray(batch_losses, dtype=float)
-        ax.plot(steps, losses, color="#8fb4d9", lw=0.6, alpha=0.6, label="batch")
-        ax.plot(steps, _smooth(losses), color="#1f5fa8", lw=1.2, label="batch, smoothed")
-    ax.plot(x_epoch, train, "o-", color="#1f5fa8", ms=3, label="train (epoch mean)")
-    ax.plot(x_epoch, valid, "o-", color="#e07b00", ms=3, label="valid")
-    for ev in events:
-        if on_steps and ev.get("epoch") is not None:
-            # a validation blow-up has no batch: it happened at the end of its epoch
-            batch = ev["batch"] if ev.get("batch") is not None else per_epoch
-            ax.axvline((ev["epoch"] - 1) * per_epoch + batch, color="#cf222e", lw=0.8)
-    ax.set(title="Loss (nats)", xlabel=x_label)
-    ax.legend(fontsize=8)
+    draw_loss(axes[0][0], history, batch_losses, per_epoch, events)
 
     ax = axes[0][1]
     ax.plot(epochs, acc * 100, "o-", color="#1a7f37", ms=3)
@@ -244,7 +242,12 @@ def curves_plot(
     for a in axes.flat:
         a.grid(alpha=0.3)
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return _save(fig, path)
+    return fig
+
+
+def curves_plot(history: Sequence[dict], path: str | Path, **kwargs: Any) -> Path:
+    """Save :func:`curves_figure` (same keywords) as a PNG."""
+    return _save(curves_figure(history, **kwargs), path)
 
 
 # The picture grids of an interpretation: (file stem, title, caption).

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepstart.interpret.plots import _bare, _pyplot, _save, to_display
+from deepstart.interpret.plots import _bare, _figures, _save, to_display
 from deepstart.interpret.vision import HAND_KERNELS, VisionError
 
 _PANEL = 1.1  # inches per image panel
@@ -21,7 +21,7 @@ _PANEL = 1.1  # inches per image panel
 
 def _grid(n: int, ncols: int, title: str, row_pad: float = 0.0):
     """A figure with ``n`` bare panels on ``ncols`` columns: ``(fig, flat axes)``."""
-    plt = _pyplot()
+    plt = _figures()
     ncols = max(1, min(ncols, n))
     nrows = max(1, math.ceil(n / ncols))
     height = nrows * (_PANEL + row_pad) + (0.5 if title else 0.1)
@@ -95,7 +95,7 @@ def hand_kernels_figure(
     Example:
         >>> hand_kernels_figure(img, apply_kernels(img), "kernels.png")  # img (C, H, W) uint8
     """
-    plt = _pyplot()
+    plt = _figures()
     names = list(results)
     ncols = len(names) + 1
     fig, axes = plt.subplots(
@@ -200,7 +200,7 @@ def heatmap_grid(
     labelled = not isinstance(maps, torch.Tensor)
     n = len(images)
     nrows = len(rows) + labelled
-    plt = _pyplot()
+    plt = _figures()
     fig, axes = plt.subplots(
         nrows,
         n,

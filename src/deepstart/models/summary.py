@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +107,28 @@ class ModelSummary:
             ).rstrip()
 
         return "\n".join([fmt(head), *(fmt(x) for x in lines), self.footer()])
+
+    def __repr__(self) -> str:  # one line; print() gives the table, a notebook the HTML one
+        c, h, w = self.input_shape
+        return (
+            f"ModelSummary({len(self.rows)} layers, {human(self.params)} parameters, "
+            f"{human(self.flops)} FLOPs per image, {c}x{h}x{w} -> {_shape(self.output_shape)})"
+        )
+
+    def _repr_html_(self) -> str:
+        """The layer table, a line between the features and the head, the totals below."""
+        from deepstart.display import html_table
+
+        rows = [
+            (i, r.name, r.layer, _shape(r.shape), f"{r.params:,}", human(r.flops))
+            for i, r in enumerate(self.rows)
+        ]
+        cut = next((i for i, r in enumerate(self.rows) if r.part == "head"), None)
+        table = html_table(("#", "name", "layer", "output shape", "parameters", "FLOPs"), rows)
+        if cut:  # a heavier rule above the first row of the head
+            rule = '<tr style="border-top:2px solid #888">'
+            table = table.replace(f"<tr><td>{cut}</td>", f"{rule}<td>{cut}</td>", 1)
+        return table + "<p>" + html.escape(self.footer()).replace("\n", "<br>") + "</p>"
 
 
 def human(n: float) -> str:

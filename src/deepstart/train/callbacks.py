@@ -23,6 +23,7 @@ import torch
 
 from deepstart.cache import atomic_write, json_safe, remove_stale_temps
 from deepstart.errors import DataError
+from deepstart.train.display import History, loss_figure
 from deepstart.train.events import (
     Callback,
     CancelBatch,
@@ -33,6 +34,7 @@ from deepstart.train.events import (
 from deepstart.train.progress import Progress
 
 if TYPE_CHECKING:
+    from deepstart.figures import InlineFigure
     from deepstart.train.learner import Learner
 
 __all__ = [
@@ -83,13 +85,16 @@ class Recorder(Callback):
     JSON-lines file as it is made. The scores between epoch and lr are the task's
     (:meth:`deepstart.train.task.Task.row`): for regression max_error and rms_error take the
     places of valid_bits and accuracy, and values keep 6 significant digits.
+
+    ``history`` is a :class:`~deepstart.train.display.History`: a list of dicts that shows
+    as a table in a notebook (so does the recorder); :meth:`plot_loss` draws the losses.
     """
 
     order = 10
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else None
-        self.history: list[dict[str, Any]] = []
+        self.history: History = History()
         self.batch_losses: list[float] = []
         self.batch_lrs: list[float] = []
 
@@ -149,7 +154,7 @@ class Recorder(Callback):
     def state(self) -> dict[str, Any]:
         """What a checkpoint needs to continue the record exactly (JSON-able)."""
         return {
-            "history": self.history,
+            "history": list(self.history),  # a plain list: weights_only loading
             "batch_losses": self.batch_losses,
             "batch_lrs": self.batch_lrs,
             "epoch_losses": [float(v) for v in self._losses],
@@ -160,13 +165,30 @@ class Recorder(Callback):
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.history = list(state["history"])
+        self.history = History(state["history"])
         self.batch_losses = list(state["batch_losses"])
         self.batch_lrs = list(state["batch_lrs"])
         self._losses = [torch.tensor(v) for v in state["epoch_losses"]]
         self._sizes = list(state["epoch_sizes"])
         self._lrs = list(state["epoch_lrs"])
         self.epoch_start = time.perf_counter() - float(state.get("epoch_elapsed", 0.0))
+
+    def table(self) -> History:
+        """The epochs' rows: a table in a notebook, ``print(recorder.table().text())`` in a
+        terminal."""
+        return self.history
+
+    def _repr_html_(self) -> str:
+        return self.history._repr_html_()
+
+    def plot_loss(self) -> InlineFigure:
+        """Training loss per batch (raw and smoothed) and the epochs' train and valid losses,
+        as a figure that shows inline in a notebook.
+
+        Example:
+            >>> learn.recorder.plot_loss()
+        """
+        return loss_figure(self.history, self.batch_losses)
 
     def last_loss(self) -> float:
         """Loss of the last batch, for a progress bar (costs a host sync)."""

@@ -29,6 +29,7 @@ from deepstart.device import OUT_OF_MEMORY, resolve_device, use_channels_last
 from deepstart.errors import ConfigError
 from deepstart.train import optim, snapshot
 from deepstart.train.callbacks import Recorder
+from deepstart.train.display import DisplayMixin
 from deepstart.train.evaluation import EvaluateMixin, score
 from deepstart.train.events import Callback, CancelBatch, CancelEpoch, CancelFit, RestartEpoch
 from deepstart.train.finetune import FreezeMixin, frozen_norms_eval
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     from deepstart.train.distributed import Distributed
 
 
-class Learner(FreezeMixin, EvaluateMixin):
+class Learner(FreezeMixin, EvaluateMixin, DisplayMixin):
     """Trains ``model`` on ``data`` (a :class:`Dataset`, or a :class:`TensorData` for
     regression).
 

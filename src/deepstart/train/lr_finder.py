@@ -28,8 +28,7 @@ from deepstart.train.progress import Progress
 from deepstart.train.schedule import exponential
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
+    from deepstart.figures import InlineFigure
     from deepstart.train.learner import Learner
 
 Rule = Callable[[Sequence[float], Sequence[float]], tuple[float, int]]
@@ -175,6 +174,22 @@ class LRFindResult:
     def valley(self) -> float:
         return self.suggestions["valley"]
 
+    def __repr__(self) -> str:
+        """One line: ``LRFindResult(suggestion=3.0e-03 (valley), 100 points from 1e-07 to
+        10)``; the first marked rule is the suggestion (a notebook shows the plot instead)."""
+        name = self.marked[0] if self.marked else "valley"
+        lr = self.suggestions.get(name, math.nan)
+        said = f"{lr:.1e} ({name})" if math.isfinite(lr) else f"none ({name}: too few points)"
+        span = f" from {self.lrs[0]:.3g} to {self.lrs[-1]:.3g}" if self.lrs else ""
+        stop = "" if self.stop_reason == "completed" else f", stopped: {self.stop_reason}"
+        return f"LRFindResult(suggestion={said}, {len(self.lrs)} points{span}{stop})"
+
+    def _repr_png_(self) -> bytes:
+        """The plot of :meth:`figure`, with the suggestions marked: what a notebook shows."""
+        from deepstart.figures import png_bytes
+
+        return png_bytes(self.figure())
+
     def to_dict(self) -> dict[str, Any]:
         """Plain, strict JSON (NaN and inf become ``None``); :meth:`from_dict` reverses it."""
         d = asdict(self)
@@ -192,16 +207,15 @@ class LRFindResult:
         fixed["suggestions"] = {k: num(v) for k, v in d["suggestions"].items()}
         return cls(**{**d, **fixed})
 
-    def figure(self) -> Figure:
+    def figure(self) -> InlineFigure:
         """Loss against LR (log axis): raw in grey, smoothed in blue, one marker per rule.
 
-        Drawn on a bare Agg canvas, so no pyplot state or display is involved.
+        Drawn on a bare Agg canvas, so no pyplot state or display is involved; the figure
+        shows inline in a notebook (:class:`deepstart.figures.InlineFigure`).
         """
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        from deepstart.figures import new_figure
 
-        fig = Figure(figsize=(7, 4.5), layout="constrained")
-        FigureCanvasAgg(fig)
+        fig = new_figure((7, 4.5), layout="constrained")
         ax = fig.add_subplot()
         ax.plot(self.lrs, self.losses, color="0.7", lw=1, label="loss per batch")
         ax.plot(self.lrs, self.smoothed, color="C0", lw=2, label="smoothed loss")
