@@ -33,12 +33,16 @@ def _figures() -> Any:
 
 
 def _pyplot() -> Any:
-    """pyplot on the Agg backend, for the fit-function plots (deepstart.fitting.plots), which
-    still draw through it. New code uses :func:`_figures`: ``matplotlib.use`` here takes a
-    notebook off its inline backend."""
+    """pyplot for the fit-function plots (deepstart.fitting.plots), which still draw through
+    it; new code uses :func:`_figures`. Outside a notebook kernel it is put on Agg (files
+    only: never a window); inside one the kernel's inline backend is left alone, or the
+    user's own plots would stop showing."""
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg")  # files only: never needs a display
+    if "ipykernel" not in sys.modules:
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt

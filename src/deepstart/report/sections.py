@@ -10,12 +10,13 @@ from typing import Any
 
 import torch
 
+from deepstart.display import data_uri
 from deepstart.interpret.analysis import Interpretation
 from deepstart.interpret.explorer import confusion_table, filtered_grid
 from deepstart.interpret.plots import GRIDS
-from deepstart.interpret.thumbnails import data_uri
 from deepstart.report.page import esc, fmt, img, kv_table, pct, section
-from deepstart.report.svg import Series, line_chart, smooth
+from deepstart.report.svg import Series, line_chart
+from deepstart.train.display import smooth
 from deepstart.train.learner import Learner
 
 SAMPLES_PER_CLASS = 8
@@ -125,7 +126,7 @@ def _charts(run: dict[str, Any], k: int) -> str:
         steps = list(range(1, len(losses) + 1))
         loss_series += [
             Series("batch", steps, losses, "#8fb4d9", width=0.8, opacity=0.6),
-            Series("batch, smoothed", steps, smooth(losses), "#1f5fa8"),
+            Series("batch, smoothed", steps, smooth(losses).tolist(), "#1f5fa8"),
         ]
     loss_series += [
         Series("train (epoch)", x_epoch, train, "#1f5fa8", dots=True),

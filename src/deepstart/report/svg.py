@@ -30,16 +30,6 @@ class Series:
     opacity: float = 1.0
 
 
-def smooth(values: Sequence[float]) -> list[float]:
-    """Debiased exponential moving average over about 1/25 of the series (as TensorBoard)."""
-    beta = 1 - 1 / min(max(len(values) / 25, 1), 50)
-    out, avg = [], 0.0
-    for i, v in enumerate(values):
-        avg = beta * avg + (1 - beta) * v
-        out.append(avg / (1 - beta ** (i + 1)))
-    return out
-
-
 def _thin(xs: Sequence[float], ys: Sequence[float]) -> tuple[list[float], list[float]]:
     step = max(1, math.ceil(len(xs) / MAX_POINTS))
     return list(xs[::step]), list(ys[::step])

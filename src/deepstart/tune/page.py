@@ -31,10 +31,9 @@ PLOTS = {
 def write_plots(study: Any, directory: Path) -> tuple[dict[str, Path], list[str]]:
     """Draw the plots that the study's trials allow; returns them and why others are missing
     (importances need two finished trials that differ, for instance)."""
-    import matplotlib
+    from deepstart.interpret.plots import _pyplot
 
-    matplotlib.use("Agg")  # files only: never needs a display
-    import matplotlib.pyplot as plt
+    plt = _pyplot()  # Agg, except in a notebook kernel (its inline backend stays)
     import optuna
     from optuna.visualization import matplotlib as ovm
 
