@@ -358,3 +358,9 @@ def test_fit_mlp_options_and_scaling(options):
         create_model("fit_mlp", activation="gelu")
     with pytest.raises(ModelError, match="x_range"):
         create_model("fit_mlp", x_range=(1.0, 1.0))
+
+
+def test_create_model_takes_a_square_side_alone():
+    a = create_model("vgg_small", in_channels=1, num_classes=3, input_size=32)
+    b = create_model("vgg_small", in_channels=1, num_classes=3, input_size=(32, 32))
+    assert a.arch == b.arch

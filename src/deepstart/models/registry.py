@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,12 +153,19 @@ def resolve_spec(name: str, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]
     return ("spec", {"spec": name, **kwargs}) if is_spec(name) else (name, kwargs)
 
 
+def _size(size: int | Sequence[int]) -> tuple[int, int]:
+    """``32`` -> ``(32, 32)``; ``(28, 32)`` as it is."""
+    if isinstance(size, int):
+        return (size, size)
+    return tuple(int(s) for s in size)
+
+
 def create_model(
     name: str,
     *,
     in_channels: int | None = None,
     num_classes: int | None = None,
-    input_size: tuple[int, int] | None = None,
+    input_size: int | tuple[int, int] | None = None,
     pretrained: str | None = None,
     **kwargs: Any,
 ) -> nn.Module:
@@ -190,7 +197,8 @@ def create_model(
     args = {
         "in_channels": int(in_channels if in_channels is not None else info.in_channels),
         "num_classes": int(num_classes if num_classes is not None else info.num_classes),
-        "input_size": tuple(int(s) for s in (input_size or info.input_size)),
+        # a square side alone (``input_size=32``) is what most people type
+        "input_size": _size(input_size or info.input_size),
     }
     if args["in_channels"] < 1 or args["num_classes"] < 1 or min(args["input_size"]) < 1:
         h, w = args["input_size"]
