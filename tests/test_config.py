@@ -146,4 +146,4 @@ def test_an_old_run_directorys_train_section_still_loads():
     assert cfg.train == TrainConfig(**old)
     saved = cfg.to_dict()["train"]
     assert {k: v for k, v in saved.items() if k in old} == old
-    assert {k: v for k, v in saved.items() if k not in old} == {"accumulate": 1}  # added since
+    assert {k: v for k, v in saved.items() if k not in old} == {"accumulate": 1, "sanity": True}
