@@ -29,7 +29,13 @@ def add_parsers(sub: Any) -> None:
     )
     ms.add_argument("--channels", type=int, dest="show_channels", help="image channels")
     ms.add_argument("--classes", type=int, dest="show_classes", help="number of classes")
-    ms.add_argument("--model-opt", action="append", metavar="KEY=VALUE", dest="show_opts")
+    ms.add_argument(
+        "--model-opt",
+        action="append",
+        metavar="KEY=VALUE",
+        dest="show_opts",
+        help="model option, e.g. hidden=512 (repeatable)",
+    )
     ms.set_defaults(func=cmd_models_show)
     rc = sub.add_parser(
         "recipes",
