@@ -146,3 +146,17 @@ def test_lr_find_with_pretrained_weights_and_freeze(tmp_path, capsys, monkeypatc
     argv.remove("--freeze")
     assert main(argv) == 0
     assert all(seen["body"]) and "the body was frozen" not in capsys.readouterr().out
+
+
+def test_data_show_resizes_a_folder_without_resize_typed(tmp_path, capsys, monkeypatch):
+    # the quick tour's `deepstart data show folder --data-dir pets --size 64` once failed with
+    # "unknown resize policy None"
+    from deepstart.cli import main
+    from deepstart.data.shapes import write_shapes_folder
+
+    monkeypatch.chdir(tmp_path)
+    folder = write_shapes_folder(tmp_path / "pets", n_train=12, n_test=6, size=24)
+    argv = ["data", "show", "folder", "--data-dir", str(folder), "--size", "16"]
+    assert main([*argv, "--per-class", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "1x16x16" in out and (tmp_path / "folder-samples.png").is_file()

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from deepstart.cli.args import VALID_PCT, _add_data_args, _pairs
+from deepstart.config import DataConfig, default_of
 
 # deepstart.data.shapes.SHAPES, written out: importing it here would load scikit-image for
 # every command (tests/test_cli_help.py checks that the two agree).
@@ -73,7 +74,7 @@ def cmd_data_show(a: argparse.Namespace) -> int:
         seed=a.seed,
         size=a.size,
         channels=a.channels,
-        resize=a.resize,
+        resize=a.resize or default_of(DataConfig, "resize"),  # None: not typed
         **_pairs(a.data_opt, "--data-opt"),
     )
     print(describe(data))
