@@ -50,7 +50,8 @@ def _fit(data, model=None, *, batches=1, lr=3e-3, epochs=1, **kw):
     """Lines logged by a short fit, and the learner."""
     lines = []
     kw.setdefault("precision", "fp32")  # bf16 autocast on a busy 2-core CPU is 3x slower here
-    learn = Learner(data, model or _model(data), batch_size=16, log=lines.append, **kw)
+    kw.setdefault("batch_size", 16)
+    learn = Learner(data, model or _model(data), log=lines.append, **kw)
     stop = [StopAfter(batches)] if batches else []
     learn.fit_one_cycle(epochs, lr, callbacks=stop)
     return [line for line in lines if line.startswith("sanity:")], learn
@@ -74,8 +75,8 @@ def _with_train(data, images=None, labels=None):
 # -- silent when all is well -------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["logreg", "mnist_cnn"])
 def test_a_healthy_shapes_run_says_nothing(shapes, name):
-    # 21 batches: the first, and the 20 whose losses are watched (the epoch has 21)
-    lines, learn = _fit(shapes, _model(shapes, name), batches=21)
+    # 21 batches: the first, and the 20 whose losses are watched
+    lines, learn = _fit(shapes, _model(shapes, name), batches=21, batch_size=8)
     assert lines == []
     assert learn.get_callback(SanityCheck).findings == []
 
@@ -188,13 +189,13 @@ def test_a_loss_that_rises_over_the_first_20_batches(shapes):
 class NanAt(nn.Module):
     """Cross-entropy that is NaN on the ``at``-th training call."""
 
-    def __init__(self, at):
+    def __init__(self, at, loss=F.cross_entropy):
         super().__init__()
-        self.at, self.calls = at, 0
+        self.at, self.calls, self.base = at, 0, loss
 
     def forward(self, pred, target):
         self.calls += 1
-        loss = F.cross_entropy(pred, target)
+        loss = self.base(pred, target)
         return loss * math.nan if self.calls == self.at else loss
 
 
@@ -237,7 +238,7 @@ def test_the_lr_finder_does_not_trip_it(shapes):
     assert learn.get_callback(SanityCheck).findings == []
 
 
-def test_bars_regression_free_checks_keep_quiet_on_a_learnable_toy():
+def test_a_learnable_toy_set_says_nothing():
     data = make_dataset("bars", bars(240, seed=0), bars(60, seed=1), valid_pct=0.2, seed=0)
     lines, _ = _fit(data, batches=0)
     assert lines == []
@@ -253,3 +254,32 @@ def test_deepstart_train_no_sanity_reaches_the_learner():
     assert given_options(args, TrainConfig) == {"sanity": False}
     assert learner_kwargs(TrainConfig(sanity=False))["sanity"] is False
     assert learner_kwargs(TrainConfig())["sanity"] is True
+
+
+def test_regression_gets_no_label_or_rising_findings_but_a_nan_is_said():
+    from deepstart.fitting.data import function_data
+
+    data = function_data("sin")
+    torch.manual_seed(0)
+    model = create_model("fit_mlp", x_range=(-6.3, 6.3))
+    lines = []
+    kw = {"batch_size": 32, "log": lines.append}  # 31 batches an epoch
+    learn = Learner(data, model, guard=False, loss_func=RisingMSE(), **kw)
+    learn.fit(1, 1e-3, callbacks=[StopAfter(21)])
+    assert [line for line in lines if line.startswith("sanity:")] == []  # rising: not judged
+    lines.clear()
+    learn = Learner(data, create_model("fit_mlp", x_range=(-6.3, 6.3)), **kw)
+    learn.remove_callback(learn.get_callback(DivergenceGuard))
+    learn.loss_func = NanAt(3, F.mse_loss)
+    learn.fit(1, 1e-3, callbacks=[StopAfter(21)])
+    _one_line([line for line in lines if line.startswith("sanity:")], "the loss became nan")
+
+
+class RisingMSE(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, pred, target):
+        self.calls += 1
+        return F.mse_loss(pred, target) + 0.5 * self.calls  # 0.5 more each batch

@@ -9,10 +9,10 @@
 - the first training batch, before any step: constant, blank or non-finite inputs, a model
   with more outputs than the data has classes, and a loss far from ln K nats (what a model
   that knows nothing scores on K classes; classification only, through the Task seam);
-- the first 20 training batches: a loss that rises steadily (the LR is too high). A NaN or a
-  blow-up is the divergence guard's (:mod:`deepstart.train.guard`), which restores and says
-  so itself: this check stays silent when the guard has acted, and speaks for a NaN only when
-  there is no guard;
+- the first 20 training batches: a loss that rises steadily (the LR is too high; classifiers
+  only, whose loss starts at a known level). A NaN or a blow-up is the divergence guard's
+  (:mod:`deepstart.train.guard`), which restores and says so itself: this check stays silent
+  when the guard has acted, and speaks of a NaN only when there is no guard.
 
 Each finding is one line through ``learn.log`` (where the run's other notices go), starting
 with "sanity:"; when all is well it says nothing. ``findings`` keeps them as (check, message).
@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from deepstart.train.events import Callback
+from deepstart.train.guard import DivergenceGuard
 
 # Thresholds, each chosen on real cases (docs/training.md, "Sanity checks"):
 # Default-init models on shapes/MNIST-sized inputs start within about 1 nat of ln K, a few
@@ -267,8 +268,6 @@ class SanityCheck(Callback):
         return label_findings(data.classes, train.class_counts(), valid_counts)
 
     def _guard_count(self) -> int | None:
-        from deepstart.train.guard import DivergenceGuard
-
         guard = self.learn.get_callback(DivergenceGuard)
         return None if guard is None else len(guard.events)
 
@@ -320,5 +319,9 @@ class SanityCheck(Callback):
             return  # the guard acted on these batches and said so
         if count is not None:  # a NaN or blow-up is the guard's to report
             losses = [v for v in losses if math.isfinite(v)]
+        if not self._classifying:
+            # A regression loss (MSE of a fit at 1e-3) can double early and still be fine:
+            # only a NaN is a finding there.
+            losses = losses if not all(map(math.isfinite, losses)) else []
         chance = self.learn.baseline_loss if self._classifying else None
         self._say(rising_findings(losses, chance, self._lr))
