@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from deepstart.cli import clean, data, fit_function, models, ship, train, tune
+from deepstart.cli.options import DefaultsHelpFormatter
 from deepstart.errors import DeepstartError
 
 __all__ = ["build_parser", "main"]
@@ -37,7 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
     ship.add_parsers(sub)
     clean.add_parsers(sub)
     fit_function.add_parsers(sub)
+    _every_parser_says_defaults(parser)
     return parser
+
+
+def _every_parser_says_defaults(parser: argparse.ArgumentParser) -> None:
+    """Give the top parser and every subcommand's the formatter that shows defaults
+    (subparsers do not inherit a formatter_class)."""
+    parser.formatter_class = DefaultsHelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _every_parser_says_defaults(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

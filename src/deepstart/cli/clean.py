@@ -18,12 +18,12 @@ def add_parsers(sub: Any) -> None:
         "to <folder>-removed/ beside the data, with an undo log); --undo puts them back.",
     )
     c.add_argument("run_dir", help="a run directory written by deepstart train")
-    c.add_argument("--top", type=int, default=200, help="pictures on the page (200)")
-    c.add_argument(
-        "--splits", default="train,valid", help="splits to rank, comma-separated (train,valid)"
-    )
+    c.add_argument("--top", type=int, default=200, help="pictures on the page")
+    c.add_argument("--splits", default="train,valid", help="splits to rank, comma-separated")
     c.add_argument("--data", metavar="DIR", help="the run's folder, if it has moved since")
-    c.add_argument("--device", default="auto")
+    c.add_argument(
+        "--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps"
+    )
     act = c.add_mutually_exclusive_group()
     act.add_argument("--apply", metavar="PLAN", help="carry out a plan exported from the page")
     act.add_argument(

@@ -7,6 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from deepstart.cli.args import VALID_PCT, _add_data_args, _pairs
+from deepstart.config import DataConfig, default_of
+
+# deepstart.data.shapes.SHAPES, written out: importing it here would load scikit-image for
+# every command (tests/test_cli_help.py checks that the two agree).
+SHAPE_NAMES = "circle, square, triangle, star, cross, ellipse, pentagon, hexagon, ring"
 
 
 def add_parsers(sub: Any) -> None:
@@ -19,19 +24,25 @@ def add_parsers(sub: Any) -> None:
     ds = dsub.add_parser("show", help="split sizes, classes, mean/std and a PNG sample grid")
     ds.add_argument("name", help="dataset name or folder path")
     ds.add_argument("--out", help="PNG path for the sample grid (default <name>-samples.png)")
-    ds.add_argument("--per-class", type=int, default=8)
-    ds.add_argument("--seed", type=int, default=0)
+    ds.add_argument("--per-class", type=int, default=8, help="sample pictures per class")
+    ds.add_argument("--seed", type=int, default=0, help="seed of the split and of the samples")
     _add_data_args(ds, required=False)
     ds.set_defaults(func=cmd_data_show)
     dm = dsub.add_parser("make", help="write a generated dataset as class folders of PNGs")
-    dm.add_argument("kind", choices=("shapes",))
+    dm.add_argument("kind", choices=("shapes",), help="what to generate: shapes")
     dm.add_argument("--out", required=True, help="directory to write train/ and test/ into")
-    dm.add_argument("--n-train", type=int, default=3000)
-    dm.add_argument("--n-test", type=int, default=600)
-    dm.add_argument("--size", type=int, default=32)
-    dm.add_argument("--classes", default="circle,square,triangle", help="comma-separated")
-    dm.add_argument("--channels", type=int, choices=(1, 3), default=1)
-    dm.add_argument("--seed", type=int, default=0)
+    dm.add_argument("--n-train", type=int, default=3000, help="training images", metavar="N")
+    dm.add_argument("--n-test", type=int, default=600, help="test images", metavar="N")
+    dm.add_argument("--size", type=int, default=32, help="image side in pixels", metavar="N")
+    dm.add_argument(
+        "--classes",
+        default="circle,square,triangle",
+        help=f"comma-separated shapes, of {SHAPE_NAMES}",
+    )
+    dm.add_argument(
+        "--channels", type=int, choices=(1, 3), default=1, help="1 (grey) or 3 (colour)"
+    )
+    dm.add_argument("--seed", type=int, default=0, help="the images are a function of it")
     dm.set_defaults(func=cmd_data_make)
 
 
@@ -63,7 +74,7 @@ def cmd_data_show(a: argparse.Namespace) -> int:
         seed=a.seed,
         size=a.size,
         channels=a.channels,
-        resize=a.resize,
+        resize=a.resize or default_of(DataConfig, "resize"),  # None: not typed
         normalize=a.normalize or "standardize",
         **_pairs(a.data_opt, "--data-opt"),
     )

@@ -112,12 +112,17 @@ def add_parsers(sub: Any) -> None:
         metavar="NAMES",
         help=f"the same, over optimizers (default list: {FIT_COMPARE_OPT})",
     )
-    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--seed", type=int, default=0, help="seed of the points and the weights")
     ft.add_argument(
         "--device", default="cpu", help="cpu (default: fastest for tiny fits), cuda, mps, auto"
     )
-    ft.add_argument("--out", default="runs", help="parent of the run directory (runs)")
-    ft.add_argument("--progress", default="auto", choices=PROGRESS_MODES)
+    ft.add_argument("--out", default="runs", help="parent of the run directory")
+    ft.add_argument(
+        "--progress",
+        default="auto",
+        choices=PROGRESS_MODES,
+        help="rich live bar, plain lines (CI, logs), none; auto picks by terminal",
+    )
     ft.add_argument("--no-pictures", action="store_true", help="skip the PNGs and the GIF")
     ft.add_argument(
         "--threads",

@@ -43,6 +43,27 @@ def _shown(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """argparse's help, with every flag's default said: " (default: X)" is added to a help
+    text that does not already name its default (generated flags do), except where there is
+    nothing to say (no default, a switch that is off, a positional argument)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or not action.option_strings
+            or default is None
+            or default is False
+            or default == argparse.SUPPRESS
+            or default == []
+        ):
+            return text
+        shown = _shown(default).replace("%", "%%")  # the help is %-formatted after this
+        return f"{text} (default: {shown})"
+
+
 def _choices_then(choices: tuple[str, ...], parse: Callable[[str], Any]) -> Callable[[str], Any]:
     """Check ``choices`` on the text, then parse it (argparse checks them on the parsed value,
     which for ``--augment none`` is None)."""

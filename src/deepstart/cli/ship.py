@@ -11,14 +11,18 @@ from typing import Any
 from deepstart.cli.args import _add_data_args, _data_config
 from deepstart.errors import DeepstartError
 
+SPLITS = ("test", "valid", "train")
+SPLIT_HELP = "the split to score (test falls back to valid when the data has no test split)"
+DEVICE_HELP = "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"
+
 
 def add_parsers(sub: Any) -> None:
     """Register evaluate, interpret, report, export, predict and serve."""
     e = sub.add_parser("evaluate", help="score a run's model: accuracy, loss, per class")
     e.add_argument("run_dir", help="a run directory written by deepstart train")
     _add_data_args(e, required=False)
-    e.add_argument("--split", default="test", choices=("test", "valid", "train"))
-    e.add_argument("--device", default="auto")
+    e.add_argument("--split", default="test", choices=SPLITS, help=SPLIT_HELP)
+    e.add_argument("--device", default="auto", help=DEVICE_HELP)
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.set_defaults(func=cmd_evaluate)
 
@@ -27,17 +31,17 @@ def add_parsers(sub: Any) -> None:
     )
     i.add_argument("run_dir", help="a run directory written by deepstart train")
     _add_data_args(i, required=False)
-    i.add_argument("--split", default="test", choices=("test", "valid", "train"))
-    i.add_argument("--device", default="auto")
-    i.add_argument("--top", type=int, default=16, help="pictures per grid (16)")
+    i.add_argument("--split", default="test", choices=SPLITS, help=SPLIT_HELP)
+    i.add_argument("--device", default="auto", help=DEVICE_HELP)
+    i.add_argument("--top", type=int, default=16, help="pictures per grid")
     i.add_argument("--out", help="directory for the PNGs (default RUN_DIR/plots)")
     i.add_argument("--json", action="store_true", help="print the tables as JSON")
     i.set_defaults(func=cmd_interpret)
 
     r = sub.add_parser("report", help="(re)write RUN_DIR/report.html: the whole run on one page")
     r.add_argument("run_dir", help="a run directory written by deepstart train")
-    r.add_argument("--split", default="test", choices=("test", "valid", "train"))
-    r.add_argument("--device", default="auto")
+    r.add_argument("--split", default="test", choices=SPLITS, help=SPLIT_HELP)
+    r.add_argument("--device", default="auto", help=DEVICE_HELP)
     r.add_argument(
         "--layer", help="conv layer for feature maps and filters (default: first / last conv)"
     )

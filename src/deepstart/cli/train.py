@@ -13,8 +13,21 @@ from deepstart.config import ModelConfig, RunConfig, TrainConfig
 from deepstart.config.option import default_of, option_of
 from deepstart.errors import ConfigError
 
-# The TrainConfig fields `deepstart lr-find` takes as flags (its --out is the plot's path).
-LR_FIND_OPTIONS = ("batch_size", "opt", "wd", "seed", "device")
+# The TrainConfig fields `deepstart lr-find` takes as flags (its --out is the plot's path):
+# what the optimizer does on one batch, and which layers train (the sweep of a head on a
+# frozen pretrained body is the one fine_tune's first phase needs).
+LR_FIND_OPTIONS = (
+    "batch_size",
+    "opt",
+    "wd",
+    "momentum",
+    "seed",
+    "device",
+    "precision",
+    "freeze",
+    "fine_tune",
+)
+MODEL_HELP = "registry name (deepstart models) or a layer spec such as conv32-pool-flat-dense128"
 
 
 def add_parsers(sub: Any) -> None:
@@ -27,10 +40,8 @@ def add_parsers(sub: Any) -> None:
     )
     _add_data_args(t, required=False)
     t.set_defaults(data="shapes")
-    t.add_argument(
-        "--model",
-        help="registry name (deepstart models) or a layer spec such as conv32-pool-flat-dense128; "
-        "default: the recipe's model (vgg_small when the data has no recipe)",
+    _add_model_args(
+        t, MODEL_HELP + "; default: the recipe's model (vgg_small when the data has no recipe)"
     )
     t.add_argument(
         "--recipe",
@@ -39,12 +50,6 @@ def add_parsers(sub: Any) -> None:
         "override the recipe's values",
     )
     t.add_argument(
-        "--model-opt", action="append", metavar="KEY=VALUE", help="model option, e.g. hidden=512"
-    )
-    for name in ("pretrained", "pretrained_sha256"):
-        add_option(t, ModelConfig, name)
-    t.set_defaults(pretrained=None, pretrained_sha256=None)
-    t.add_argument(
         "--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint"
     )
     # A flag for every TrainConfig field, grouped by concern. Untyped flags stay out of the
@@ -52,20 +57,53 @@ def add_parsers(sub: Any) -> None:
     add_option_groups(t, TrainConfig)
     t.set_defaults(func=cmd_train)
 
-    f = sub.add_parser("lr-find", help="sweep the learning rate and suggest one (with a plot)")
+    f = sub.add_parser(
+        "lr-find",
+        help="sweep the learning rate and suggest one (with a plot)",
+        description="Train up to --num-it batches with the LR rising exponentially, plot the "
+        "loss against the LR and suggest LRs; the model, its pretrained weights and which "
+        "layers train are chosen with train's flags.",
+    )
     _add_data_args(f, required=False)
     f.set_defaults(data="shapes")
-    f.add_argument("--model", default="vgg_small")
-    f.add_argument("--model-opt", action="append", metavar="KEY=VALUE")
+    _add_model_args(f, MODEL_HELP)
+    f.set_defaults(model="vgg_small")
     # The sweep runs at one batch size: no "auto" here.
     add_option(f, TrainConfig, "batch_size", parse=int, metavar="N", help="items per step")
+    swept_head = {
+        "freeze": "sweep the head only, the body frozen as --freeze trains it",
+        "fine_tune": "sweep fine_tune's first phase: the head only, the body frozen",
+    }
     for name in LR_FIND_OPTIONS[1:]:
-        add_option(f, TrainConfig, name)
-    f.add_argument("--start-lr", type=float, default=1e-7)
-    f.add_argument("--end-lr", type=float, default=10.0)
-    f.add_argument("--num-it", type=int, default=100)
+        add_option(
+            f, TrainConfig, name, **({"help": swept_head[name]} if name in swept_head else {})
+        )
+    f.add_argument("--start-lr", type=float, default=1e-7, help="the sweep's first LR")
+    f.add_argument("--end-lr", type=float, default=10.0, help="the sweep's last LR")
+    f.add_argument(
+        "--num-it",
+        type=int,
+        default=100,
+        metavar="N",
+        help="batches of the sweep; it stops sooner once the loss has blown up",
+    )
     f.add_argument("--out", default="lr_find.png", help="PNG of loss against LR")
     f.set_defaults(func=cmd_lr_find)
+
+
+def _add_model_args(p: argparse.ArgumentParser, model_help: str) -> None:
+    """--model, --model-opt and ModelConfig's option fields (--pretrained,
+    --pretrained-sha256: generated from the fields), as train and lr-find take them."""
+    p.add_argument("--model", help=model_help)
+    p.add_argument(
+        "--model-opt",
+        action="append",
+        metavar="KEY=VALUE",
+        help="model option, e.g. hidden=512 (repeatable)",
+    )
+    for name in ("pretrained", "pretrained_sha256"):
+        add_option(p, ModelConfig, name)
+    p.set_defaults(pretrained=None, pretrained_sha256=None)
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -166,10 +204,13 @@ def _flag(name: str) -> str:
 def cmd_lr_find(a: argparse.Namespace) -> int:
     from deepstart.run.runner import lr_find_run
 
+    name, options = _model(a.model, _pairs(a.model_opt, "--model-opt"))
+    tc = TrainConfig(**given_options(a, TrainConfig, LR_FIND_OPTIONS))
     res = lr_find_run(
         _data_config(a),
-        ModelConfig(*_model(a.model, _pairs(a.model_opt, "--model-opt"))),
-        TrainConfig(**given_options(a, TrainConfig, LR_FIND_OPTIONS)),
+        ModelConfig(name, options, a.pretrained, a.pretrained_sha256),
+        tc,
+        log=print,
         start_lr=a.start_lr,
         end_lr=a.end_lr,
         num_it=a.num_it,
@@ -178,5 +219,7 @@ def cmd_lr_find(a: argparse.Namespace) -> int:
     for name, lr in res.suggestions.items():
         star = "  <- used by --lr auto" if name == "valley" else ""
         print(f"  {name:<8} {lr:.2e}{star}")
+    if tc.freeze or tc.fine_tune:
+        print("  (the head's LR: the body was frozen, as in fine_tune's first phase)")
     print(f"plot: {a.out}")
     return 0

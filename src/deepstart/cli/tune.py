@@ -66,9 +66,15 @@ def add_parsers(sub: Any) -> None:
     tn.add_argument("--storage", help="SQL URL (default: SQLite study.db in the study directory)")
     tn.add_argument("--resume", action="store_true", help="continue the study, adding --trials")
     tn.add_argument("--seed", type=int, default=0, help="sampler seed and every trial's seed")
-    tn.add_argument("--pruner", choices=("median", "none"), default="median")
     tn.add_argument(
-        "--prune-startup", type=int, default=5, help="finished trials before pruning starts (5)"
+        "--pruner",
+        choices=("median", "none"),
+        default="median",
+        help="stop a trial early whose validation number is worse than the median of "
+        "finished trials at the same epoch (median), or never (none)",
+    )
+    tn.add_argument(
+        "--prune-startup", type=int, default=5, help="finished trials before pruning starts"
     )
     tn.add_argument(
         "--prune-warmup", type=int, default=1, help="epochs a trial runs before it can be pruned"

@@ -302,6 +302,11 @@ class DebugConfig:
         True, help="the divergence guard: restore and halve the LR when the loss blows up"
     )
     guard_tries: int = option(5, help="halvings of the guard before it gives up", metavar="N")
+    sanity: bool = option(
+        True,
+        help="start-of-training sanity checks: one line per problem the labels and the first "
+        "batches show (imbalance, blank inputs, a loss far from ln K, a rising loss)",
+    )
     max_time: float | None = option(
         None,
         help="stop cleanly after T seconds (or 90s, 5m, 1h) of training",

@@ -139,19 +139,30 @@ def lr_find_run(
     data_cfg: DataConfig,
     model_cfg: ModelConfig,
     tc: TrainConfig,
+    log: Callable[[str], None] = lambda m: None,
     **kwargs: Any,
 ) -> Any:
-    """``deepstart lr-find``: the LR finder on a fresh model; prints nothing itself."""
+    """``deepstart lr-find``: the LR finder on the model ``model_cfg`` names, from its
+    pretrained weights if it has any; with ``tc.freeze`` or ``tc.fine_tune`` only the head
+    trains (fine_tune's first phase, whose LR it then suggests). ``log`` gets the notices
+    (what loaded, the normalisation the weights bring)."""
     seed_everything(tc.seed)
     data = load_data(data_cfg, tc.seed)
     model = build_model(model_cfg, data, tc.seed)
+    if model_cfg.pretrained:
+        apply_pretrained(model_cfg, model, data, log)
     learn = Learner(
         data,
         model,
         opt=tc.opt,
         wd=tc.wd,
+        momentum=tc.momentum,
         batch_size=int(tc.batch_size),
         device=tc.device,
+        precision=tc.precision,
         seed=tc.seed,
+        log=log,
     )
+    if tc.freeze or tc.fine_tune:
+        learn.freeze()
     return lr_find(learn, **kwargs)

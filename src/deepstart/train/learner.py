@@ -38,6 +38,7 @@ from deepstart.train.lr_finder import lr_find
 from deepstart.train.memory import halve_batch
 from deepstart.train.precompute import FeatureCache, fit_loaders
 from deepstart.train.progress import Progress
+from deepstart.train.sanity import SanityCheck
 from deepstart.train.schedule import ScheduleSpec
 from deepstart.train.task import Task, eval_batch_size, task_for
 from deepstart.train.tta import tta
@@ -79,6 +80,8 @@ class Learner(FreezeMixin, EvaluateMixin, DisplayMixin):
         guard: add a :class:`~deepstart.train.guard.DivergenceGuard` (restore the last good
             state and halve the LR when the loss blows up). Pass False, or your own guard in
             ``callbacks``, to change that.
+        sanity: add a :class:`~deepstart.train.sanity.SanityCheck` (one line through ``log``
+            per problem the first fit's labels and first batches show; silent otherwise).
         preprocess: how images are normalised (and resized for evaluate/predict); defaults to
             the dataset's own, computed on its training split. A loaded model passes its own.
         augment: augmentation of the training batches, on the device: a preset name
@@ -119,6 +122,7 @@ class Learner(FreezeMixin, EvaluateMixin, DisplayMixin):
         precision: str = "auto",
         log: Callable[[str], None] = print,
         guard: bool = True,
+        sanity: bool = True,
         augment: str | Augmentation | None = None,
         precompute: bool = False,
         dist: Distributed | None = None,
@@ -184,6 +188,8 @@ class Learner(FreezeMixin, EvaluateMixin, DisplayMixin):
             self.add_callbacks([Progress("auto", default=True)])
         if guard and self.get_callback(DivergenceGuard) is None:
             self.add_callbacks([DivergenceGuard(log=log)])
+        if sanity and self.get_callback(SanityCheck) is None:
+            self.add_callbacks([SanityCheck()])
         self.epoch, self.n_epochs = 0, 0
         self.iter, self.n_iter = 0, 0  # batch within the epoch
         self.train_iter, self.total_iters = 0, 0  # batch over the whole fit
