@@ -136,3 +136,14 @@ def test_export_writes_a_bundle_a_directory_too(learn, tmp_path):
     assert b.meta["dataset"] == "rgb-bars" and b.meta["input_stats"]
     pil = Image.fromarray(_picture(6))
     _same(learn.predict(pil), b.predict(pil)[0])
+
+
+def test_a_prediction_reads_in_one_line_without_its_tensor():
+    import torch
+
+    from deepstart.data.inputs import Prediction
+
+    p = Prediction("<input 0>", (("7", 0.9885), ("9", 0.0095)), torch.rand(1000))
+    assert repr(p) == "Prediction('7' 98.9%; then '9' 0.9%; <input 0>)"
+    assert "tensor" not in repr(p) and len(repr(p)) < 120
+    assert repr(Prediction("a.jpg", error="broken")) == "Prediction(error 'broken'; a.jpg)"

@@ -47,7 +47,7 @@ class InputMismatchWarning(UserWarning):
     """New images look prepared differently from the model's training images."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Prediction:
     """The prediction for one input.
 
@@ -72,6 +72,19 @@ class Prediction:
     def probability(self) -> float | None:
         """The most likely class's probability (None after an error)."""
         return self.top[0][1] if self.top else None
+
+    def __repr__(self) -> str:
+        """``Prediction('7' 98.9%; then '9' 1.0%, '3' 0.1%; <input 0>)``: never the (K,)
+        tensor, which for 1000 ImageNet classes would fill a notebook cell."""
+        if self.error is not None:
+            return f"Prediction(error {self.error!r}; {self.source})"
+        (best, p), rest = self.top[0], self.top[1:]
+        then = ", ".join(f"{c!r} {q:.1%}" for c, q in rest)
+        return (
+            f"Prediction({best!r} {p:.1%}"
+            + (f"; then {then}" if then else "")
+            + (f"; {self.source})")
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
