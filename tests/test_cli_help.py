@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from deepstart.cli import build_parser
+from deepstart.cli import build_parser, main
 
 
 def _parsers(parser, path=()):
@@ -64,7 +64,7 @@ def test_help_shows_the_defaults_of_hand_written_flags(capsys):
     from deepstart.cli import main
 
     for argv, said in [
-        (["lr-find", "--help"], ["(default: 1e-07)", "(default: 100)", "(default: vgg_small)"]),
+        (["lr-find", "--help"], ["(default: 1e-07)", "(default: 100)", "its recipe's"]),
         (["data", "make", "--help"], ["(default: 3000)", "(default: circle,square,triangle)"]),
         (["interpret", "--help"], ["(default: test)", "(default: 16)", "(default: auto)"]),
     ]:
@@ -160,3 +160,21 @@ def test_data_show_resizes_a_folder_without_resize_typed(tmp_path, capsys, monke
     assert main([*argv, "--per-class", "2"]) == 0
     out = capsys.readouterr().out
     assert "1x16x16" in out and (tmp_path / "folder-samples.png").is_file()
+
+
+def test_lr_find_sweeps_the_model_train_would_train(tmp_path, capsys, monkeypatch):
+    from deepstart.run import build
+
+    seen = {}
+    real = build.lr_find
+
+    def spy(learn, **kw):
+        seen["arch"] = learn.model.arch["name"]
+        return real(learn, **{**kw, "num_it": 5})
+
+    monkeypatch.setattr(build, "lr_find", spy)
+    argv = ["lr-find", "--data", "shapes", "--data-opt", "n_train=120", "--size", "16"]
+    argv += ["--batch-size", "16", "--out", str(tmp_path / "lr.png")]
+    assert main(argv) == 0
+    assert seen["arch"] == "fast_mnist"  # shapes' recipe, shapes-fast: what train trains
+    assert "the model of recipe shapes-fast" in capsys.readouterr().out

@@ -66,8 +66,9 @@ def add_parsers(sub: Any) -> None:
     )
     _add_data_args(f, required=False)
     f.set_defaults(data="shapes")
-    _add_model_args(f, MODEL_HELP)
-    f.set_defaults(model="vgg_small")
+    _add_model_args(
+        f, MODEL_HELP + "; default: the model deepstart train trains on this data (its recipe's)"
+    )
     # The sweep runs at one batch size: no "auto" here.
     add_option(f, TrainConfig, "batch_size", parse=int, metavar="N", help="items per step")
     swept_head = {
@@ -202,13 +203,32 @@ def _flag(name: str) -> str:
 
 
 def cmd_lr_find(a: argparse.Namespace) -> int:
+    from deepstart.recipes.choose import default_recipe, run_config
     from deepstart.run.runner import lr_find_run
 
-    name, options = _model(a.model, _pairs(a.model_opt, "--model-opt"))
+    data = _data_config(a)
+    options = _pairs(a.model_opt, "--model-opt")
+    # Without --model, the model `deepstart train` would train on this data: its recipe's
+    # (with the recipe's pretrained weights), so the LR swept is the LR of that run.
+    recipe = None if a.model else default_recipe(data.name, data.data_dir)
+    if a.model:
+        name, options = _model(a.model, options)
+    else:
+        name = None
+    model = run_config(
+        data,
+        recipe=recipe,
+        model=name,
+        model_options=options,
+        pretrained=a.pretrained,
+        pretrained_sha256=a.pretrained_sha256,
+    ).model
+    if recipe is not None:
+        print(f"lr-find: {model.name}, the model of recipe {recipe.name} (--model picks another)")
     tc = TrainConfig(**given_options(a, TrainConfig, LR_FIND_OPTIONS))
     res = lr_find_run(
-        _data_config(a),
-        ModelConfig(name, options, a.pretrained, a.pretrained_sha256),
+        data,
+        model,
         tc,
         log=print,
         start_lr=a.start_lr,
