@@ -150,7 +150,7 @@ class Panels:
         self.drawn.written["feature_maps"] = path
         self.drawn.html["feature_maps"] = (
             f"<h3>Feature maps of {esc(layer_name(model, shown))}</h3>"
-            + img(path, f"the output channels of layer {shown} for the first image below")
+            + img(path, f"the output channels of layer {shown} for the first image above")
         )
 
     def hand_kernels(self) -> None:
