@@ -132,9 +132,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         data = dataclasses.replace(data, size=(recipe.size, recipe.size))
     if recipe is not None and recipe.resize is not None and a.resize is None:
         data = dataclasses.replace(data, resize=recipe.resize)
-    model, model_options = (None, _pairs(a.model_opt, "--model-opt"))
-    if a.model is not None:
-        model, model_options = _model(a.model, model_options)
+    model, model_options = _typed_model(a)
     # Only typed flags are given: the recipe's values, then the defaults, fill in the rest.
     given = given_options(a, TrainConfig)
     if given.get("freeze") and not given.get("fine_tune"):
@@ -202,19 +200,21 @@ def _flag(name: str) -> str:
     return flag
 
 
+def _typed_model(a: argparse.Namespace) -> tuple[str | None, dict[str, Any]]:
+    """--model (None when not typed: the recipe's, or the fallback) and --model-opt."""
+    options = _pairs(a.model_opt, "--model-opt")
+    return _model(a.model, options) if a.model is not None else (None, options)
+
+
 def cmd_lr_find(a: argparse.Namespace) -> int:
     from deepstart.recipes.choose import default_recipe, run_config
     from deepstart.run.runner import lr_find_run
 
     data = _data_config(a)
-    options = _pairs(a.model_opt, "--model-opt")
+    name, options = _typed_model(a)
     # Without --model, the model `deepstart train` would train on this data: its recipe's
     # (with the recipe's pretrained weights), so the LR swept is the LR of that run.
     recipe = None if a.model else default_recipe(data.name, data.data_dir)
-    if a.model:
-        name, options = _model(a.model, options)
-    else:
-        name = None
     model = run_config(
         data,
         recipe=recipe,

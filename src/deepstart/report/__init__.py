@@ -14,7 +14,6 @@ asked for with ``deepstart report RUN_DIR``.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +24,7 @@ from deepstart.interpret.analysis import Interpretation
 from deepstart.interpret.explorer import explorer_assets
 from deepstart.report import sections
 from deepstart.report.budget import SHARE, Budget
-from deepstart.report.page import esc, finite, page, section
+from deepstart.report.page import esc, page, section
 from deepstart.report.panels import TOP_LOSSES, Panels, vision_section
 from deepstart.run.rundir import RunDir, load_run_learner
 from deepstart.train.learner import Learner
@@ -82,7 +81,7 @@ def build_report(
     else:
         interp = Interpretation.from_learner(learn, split)
     summary = interp.summary(top=TOP_LOSSES)
-    (run_dir / "interpretation.json").write_text(json.dumps(finite(summary), indent=2) + "\n")
+    RunDir(run_dir).write_json("interpretation.json", summary)  # strict JSON, atomic
     core = [
         sections.overview(run, interp),
         sections.config(run),

@@ -81,14 +81,3 @@ def pct(v: float | None) -> str:
 
 def esc(text: Any) -> str:
     return html.escape(str(text), quote=True)
-
-
-def finite(obj: Any) -> Any:
-    """NaN (an undefined precision, say) becomes null: strict JSON has no NaN."""
-    if isinstance(obj, float):
-        return None if math.isnan(obj) else obj
-    if isinstance(obj, dict):
-        return {k: finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite(v) for v in obj]
-    return obj

@@ -98,6 +98,9 @@ class Panels:
             learn.device
         )
         self.convs = vision.conv_layers(learn.model)
+        # the pictures of each grid of plots.GRIDS, and its title (two panels draw grids)
+        self.chosen = plots.grid_indices(interp, TOP_LOSSES, PER_CLASS)
+        self.titles = {stem: title for stem, title, _ in plots.GRIDS}
 
     def draw_all(self) -> Drawn:
         self.kernels()
@@ -171,13 +174,9 @@ class Panels:
     def confident_grids(self) -> None:
         if not self._fits("confident grids", 2):
             return
-        chosen = plots.grid_indices(self.interp, TOP_LOSSES, PER_CLASS)
-        titles = {stem: title for stem, title, _ in plots.GRIDS}
         with self.budget.panel("confident grids", figures=2):
             for stem in ("confident_wrong", "confident_right"):
-                self.drawn.written[stem] = plots.prediction_grid(
-                    self.interp, chosen[stem], self.out / f"{stem}.png", title=titles[stem]
-                )
+                self.drawn.written[stem] = self._grid(stem)
 
     def _timed_saliency(self) -> torch.Tensor | None:
         """Saliency of the examples, timing the one pass it takes (the unit of the costs
@@ -258,8 +257,6 @@ class Panels:
         if not self._fits("plot files", 5):
             return
         interp, run, learn = self.interp, self.run, self.learn
-        chosen = plots.grid_indices(interp, TOP_LOSSES, PER_CLASS)
-        titles = {stem: title for stem, title, _ in plots.GRIDS}
         k = len(interp.classes)
         with self.budget.panel("plot files", figures=5):
             w = self.drawn.written
@@ -279,9 +276,13 @@ class Panels:
                 )
             w["confusion"] = plots.confusion_plot(interp, self.out / "confusion.png")
             for stem in ("top_losses", "uncertain"):
-                w[stem] = plots.prediction_grid(
-                    interp, chosen[stem], self.out / f"{stem}.png", title=titles[stem]
-                )
+                w[stem] = self._grid(stem)
+
+    def _grid(self, stem: str) -> Path:
+        """plots/<stem>.png: the pictures :func:`plots.grid_indices` chose for that grid."""
+        return plots.prediction_grid(
+            self.interp, self.chosen[stem], self.out / f"{stem}.png", title=self.titles[stem]
+        )
 
 
 def vision_section(drawn: Drawn, left_out: str) -> str:
