@@ -134,7 +134,7 @@ def test_an_old_run_directorys_train_section_still_loads():
         "epochs": 2, "lr": 0.003, "batch_size": 32, "opt": "adamw", "wd": 0.01, "momentum": 0.9,
         "nesterov": False, "schedule": "one_cycle", "pct_start": 0.25, "seed": 0,
         "device": "auto", "out": "runs", "checkpoint": True, "checkpoint_minutes": None,
-        "progress": "plain", "precision": "auto", "guard": True, "guard_tries": 5,
+        "progress": "plain", "precision": "auto", "guard": True, "guard_tries": 8,
         "early_stop": None, "monitor": "valid_loss", "min_delta": 0.0, "grad_clip": None,
         "label_smoothing": 0.1, "class_weights": [1.0, 2.0, 1.0], "ema": None,
         "lookahead": False, "norm_bias_lr": 1.0, "max_time": None, "fast_dev_run": False,

@@ -96,15 +96,76 @@ def test_absurd_lr_diverges_without_the_guard_and_recovers_with_it(toy_data):
     guard = DivergenceGuard(log=lines.append)
     learn = run([guard])
     assert len(guard.events) >= 2 and not guard.gave_up
-    assert learn.lr_mult == pytest.approx(0.5 ** len(guard.events))
+    steps = [e["new_lr"] / e["old_lr"] for e in guard.events]
+    assert learn.lr_mult == pytest.approx(math.prod(steps))
+    assert all(step <= 0.5 + 1e-9 for step in steps)  # a sweep only ever lowers it more
     assert _finite(learn.model)
     assert learn.evaluate()["accuracy"] >= 0.9
     assert len(lines) == len(guard.events) and all("\n" not in s for s in lines)
     first = guard.events[0]
-    assert f"halved the LR to {first['new_lr']:.1e} (try 1 of 5)" in lines[0]
-    assert first["new_lr"] == pytest.approx(first["old_lr"] / 2)
+    assert f"halved the LR to {first['new_lr']:.1e} (try 1 of 8)" in lines[0]
+    assert first["new_lr"] == pytest.approx(first["old_lr"] / 2) and first["how"] == "halved"
     assert (first["epoch"], first["tries"]) == (1, 1) and first["old_lr"] > 5.0
     assert first["kind"] in ("nan", "spike") and first["action"] == "restored"
+
+
+@pytest.mark.parametrize(("opt", "sane"), [("sgd", 0.1), ("adam", 1e-3), ("adamw", 1e-3)])
+def test_an_lr_10000_times_too_high_is_brought_down_by_a_sweep(toy_data, opt, sane):
+    """Halving alone would need ~14 restores; from the second on the guard sweeps the LR
+    from the restored state and jumps to a safe one."""
+    lines = []
+    guard = DivergenceGuard(log=lines.append)
+    model = _model(toy_data, "mnist_cnn")
+    learn = Learner(toy_data, model, opt=opt, batch_size=32, callbacks=[guard])
+    learn.fit_one_cycle(4, sane * 1e4)
+    assert not guard.gave_up and 2 <= len(guard.events) <= 4, lines
+    assert [e["how"] for e in guard.events][:2] == ["halved", "swept"], lines
+    assert "swept the LR from there and set it to" in lines[1]
+    assert learn.lr_mult < 1e-2  # it came down by orders of magnitude, not a few halvings
+    assert learn.evaluate()["accuracy"] >= 0.9, lines
+
+
+def test_an_epoch_that_climbed_far_above_guessing_is_redone(toy_data):
+    """Each loss under 4x the smoothed ones before it, so the batch rule folds the climb in;
+    the smoothed loss passing 4x that of guessing (ln 3) says it blew up: back to the last
+    state from before the climb (the epoch's start here), mid-epoch."""
+    n = len(toy_data.train) // 8  # batches per epoch (24)
+
+    class Climb(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, pred, target):
+            self.calls += 1
+            # x1.3 a batch: the smoothed loss lags ~3x behind, under the spike rule's 4x
+            extra = 0.1 * 1.3**self.calls if not guard.events else 0.0  # until a restore
+            return F.cross_entropy(pred, target) + extra
+
+    lines = []
+    guard = DivergenceGuard(log=lines.append)
+    learn = Learner(toy_data, _model(toy_data), loss_func=Climb(), batch_size=8, callbacks=[guard])
+    assert n == 24
+    learn.fit(2, 1e-2)
+    assert len(guard.events) == 1, lines
+    event = guard.events[0]
+    assert (event["split"], event["epoch"], event["kind"]) == ("train", 1, "climb")
+    assert event["restored_batch"] == 0 and event["loss"] > 4 * math.log(3)
+    assert 0 < event["batch"] < n - 1  # caught before the epoch's end
+    assert lines[0].startswith("divergence guard: smoothed loss rose to")
+    assert "(guessing costs 1.1" in lines[0]
+    assert learn.evaluate()["accuracy"] >= 0.9
+
+
+def test_gives_up_at_the_lr_floor(toy_data):
+    lines = []
+    guard = DivergenceGuard(min_lr=0.3, log=lines.append)
+    always_nan = FaultyLoss(nan_at=range(1, 1000))  # no LR helps; the sweep finds nothing
+    learn = Learner(toy_data, _model(toy_data), loss_func=always_nan, callbacks=[guard])
+    learn.fit(2, 1.0)
+    assert guard.gave_up and [e["action"] for e in guard.events] == ["restored", "gave_up"]
+    assert [e["how"] for e in guard.events] == ["halved", "halved"]
+    assert "the LR reached the floor of 3e-01" in lines[-1] and "--lr" in lines[-1]
 
 
 @pytest.mark.parametrize(
@@ -238,7 +299,12 @@ def test_events_are_appended_to_metrics_jsonl(toy_data, tmp_path):
     assert [r["event"] for r in events] == ["divergence", "divergence"]
     assert [r["kind"] for r in events] == ["nan", "spike"]
     assert events[0]["loss"] is None  # JSON has no NaN
-    assert events[1]["loss"] > 1.0 and events[1]["new_lr"] == pytest.approx(2.5e-3)
+    # the second restore halves again, or goes lower where the sweep says so
+    assert events[1]["loss"] > 1.0 and events[1]["new_lr"] <= 2.5e-3 * (1 + 1e-9)
+    assert [r["how"] for r in events] == [
+        "halved",
+        "swept" if events[1]["new_lr"] < 2.4e-3 else "halved",
+    ]
     assert [{k: v for k, v in r.items() if k != "event"} for r in events] == [
         {**e, "loss": e["loss"] if math.isfinite(e["loss"]) else None} for e in guard.events
     ]

@@ -299,9 +299,11 @@ class DebugConfig:
 
     seed: int = option(0, help="seed of the weights, the split and the batch order")
     guard: bool = option(
-        True, help="the divergence guard: restore and halve the LR when the loss blows up"
+        True, help="the divergence guard: restore and lower the LR when the loss blows up"
     )
-    guard_tries: int = option(5, help="halvings of the guard before it gives up", metavar="N")
+    guard_tries: int = option(
+        8, help="restores of the guard before it gives up (it halves, then sweeps)", metavar="N"
+    )
     sanity: bool = option(
         True,
         help="start-of-training sanity checks: one line per problem the labels and the first "

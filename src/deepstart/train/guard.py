@@ -1,9 +1,13 @@
 """The divergence guard: "halve the learning rate until the loss stops diverging", automatically.
 
 It keeps in-memory snapshots of the last known-good training state. When the loss becomes
-NaN/inf or blows up, it puts the snapshot back, halves the LR (``learn.lr_mult``) and redoes
-the epoch from the batch after the snapshot, with exactly the same batches. After
-``max_tries`` it stops the fit with an explanation instead of training on garbage.
+NaN/inf or blows up, it puts the snapshot back, lowers the LR (``learn.lr_mult``) and redoes
+the epoch from the batch after the snapshot, with exactly the same batches. The first time
+in a fit it halves the LR; from the second on it also sweeps the LR for a few steps from the
+restored state (:mod:`deepstart.train.lr_probe`) and jumps to the sweep's safe LR when that
+is lower, so an LR 10,000x too high is brought down in two or three restores, not fourteen.
+Only when ``max_tries`` restores did not help, or the LR would fall below ``min_lr``, does it
+stop the fit, with an explanation, instead of training on garbage.
 
 Example:
     >>> guard = DivergenceGuard()
@@ -16,12 +20,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from deepstart.train.callbacks import Callback, CancelFit, RestartEpoch
+from deepstart.train.lr_probe import safe_lr, sweep
 
 
 class LossWatch:
@@ -88,14 +94,21 @@ class LossWatch:
 
 
 class DivergenceGuard(Callback):
-    """Restores the last good state and halves the LR when training diverges.
+    """Restores the last good state and lowers the LR when training diverges.
 
     Args:
         max_tries: restores allowed per fit; the next divergence stops the fit (CancelFit)
             with the weights of the last good state and ``gave_up`` set.
-        factor: what ``learn.lr_mult`` is multiplied by at each restore.
+        factor: what ``learn.lr_mult`` is multiplied by at the first restore, and at most at
+            the later ones (where a sweep may lower it further).
+        probe_steps: steps of the LR sweep run from the second divergence on (0: never
+            sweep, only scale by ``factor``). It trains on the last 4 batches the fit saw,
+            which the guard keeps references to, then the restore undoes it.
+        min_lr: the lowest LR the guard lowers to; below it, it gives up.
         spike: a batch loss above ``spike`` x the smoothed loss is bad; 3 bad in a row, or
-            one NaN/inf, is a divergence (see :class:`LossWatch`). A NaN valid loss is too.
+            one NaN/inf, is a divergence (see :class:`LossWatch`). So is a smoothed loss
+            that climbed to ``spike`` x that of guessing ("climb"), and a valid loss NaN or
+            ``spike`` x that of guessing.
         snapshot_every: batches between snapshots. Each copies the weights and optimizer
             state to CPU memory (at most 3 are held: the epoch's start and the last two);
             one is also taken at the start of every epoch, so the first batches are covered.
@@ -105,9 +118,10 @@ class DivergenceGuard(Callback):
         log: where the one-line messages go.
 
     ``events`` holds one dict per divergence: split ("train"/"valid"), epoch (1-based, as
-    in metrics.jsonl), batch (0-based index in the epoch), kind ("nan"/"spike"), loss,
-    old_lr, new_lr, tries, action ("restored"/"gave_up"), restored_batch. With
-    ``learn.recorder.path`` set, each is also appended there as ``{"event": "divergence", ...}``.
+    in metrics.jsonl), batch (0-based index in the epoch), kind ("nan"/"spike"/"climb"), loss,
+    old_lr, new_lr, how ("halved"/"swept"), tries, action ("restored"/"gave_up"),
+    restored_batch. With ``learn.recorder.path`` set, each is also appended there as
+    ``{"event": "divergence", ...}``.
     """
 
     order = 25  # after the Recorder and Progress have seen the batch
@@ -115,14 +129,17 @@ class DivergenceGuard(Callback):
 
     def __init__(
         self,
-        max_tries: int = 5,
+        max_tries: int = 8,
         factor: float = 0.5,
         spike: float = 4.0,
         snapshot_every: int = 20,
         check_every: int | None = None,
+        probe_steps: int = 24,
+        min_lr: float = 1e-8,
         log: Callable[[str], Any] = print,
     ) -> None:
         self.max_tries, self.factor = int(max_tries), float(factor)
+        self.probe_steps, self.min_lr = int(probe_steps), float(min_lr)
         self.snapshot_every, self.check_every = max(int(snapshot_every), 1), check_every
         self.log = log
         self.watch = LossWatch(spike=spike)
@@ -133,7 +150,9 @@ class DivergenceGuard(Callback):
     def before_fit(self) -> None:
         self.tries, self.gave_up, self.lrs_tried = 0, False, []
         self._valid_best = math.inf
+        self._first_loss: float | None = None  # the fit's first finite training loss
         self.watch.reset()
+        self._recent: deque[tuple[Any, Any]] = deque(maxlen=4)  # batches for a sweep
         every = self.check_every or (1 if self.learn.device.type == "cpu" else 10)
         self._check_every, self._restarting = max(int(every), 1), False
 
@@ -155,6 +174,7 @@ class DivergenceGuard(Callback):
             return
         lr = float(learn.opt.param_groups[-1]["lr"])
         self._pending.append((learn.loss.detach(), learn.iter, lr))
+        self._recent.append((learn.xb, learn.yb))
         self._since += 1
         nxt = learn.iter + 1
         snap_due = self._since >= self.snapshot_every and nxt < learn.n_iter
@@ -205,10 +225,31 @@ class DivergenceGuard(Callback):
         pending, self._pending = self._pending, []
         values = torch.stack([p[0] for p in pending]).float().cpu().tolist()  # one host sync
         for value, (_, batch, lr) in zip(values, pending):
+            if self._first_loss is None and math.isfinite(value):
+                self._first_loss = value
             kind = self.watch.update(value)
             if kind is not None:
                 first_bad = batch - (self.watch.streak - 1 if kind == "spike" else 0)
                 self._diverged("train", kind, value, batch, lr, first_bad)
+            elif self.watch.smooth > self.watch.spike * self._guessing():
+                self._diverged("train", "climb", self.watch.smooth, batch, lr, self._climb_start())
+
+    def _guessing(self) -> float:
+        """The loss level of a model that knows nothing: ln K (for regression, predicting
+        the mean), or the fit's first loss where a fresh model started higher."""
+        return max(self.learn.baseline_loss, self._first_loss or 0.0, self.watch.floor)
+
+    def _climb_start(self) -> int:
+        """The first batch of a climb: where the newest snapshot taken above twice the
+        guessing level resumes (the batch rule folds slow rises into its average, and Adam at
+        a huge LR climbs to tens of nats in steps each under spike x the last, then sits at
+        chance with dead units: no NaN, a valid loss near ln K). Snapshots below it are good."""
+        level, beta = 2 * self._guessing(), self.watch.beta
+        for snap in self._snaps:
+            avg, n, _ = snap["watch"]
+            if n and avg / (1 - beta**n) > level:
+                return snap["next"]
+        return self.learn.iter
 
     def _diverged(
         self,
@@ -231,11 +272,24 @@ class DivergenceGuard(Callback):
         learn.restart_at = snap["next"]
         self.tries += 1
         self.lrs_tried.append(lr)
-        gave_up = self.tries > self.max_tries
+        new_lr, how = lr * self.factor, "halved"
+        if self.tries >= 2 and self.probe_steps > 0 and self.tries <= self.max_tries:
+            # Halving once did not do it: ask the curve how far down to go.
+            lrs, losses = sweep(learn, list(self._recent), lr, steps=self.probe_steps)
+            learn.restore(snap["state"])
+            found = safe_lr(lrs, losses)
+            if found is not None and found < new_lr:
+                new_lr, how = found, "swept"
+        gave_up = self.tries > self.max_tries or new_lr < self.min_lr
         if not gave_up:
-            learn.lr_mult *= self.factor
-        subject = "loss" if split == "train" else "valid loss"
+            learn.lr_mult *= new_lr / lr
+        if split == "valid":
+            subject = "valid loss"
+        else:
+            subject = "smoothed loss" if kind == "climb" else "loss"
         what = f"{subject} became {loss}" if kind == "nan" else f"{subject} rose to {loss:.3g}"
+        if kind == "climb":
+            what += f" (guessing costs {self._guessing():.3g})"
         where = f"epoch {epoch + 1}" + (f" batch {batch}" if batch is not None else "")
         back = f"the state before batch {snap['next']} of epoch {epoch + 1}"
         event = {
@@ -245,7 +299,8 @@ class DivergenceGuard(Callback):
             "kind": kind,
             "loss": loss,
             "old_lr": lr,
-            "new_lr": None if gave_up else lr * self.factor,
+            "new_lr": None if gave_up else new_lr,
+            "how": how,
             "lr_mult": learn.lr_mult,
             "tries": self.tries,
             "action": "gave_up" if gave_up else "restored",
@@ -256,17 +311,28 @@ class DivergenceGuard(Callback):
         if gave_up:
             self.gave_up = True
             tried = ", ".join(f"{v:.1e}" for v in self.lrs_tried)
+            after = (
+                f"{self.tries - 1} restores"
+                if self.tries > self.max_tries
+                else f"the LR reached the floor of {self.min_lr:.0e}"
+            )
             self.log(
-                f"divergence guard: gave up: the {what} at {where} after {self.max_tries} "
-                f"restores (LRs {tried}); put back {back} and stopped. The LR is far too "
-                f"high for this model and data, or the data holds bad values: try "
-                f"--lr {min(self.lrs_tried) / 10:.0e} or run `deepstart lr-find`."
+                f"divergence guard: gave up: the {what} at {where} after {after} "
+                f"(LRs {tried}); put back {back} and stopped. The LR is far too "
+                f"high for this model and data, or the data holds bad values (NaN, inf, "
+                f"huge numbers): try --lr {min(self.lrs_tried) / 10:.0e} or run "
+                f"`deepstart lr-find`."
             )
             raise CancelFit
-        verb = "halved the LR" if self.factor == 0.5 else f"scaled the LR by {self.factor:g}"
+        if how == "swept":
+            verb = "swept the LR from there and set it"
+        elif self.factor == 0.5:
+            verb = "halved the LR"
+        else:
+            verb = f"scaled the LR by {self.factor:g}"
         self.log(
             f"divergence guard: {what} at {where} (lr {lr:.1e}); went back to {back} and "
-            f"{verb} to {lr * self.factor:.1e} (try {self.tries} of {self.max_tries})"
+            f"{verb} to {new_lr:.1e} (try {self.tries} of {self.max_tries})"
         )
         self._restarting = True
         raise RestartEpoch

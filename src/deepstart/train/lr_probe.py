@@ -1,0 +1,114 @@
+"""A short LR sweep from a known-good state: how far the divergence guard should bring a
+diverging LR down in one jump, rather than halving it a dozen times.
+
+Halving is right for an LR a little too high (the notes' "halve it until it stops
+diverging"), but an LR 10,000x too high needs 14 halvings, and when only the held-out loss
+shows the blow-up each halving costs a whole epoch. So from the guard's second divergence in
+a fit on, it asks this module: starting from the restored state, train a few steps on the
+last few batches the fit saw while the LR grows geometrically from ``lr / span`` to ``lr``,
+and take a tenth of the LR at the lowest smoothed loss (the LR finder's ``minimum`` rule,
+fastai's ``lr_min``: the lowest loss is already close to diverging). The caller puts the
+good state back afterwards; the sweep's steps only measure.
+
+Example:
+    >>> lrs, losses = sweep(learn, [(xb, yb)], lr=10.0)
+    >>> safe_lr(lrs, losses)
+    0.0012...
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from deepstart.train.finetune import frozen_norms_eval
+from deepstart.train.lr_finder import minimum, smooth_losses
+
+if TYPE_CHECKING:
+    from deepstart.train.learner import Learner
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def sweep(
+    learn: Learner,
+    batches: Sequence[Batch],
+    lr: float,
+    *,
+    steps: int = 24,
+    span: float = 1e5,
+    stop: float = 4.0,
+) -> tuple[list[float], list[float]]:
+    """Train ``steps`` steps on ``batches`` (cycled) with the LR rising geometrically from
+    ``lr / span`` to ``lr``; returns the LRs and losses (inf once the loss has gone past
+    ``stop`` x its lowest, or NaN: the remaining steps are not trained).
+
+    Every param group keeps its ratio to the last group's LR (discriminative LRs). Changes
+    weights, optimizer state and BatchNorm statistics: restore a snapshot after it. The
+    global RNG is left as it was (dropout draws from it), so the fit's randomness does not
+    depend on whether a sweep ran. In a distributed run every rank trains the same number of
+    steps on its own batches and the losses are averaged over ranks once at the end, so all
+    ranks see one curve and choose one LR (the ranks' weights drift apart here, but the
+    restore puts back identical ones).
+    """
+    if not batches or learn.opt is None or isinstance(learn.opt, torch.optim.LBFGS):
+        return [], []
+    opt, model = learn.opt, learn.model
+    last = float(opt.param_groups[-1]["lr"]) or 1.0
+    ratios = [float(g["lr"]) / last for g in opt.param_groups]
+    lrs = [lr / span * span ** (k / max(steps - 1, 1)) for k in range(steps)]
+    losses: list[float] = []
+    lowest = math.inf
+    devices = [learn.device] if learn.device.type == "cuda" else []
+    # (the guard may call from after_validate, inside the loop's no_grad)
+    with torch.random.fork_rng(devices=devices), torch.enable_grad():
+        model.train()
+        frozen_norms_eval(model)
+        for k, step_lr in enumerate(lrs):
+            if losses and not losses[-1] < stop * lowest:  # blown up (or NaN): stop training
+                losses.append(math.inf)
+                continue
+            for group, ratio in zip(opt.param_groups, ratios):
+                group["lr"] = step_lr * ratio
+            xb, yb = batches[k % len(batches)]
+            with learn._autocast():
+                pred = model.head(xb) if learn.head_only else model(xb)
+                loss = learn.loss_func(pred, yb)
+            opt.zero_grad(set_to_none=True)
+            if learn.scaler is not None:
+                learn.scaler.scale(loss).backward()
+                learn.scaler.step(opt)
+                learn.scaler.update()
+            else:
+                loss.backward()
+                opt.step()
+            value = float(loss.detach())  # a host sync per step: 24 of them, once
+            losses.append(value if math.isfinite(value) else math.inf)
+            lowest = min(lowest, losses[-1])
+        opt.zero_grad(set_to_none=True)
+    if learn.dist is not None:
+        world = learn.dist.sum([1.0])[0]
+        losses = [v / world for v in learn.dist.sum(losses)]
+    return lrs, losses
+
+
+def safe_lr(lrs: Sequence[float], losses: Sequence[float], beta: float = 0.7) -> float | None:
+    """A tenth of the LR at the lowest smoothed loss of :func:`sweep`'s curve, or None when
+    the curve says nothing (no finite loss, or the loss never fell below its first value:
+    even the smallest LR of the sweep did not help).
+
+    Example:
+        >>> safe_lr([1e-4, 1e-3, 1e-2, 1e-1], [2.0, 1.5, 1.0, math.inf])
+        0.001
+    """
+    finite = [i for i, v in enumerate(losses) if math.isfinite(v)]
+    if len(finite) < 2:
+        return None
+    end = finite[-1] + 1  # the curve up to its last finite loss
+    smooth = smooth_losses(list(losses[:end]), beta=beta)
+    if not all(math.isfinite(v) for v in smooth) or min(smooth) >= smooth[0]:
+        return None
+    return minimum(list(lrs[:end]), smooth)[0]
