@@ -35,7 +35,8 @@ def _finite(model):
 
 
 class FaultyLoss(nn.Module):
-    """Cross-entropy whose value is NaN, or 10 nats too big (same gradient), on chosen calls.
+    """Cross-entropy whose value is NaN, or ``extra`` (10) nats too big (same gradient), on chosen
+    calls.
 
     Counts training calls only (validation does not use the learner's loss_func), so a fault
     hits one batch once: the replay after a restore runs clean.
@@ -44,6 +45,7 @@ class FaultyLoss(nn.Module):
     def __init__(self, nan_at=(), inflate_at=()):
         super().__init__()
         self.nan_at, self.inflate_at, self.calls = set(nan_at), set(inflate_at), 0
+        self.extra = 10.0
 
     def forward(self, pred, target):
         loss = F.cross_entropy(pred, target)
@@ -51,7 +53,7 @@ class FaultyLoss(nn.Module):
         if self.calls in self.nan_at:
             return loss * math.nan
         if self.calls in self.inflate_at:
-            return loss + 10.0  # the value looks diverged, the step does not
+            return loss + self.extra  # the value looks diverged, the step does not
         return loss
 
 
@@ -155,6 +157,24 @@ def test_an_epoch_that_climbed_far_above_guessing_is_redone(toy_data):
     assert lines[0].startswith("divergence guard: smoothed loss rose to")
     assert "(guessing costs 1.1" in lines[0]
     assert learn.evaluate()["accuracy"] >= 0.9
+
+
+def test_an_epoch_of_lone_huge_spikes_is_redone(toy_data):
+    """A network killed by a huge LR: lone spikes (never 3 in a row, never folded into the
+    smoothed loss) between losses at chance; the epoch's mean gives it away."""
+    n = len(toy_data.train) // 8  # batches per epoch (24)
+    loss = FaultyLoss(inflate_at=range(2, n, 3))  # every third batch of epoch 1
+    loss.extra = 1000.0
+    lines = []
+    guard = DivergenceGuard(log=lines.append)
+    learn = Learner(toy_data, _model(toy_data), loss_func=loss, batch_size=8, callbacks=[guard])
+    learn.fit(2, 1e-2)
+    assert len(guard.events) == 1, lines
+    event = guard.events[0]
+    assert (event["split"], event["batch"], event["kind"]) == ("train", None, "spike")
+    assert event["restored_batch"] == 0 and event["loss"] > 100
+    assert lines[0].startswith("divergence guard: mean loss of the epoch rose to")
+    assert "(guessing costs 1.1" in lines[0]
 
 
 def test_gives_up_at_the_lr_floor(toy_data):

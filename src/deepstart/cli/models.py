@@ -148,7 +148,36 @@ def cmd_recipes(a: argparse.Namespace) -> int:
         lines.append(f"{r['name']}: {r['description']}; {r['summary']}{where}")
     for line in lines:
         console.print(line, highlight=False, markup=False)
+    console.print(_results_table(rows))
     return 0
+
+
+def _results_table(rows: list[dict[str, Any]]) -> Any:
+    """Per recipe, CPU type and precision: every seed run, the lowest accuracy (a target
+    holds on every seed) and the median and slowest time (it holds on every CPU type)."""
+    from rich.table import Table
+
+    table = Table(
+        title="results per CPU: every seed (python bench/recipes.py --record)",
+        caption="on target: the lowest accuracy and the slowest time both meet the recipe's",
+    )
+    for col in ("recipe", "CPU", "precision", "seeds", "lowest", "time", "on target"):
+        right = col in ("seeds", "lowest", "time")
+        table.add_column(col, justify="right" if right else "left", no_wrap=col == "recipe")
+    for r in rows:
+        for x in r["results"]:
+            ok = []
+            if r["target"] is not None:
+                ok.append(x["lowest"] >= r["target"])
+            if r["target_seconds"] is not None:
+                ok.append(x["slowest_seconds"] <= r["target_seconds"])
+            time = f"{x['median_seconds']:.0f} s / {x['slowest_seconds']:.0f} s"
+            cells = (r["name"], x["cpu"], x["precision"], str(x["seeds"]))
+            met = "-" if not ok else ("yes" if all(ok) else "no")
+            table.add_row(*cells, f"{x['lowest']:.2%}", time, met)
+    if not table.rows:
+        table.add_row("(none recorded yet)", "", "", "", "", "", "")
+    return table
 
 
 def cmd_models_show(a: argparse.Namespace) -> int:

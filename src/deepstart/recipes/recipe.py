@@ -42,8 +42,11 @@ class Recipe:
         model: registry name; ``model_options`` its options.
         train: :class:`~deepstart.config.TrainConfig` fields it sets (the rest keep their
             defaults).
-        target: the accuracy it aims at, in [0, 1] (issue 7's targets).
-        measured: what it reached on the reference machine (None: not measured yet).
+        target: the accuracy it aims at, in [0, 1], on every seed (issue 7's targets).
+        target_seconds: the wall time it aims at, from process start to the last test
+            accuracy, on every CPU type (None: no time target).
+        measured: what it reached on the reference machine (None: not measured yet); the
+            per-run results on every CPU are in :mod:`deepstart.recipes.results`.
         valid_pct: the share of train held out for validation (None: the data's default,
             0.1). 0 trains on every training image, as the speed runs do, and validates on
             the test split (so the per-epoch scores are not a clean test; the final test
@@ -62,6 +65,7 @@ class Recipe:
     model_options: Mapping[str, Any] = field(default_factory=dict)
     train: Mapping[str, Any] = field(default_factory=dict)
     target: float | None = None
+    target_seconds: float | None = None
     measured: Measured | None = None
     valid_pct: float | None = None
     size: int | None = None

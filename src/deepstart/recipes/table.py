@@ -3,10 +3,12 @@ recipes`` table."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from deepstart.errors import ConfigError
 from deepstart.recipes.recipe import TRAIN_DEFAULTS, Measured, Recipe
+from deepstart.recipes.results import RESULTS, read_runs, summarise
 
 # Measured with `python bench/recipes.py` (docs/benchmarks.md, "Speed recipes"): median test
 # accuracy over the seeds (a seed's accuracy repeats exactly), and the time of a run on the
@@ -31,6 +33,7 @@ RECIPES: dict[str, Recipe] = {
                 "augment": "flip",
             },
             target=0.999,
+            target_seconds=10,
             # 5.4 s on Zen 5 (2026-11-23).
             measured=Measured(1.0, 9.0, "2026-11-24", ZEN4 + ", 3 seeds, quiet"),
         ),
@@ -45,6 +48,7 @@ RECIPES: dict[str, Recipe] = {
             # the EMA's warm-up ramp, (1 + t) / (10 + t) < 0.99, sets how far it averages.
             {"epochs": 3, "lr": 4e-3, "batch_size": 256, "label_smoothing": 0.1, "ema": 0.99},
             target=0.994,
+            target_seconds=60,
             # 57.4 s on the same VM the day before (55-60 s).
             measured=Measured(0.9942, 53.0, "2026-11-24", ZEN4 + ", 3 seeds, quiet"),
         ),
@@ -62,6 +66,7 @@ RECIPES: dict[str, Recipe] = {
                 "augment": "digits",
             },
             target=0.995,
+            target_seconds=240,
             measured=Measured(0.9959, 99.4, "2026-11-23", MACHINE + ", 3 seeds, quiet"),
         ),
         Recipe(
@@ -79,6 +84,7 @@ RECIPES: dict[str, Recipe] = {
                 "tta": True,
             },
             target=0.93,
+            target_seconds=180,
             # Fixed mirror views for TTA since the night of 2026-11-23 (93.10% in 80 s on Zen 5
             # with random flips).
             measured=Measured(0.9308, 139.1, "2026-11-23", ZEN4 + ", 3 seeds, quiet"),
@@ -98,6 +104,7 @@ RECIPES: dict[str, Recipe] = {
                 "tta": True,
             },
             target=0.80,
+            target_seconds=180,
             # 7 epochs since Zen 4: seeds 0-2 80.76%, 80.27%, 80.73% in 162, 160, 156 s. The
             # 10 epochs before: 82.26% in 209 s there (125 s on Zen 5).
             measured=Measured(0.8073, 160.0, "2026-11-24", ZEN4 + ", 3 seeds, quiet"),
@@ -138,6 +145,7 @@ RECIPES: dict[str, Recipe] = {
                 "tta": True,
             },
             target=0.90,
+            target_seconds=1200,
             # Seeds 0-2: 90.47%, 90.37%, 90.53% in 1,169, 1,116, 1,231 s (the VM drifted:
             # epochs of 108-136 s). The AdamW recipe before it: 16 epochs, ~33 min here.
             measured=Measured(0.9047, 1169.0, "2026-11-24", ZEN4 + ", 3 seeds, quiet"),
@@ -168,6 +176,7 @@ RECIPES: dict[str, Recipe] = {
             },
             # issue 18: a two-class folder of ~3,000 photos in 3 minutes on 2 cores
             target=0.98,
+            target_seconds=180,
             size=224,
             resize="crop",
             pretrained="imagenet",
@@ -206,8 +215,10 @@ def get_recipe(name: str) -> Recipe:
 
 def recipe_rows() -> list[dict[str, Any]]:
     """The table ``deepstart recipes`` prints, as dicts (name, dataset, default, model,
-    epochs, target, accuracy, seconds, date, machine, description, summary)."""
+    epochs, target, target_seconds, accuracy, seconds, date, machine, description, summary,
+    results: one dict per CPU and precision measured, see :class:`results.Summary`)."""
     defaults = {v: k for k, v in DEFAULTS.items()}
+    runs = read_runs(RESULTS)
     rows = []
     for r in list_recipes():
         t = {**TRAIN_DEFAULTS, **r.train}
@@ -220,12 +231,14 @@ def recipe_rows() -> list[dict[str, Any]]:
                 "model": r.model,
                 "epochs": t["epochs"],
                 "target": r.target,
+                "target_seconds": r.target_seconds,
                 "accuracy": m.accuracy if m else None,
                 "seconds": m.seconds if m else None,
                 "date": m.date if m else None,
                 "machine": m.machine if m else None,
                 "description": r.description,
                 "summary": r.summary(),
+                "results": [asdict(x) for x in summarise(runs, r.name)],
             }
         )
     return rows

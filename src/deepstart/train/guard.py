@@ -160,6 +160,7 @@ class DivergenceGuard(Callback):
         # (loss on the device, batch, lr) not yet checked
         self._pending: list[tuple[torch.Tensor, int, float]] = []
         self._since = 0
+        self._sum, self._count = 0.0, 0  # finite training losses since the epoch (re)started
         if self._restarting:  # we just restored one of our snapshots: keep them
             self._restarting = False
             return
@@ -209,6 +210,14 @@ class DivergenceGuard(Callback):
             watch.streak = 0  # a few noisy batches, not a divergence
         if blown:  # go back to the start of the epoch
             self._diverged("valid", kind, loss, None, lr, first_bad=-1)
+        # A network killed by a huge LR sits at chance (valid loss ~ ln K, no NaN) while
+        # lone spikes of thousands of nats come and go: each alone is noise to the batch
+        # rule and not folded into the smoothed loss. An epoch whose mean training loss is
+        # spike x that of guessing went through a blow-up (mnist_cnn, AdamW at LR 10: 44
+        # nats, ln 10 = 2.3): back to the epoch's start.
+        mean = self._sum / self._count if self._count else math.nan
+        if mean > watch.spike * self._guessing():
+            self._diverged("train", "spike", mean, None, lr, first_bad=-1)
         self._valid_best = min(self._valid_best, loss)
 
     # -- the work --------------------------------------------------------------------------
@@ -225,8 +234,10 @@ class DivergenceGuard(Callback):
         pending, self._pending = self._pending, []
         values = torch.stack([p[0] for p in pending]).float().cpu().tolist()  # one host sync
         for value, (_, batch, lr) in zip(values, pending):
-            if self._first_loss is None and math.isfinite(value):
-                self._first_loss = value
+            if math.isfinite(value):
+                self._sum, self._count = self._sum + value, self._count + 1
+                if self._first_loss is None:
+                    self._first_loss = value
             kind = self.watch.update(value)
             if kind is not None:
                 first_bad = batch - (self.watch.streak - 1 if kind == "spike" else 0)
@@ -286,9 +297,11 @@ class DivergenceGuard(Callback):
         if split == "valid":
             subject = "valid loss"
         else:
-            subject = "smoothed loss" if kind == "climb" else "loss"
+            subject = {"climb": "smoothed loss"}.get(kind, "loss")
+            if batch is None:
+                subject = "mean loss of the epoch"
         what = f"{subject} became {loss}" if kind == "nan" else f"{subject} rose to {loss:.3g}"
-        if kind == "climb":
+        if kind == "climb" or (split == "train" and batch is None):
             what += f" (guessing costs {self._guessing():.3g})"
         where = f"epoch {epoch + 1}" + (f" batch {batch}" if batch is not None else "")
         back = f"the state before batch {snap['next']} of epoch {epoch + 1}"

@@ -1,0 +1,151 @@
+"""What each recipe reached, run by run, on each CPU it was measured on.
+
+A target holds only if it holds on every seed and every CPU type (rounding differs between
+AMD Zen 4, Zen 5 and Intel with AMX, so a recipe tuned to the edge of one misses on
+another). So results are kept per run, not as one median: ``bench/recipes.py`` appends one
+JSON line per finished run (recipe, CPU model, precision, seed, accuracy, seconds, date) to
+its state file, and ``--record`` merges them into ``results.jsonl`` beside this module,
+which ships with the package and which ``deepstart recipes`` summarises: per recipe and
+CPU, the lowest accuracy over the seeds and the median and slowest time.
+
+JSON lines rather than one document: a run killed half-way leaves every finished line
+readable, and a resumed check appends where it stopped.
+
+Example:
+    >>> rows = summarise(read_runs(RESULTS), "mnist-fast")
+    >>> rows[0].cpu, rows[0].seeds, f"{rows[0].lowest:.2%}"
+    ('Intel Xeon (AMX)', 5, '99.26%')
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import statistics
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from deepstart.errors import ConfigError
+
+RESULTS = Path(__file__).with_name("results.jsonl")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One ``deepstart train --recipe NAME --seed S`` from process start to its last test
+    accuracy. ``seconds`` is wall time; ``load`` the 1-minute load average at its start."""
+
+    recipe: str
+    cpu: str
+    precision: str
+    seed: int
+    accuracy: float
+    seconds: float
+    date: str
+    load: float = 0.0
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        return (self.recipe, self.cpu, self.precision, self.seed)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A recipe on one CPU type in one precision: the seeds run, the lowest accuracy over
+    them (the number a target is held to), the median and the slowest time."""
+
+    cpu: str
+    precision: str
+    seeds: int
+    lowest: float
+    median_seconds: float
+    slowest_seconds: float
+    date: str
+
+
+def cpu_model() -> str:
+    """This machine's CPU, as /proc/cpuinfo names it, shortened ("Intel Xeon (AMX)").
+
+    AMX is named because it changes the bf16 matmul rate by ~6x on the same model name."""
+    name, flags = platform.processor() or "unknown CPU", ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1]
+            elif line.startswith("flags"):
+                flags = line
+                break
+    except OSError:
+        pass
+    short = re.sub(r"\((R|TM|tm)\)|\b(Processor|CPU)\b|@.*$|\d+-Core", " ", name)
+    short = " ".join(short.split()) or "unknown CPU"
+    if " amx_bf16" in flags and "AMX" not in short:
+        short += " (AMX)"
+    return short
+
+
+def read_runs(path: str | os.PathLike[str]) -> list[Run]:
+    """Every run in a JSON-lines file (none if it does not exist); a later line with the
+    same recipe, CPU, precision and seed replaces an earlier one (a seed run again)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    runs: dict[tuple[str, str, str, int], Run] = {}
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            run = Run(**json.loads(line))
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"{path}, line {n}: not a recipe run ({e})") from None
+        runs[run.key] = run
+    return list(runs.values())
+
+
+def append_run(path: str | os.PathLike[str], run: Run) -> None:
+    """Add one run as a line, on disk before this returns (a long check may be killed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(asdict(run), sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def merge_into(path: str | os.PathLike[str], runs: Iterable[Run]) -> int:
+    """Rewrite ``path`` with its runs plus ``runs`` (these win on the same key), sorted;
+    returns how many runs it holds."""
+    path = Path(path)
+    merged = {r.key: r for r in read_runs(path)}
+    merged.update({r.key: r for r in runs})
+    rows = sorted(merged.values(), key=lambda r: r.key)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(asdict(r), sort_keys=True) + "\n" for r in rows))
+    tmp.replace(path)
+    return len(rows)
+
+
+def summarise(runs: Iterable[Run], recipe: str) -> list[Summary]:
+    """One :class:`Summary` per (CPU, precision) that ``recipe`` was run on."""
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for r in runs:
+        if r.recipe == recipe:
+            groups.setdefault((r.cpu, r.precision), []).append(r)
+    out = []
+    for (cpu, precision), rs in sorted(groups.items()):
+        secs = [r.seconds for r in rs]
+        out.append(
+            Summary(
+                cpu=cpu,
+                precision=precision,
+                seeds=len(rs),
+                lowest=min(r.accuracy for r in rs),
+                median_seconds=statistics.median(secs),
+                slowest_seconds=max(secs),
+                date=max(r.date for r in rs),
+            )
+        )
+    return out
