@@ -55,6 +55,23 @@ def test_overfit_batches_memorises_a_fixed_set(tmp_path, capsys):
     )
 
 
+def test_lr_auto_with_fine_tune_sweeps_the_head_alone(tmp_path, monkeypatch):
+    """fine_tune's first phase trains the head on a frozen body: its LR is swept so."""
+    from deepstart.run import resolve
+
+    seen = []
+
+    def spy(learn, **kwargs):
+        seen.append([p.requires_grad for p in learn.model.parameters()])
+        return real(learn, **kwargs)
+
+    real = resolve.lr_find
+    monkeypatch.setattr(resolve, "lr_find", spy)
+    code, _ = _run(tmp_path, "--lr", "auto", "--fine-tune", "--freeze-epochs", "1", "--epochs", "1")
+    assert code == 0 and len(seen) == 1
+    assert any(seen[0]) and not all(seen[0])  # the head trains, the body does not
+
+
 def test_lr_auto_runs_the_finder_and_records_it(tmp_path, capsys):
     code, (run_dir,) = _run(tmp_path, "--epochs", "2", "--lr", "auto")
     assert code == 0

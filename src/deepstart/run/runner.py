@@ -234,14 +234,13 @@ class _Run:
                 dist=self.dist,
             ),
         )
-        if tc.freeze:
+        # fine_tune's first phase trains the head alone: so does an "auto" probe (its LR is
+        # that phase's), and a resumed run's optimizer holds the params its phase trained.
+        phase = int(self.ckpt.get("phase", 0)) if self.ckpt is not None else 0
+        if tc.freeze or (tc.fine_tune and phase == 0):
             learn.freeze()
-        if self.ckpt is not None and tc.fine_tune:
-            # the optimizer in the checkpoint holds the params that phase trained
-            if int(self.ckpt.get("phase", 0)) == 0:
-                learn.freeze()
-            elif tc.keep_frozen:
-                learn.freeze_to(tc.keep_frozen, train_bn=False)
+        elif tc.fine_tune and tc.keep_frozen:
+            learn.freeze_to(tc.keep_frozen, train_bn=False)
         return learn
 
     def log(self, text: str) -> None:
