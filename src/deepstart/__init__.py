@@ -15,6 +15,7 @@ from deepstart.data.catalog import list_datasets, load_dataset
 from deepstart.data.dataset import Batches, DataError, Dataset, ImageSet, Preprocess
 from deepstart.data.mismatch import check_inputs, input_stats
 from deepstart.data.tensors import TensorData, TensorSet
+from deepstart.device import seed_everything
 from deepstart.errors import ConfigError, DeepstartError
 from deepstart.fitting.compare import compare_fits
 from deepstart.fitting.data import csv_data, function_data
@@ -164,6 +165,7 @@ __all__ = [
     "parse_space",
     "register_model",
     "save_model",
+    "seed_everything",
     "summarize",
     "train_run",
     "tune",

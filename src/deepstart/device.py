@@ -247,7 +247,11 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch so a CPU run repeats bit for bit."""
+    """Seed Python, NumPy and torch so a CPU run repeats bit for bit (fastai's ``set_seed``,
+    Keras's ``set_random_seed``): call it before the model is made. torch 2.13 seeds its global
+    generator differently in every process, so without it a model's initial weights and its
+    dropout masks differ from run to run; ``Learner(seed=...)`` seeds only the shuffles and
+    augmentations, and ``deepstart train`` calls this with ``--seed``."""
     import random
 
     import numpy as np
