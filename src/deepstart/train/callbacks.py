@@ -199,7 +199,10 @@ class Recorder(Callback):
         row = {
             "epoch": self.epoch_offset + learn.epoch + 1,
             **learn.task.row(learn.metrics, self.train_loss),
-            "lr": float(learn.opt.param_groups[-1]["lr"]),
+            # the LR of the epoch's last step: a run resumed after that step (Ctrl-C on an
+            # epoch's last batch) trains no batch here, and the optimizer then holds the
+            # schedule's next LR, set at before_fit
+            "lr": self.batch_lrs[-1] if self.batch_lrs else float(learn.opt.param_groups[-1]["lr"]),
             "seconds": round(time.perf_counter() - self.epoch_start, 3),
         }
         learn.metrics.update(row)
