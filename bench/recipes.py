@@ -135,7 +135,11 @@ def main() -> None:
                 if a.verbose:
                     print("\n".join(res["epochs"]), flush=True)
     print(f"load at the end {os.getloadavg()[0]:.2f}\n")
-    runs = [x for x in read_runs(state) if x.precision == a.precision and x.seed < a.seeds]
+    runs = [
+        x
+        for x in read_runs(state)
+        if x.cpu == cpu and x.precision == a.precision and x.seed < a.seeds
+    ]
     print(f"{cpu}, precision {a.precision}, seeds 0-{a.seeds - 1}\n")
     print("| recipe | model, epochs | target | lowest test accuracy (seeds) | time: median, "
           "slowest (seeds) | met on every seed |")  # fmt: skip
