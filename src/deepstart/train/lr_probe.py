@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from deepstart.train import optim
 from deepstart.train.finetune import frozen_norms_eval
 from deepstart.train.lr_finder import minimum, smooth_losses
 
@@ -61,7 +62,7 @@ def sweep(
     ratios = [float(g["lr"]) / last for g in opt.param_groups]
     lrs = [lr / span * span ** (k / max(steps - 1, 1)) for k in range(steps)]
     losses: list[float] = []
-    lowest = math.inf
+    lowest, loss_before = math.inf, learn.loss
     devices = [learn.device] if learn.device.type == "cuda" else []
     # (the guard may call from after_validate, inside the loop's no_grad)
     with torch.random.fork_rng(devices=devices), torch.enable_grad():
@@ -78,20 +79,16 @@ def sweep(
                 pred = model.head(xb) if learn.head_only else model(xb)
                 loss = learn.loss_func(pred, yb)
             opt.zero_grad(set_to_none=True)
-            if learn.scaler is not None:
-                learn.scaler.scale(loss).backward()
-                learn.scaler.step(opt)
-                learn.scaler.update()
-            else:
-                loss.backward()
-                opt.step()
+            learn.loss = loss  # the loop's backward and step (fp16 loss scaling included)
+            optim.backward(learn)
+            optim.step(learn)
             value = float(loss.detach())  # a host sync per step: 24 of them, once
             losses.append(value if math.isfinite(value) else math.inf)
             lowest = min(lowest, losses[-1])
         opt.zero_grad(set_to_none=True)
+    learn.loss = loss_before
     if learn.dist is not None:
-        world = learn.dist.sum([1.0])[0]
-        losses = [v / world for v in learn.dist.sum(losses)]
+        losses = [v / learn.dist.world for v in learn.dist.sum(losses)]
     return lrs, losses
 
 
