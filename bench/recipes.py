@@ -97,6 +97,7 @@ def main() -> None:
         append_run,
         cpu_model,
         merge_into,
+        on_target,
         read_runs,
         summarise,
     )
@@ -154,14 +155,12 @@ def main() -> None:
         target = f">= {r.target:.1%}" if r.target is not None else "-"
         if r.target_seconds is not None:
             target += f" in <= {r.target_seconds:g} s"
-        met = (r.target is None or summ.lowest >= r.target) and (
-            r.target_seconds is None or summ.slowest_seconds <= r.target_seconds
-        )
+        met = {None: "-", True: "yes", False: "no"}[on_target(summ, r.target, r.target_seconds)]
         epochs = {**{"epochs": 5}, **r.train}["epochs"]
         print(
             f"| {r.name} | {r.model}, {epochs} | {target} | **{summ.lowest:.2%}** ({accs}) | "
             f"{summ.median_seconds:.0f} s, **{summ.slowest_seconds:.0f} s** ({times}) | "
-            f"{'yes' if met else 'no'} |"
+            f"{met} |"
         )
     if a.record:
         n = merge_into(RESULTS, read_runs(state))

@@ -166,14 +166,9 @@ def _results_table(rows: list[dict[str, Any]]) -> Any:
         table.add_column(col, justify="right" if right else "left", no_wrap=col == "recipe")
     for r in rows:
         for x in r["results"]:
-            ok = []
-            if r["target"] is not None:
-                ok.append(x["lowest"] >= r["target"])
-            if r["target_seconds"] is not None:
-                ok.append(x["slowest_seconds"] <= r["target_seconds"])
             time = f"{x['median_seconds']:.0f} s / {x['slowest_seconds']:.0f} s"
             cells = (r["name"], x["cpu"], x["precision"], str(x["seeds"]))
-            met = "-" if not ok else ("yes" if all(ok) else "no")
+            met = {None: "-", True: "yes", False: "no"}[x["on_target"]]
             table.add_row(*cells, f"{x['lowest']:.2%}", time, met)
     if not table.rows:
         table.add_row("(none recorded yet)", "", "", "", "", "", "")

@@ -128,6 +128,17 @@ def merge_into(path: str | os.PathLike[str], runs: Iterable[Run]) -> int:
     return len(rows)
 
 
+def on_target(summary: Summary, target: float | None, target_seconds: float | None) -> bool | None:
+    """Whether the lowest accuracy and the slowest time both meet the targets (None: the
+    recipe has neither)."""
+    checks = []
+    if target is not None:
+        checks.append(summary.lowest >= target)
+    if target_seconds is not None:
+        checks.append(summary.slowest_seconds <= target_seconds)
+    return all(checks) if checks else None
+
+
 def summarise(runs: Iterable[Run], recipe: str) -> list[Summary]:
     """One :class:`Summary` per (CPU, precision) that ``recipe`` was run on."""
     groups: dict[tuple[str, str], list[Run]] = {}

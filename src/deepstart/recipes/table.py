@@ -8,7 +8,7 @@ from typing import Any
 
 from deepstart.errors import ConfigError
 from deepstart.recipes.recipe import TRAIN_DEFAULTS, Measured, Recipe
-from deepstart.recipes.results import RESULTS, read_runs, summarise
+from deepstart.recipes.results import RESULTS, on_target, read_runs, summarise
 
 # Measured with `python bench/recipes.py` (docs/benchmarks.md, "Speed recipes"): median test
 # accuracy over the seeds (a seed's accuracy repeats exactly), and the time of a run on the
@@ -216,7 +216,8 @@ def get_recipe(name: str) -> Recipe:
 def recipe_rows() -> list[dict[str, Any]]:
     """The table ``deepstart recipes`` prints, as dicts (name, dataset, default, model,
     epochs, target, target_seconds, accuracy, seconds, date, machine, description, summary,
-    results: one dict per CPU and precision measured, see :class:`results.Summary`)."""
+    results: one dict per CPU and precision measured, a :class:`results.Summary` and
+    ``on_target``)."""
     defaults = {v: k for k, v in DEFAULTS.items()}
     runs = read_runs(RESULTS)
     rows = []
@@ -238,7 +239,10 @@ def recipe_rows() -> list[dict[str, Any]]:
                 "machine": m.machine if m else None,
                 "description": r.description,
                 "summary": r.summary(),
-                "results": [asdict(x) for x in summarise(runs, r.name)],
+                "results": [
+                    {**asdict(x), "on_target": on_target(x, r.target, r.target_seconds)}
+                    for x in summarise(runs, r.name)
+                ],
             }
         )
     return rows
