@@ -13,9 +13,18 @@ trained, batch 128, Adam, on random uint8 images of the dataset's shape, by:
                   index per epoch, forward, loss, backward, step (what a tutorial writes)
     plain+bf16    the same loop inside ``torch.autocast("cpu", torch.bfloat16)``: where
                   deepstart's lead comes from
-    keras         Keras 3 on TensorFlow-CPU, ``model.fit`` on float32 arrays, in the
-                  benchmark-only virtualenv bench/.venv-keras (created on first use;
-                  TensorFlow is never a deepstart dependency)
+    plain+bf16+cl the bf16 loop with the model and batches in channels-last memory format
+                  (what PyTorch's CPU performance guide recommends for convolutions)
+    plain+compile the bf16 loop with ``torch.compile(model)`` (inductor; compiled in the
+                  warm-up, which is not timed)
+    keras         Keras 3 on TensorFlow-CPU, ``model.fit`` on float32 arrays (XLA where
+                  Keras turns it on), in the benchmark-only virtualenv bench/.venv-keras
+                  (created on first use; TensorFlow is never a deepstart dependency)
+    keras+bf16    the same with Keras's ``mixed_bfloat16`` policy
+
+A peer's best configuration is the fastest of its kinds; the table gives deepstart's ratio to
+each kind and to the best of each peer (issue 20 asks >= 1.5x the best Keras and >= 1.2x the
+best plain PyTorch).
 
 Each measurement is a fresh process (so no framework inherits another's threads or memory),
 run A B C D A B C D ...; the tables give medians, ratios, and the share of the machine's
@@ -39,7 +48,16 @@ ROOT = Path(__file__).resolve().parents[1]
 KERAS_VENV = ROOT / "bench" / ".venv-keras"
 KERAS_PY = KERAS_VENV / "bin" / "python"
 SHAPES = {"mnist_cnn": (1, 28, 28), "keras_cifar_cnn": (3, 32, 32)}
-FRAMEWORKS = ("deepstart", "plain", "plain+bf16", "keras")
+FRAMEWORKS = (
+    "deepstart", "plain", "plain+bf16", "plain+bf16+cl", "plain+compile", "keras", "keras+bf16"
+)  # fmt: skip
+# The options of each plain PyTorch kind: bf16 autocast, channels-last, torch.compile.
+PLAIN = {
+    "plain": set(),
+    "plain+bf16": {"bf16"},
+    "plain+bf16+cl": {"bf16", "cl"},
+    "plain+compile": {"bf16", "compile"},
+}
 
 
 # -- the workers (each runs in its own process) ----------------------------------------------
@@ -106,10 +124,15 @@ def worker(kind: str, args: dict) -> dict:
         seconds = time.perf_counter() - start
         precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(learn.amp_dtype, "fp32")
         return {"images_per_s": n / seconds, "params": count_parameters(model), "dtype": precision}
+    options = PLAIN[kind]
     model = plain_model(args["model"], (c, h, w))
     x = images.float() / 255  # (N, C, H, W) float32 in [0, 1], as ToTensor gives
+    if "cl" in options:  # NHWC in memory, same logical shape: oneDNN's preferred layout
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    bf16 = kind == "plain+bf16"
+    bf16 = "bf16" in options
+    net = torch.compile(model) if "compile" in options else model
 
     def epoch(count: int) -> None:
         model.train()
@@ -117,7 +140,7 @@ def worker(kind: str, args: dict) -> dict:
         for i in range(0, count - batch + 1, batch):
             idx = order[i : i + batch]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = F.cross_entropy(model(x[idx]), labels[idx])
+                loss = F.cross_entropy(net(x[idx]), labels[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -144,8 +167,8 @@ def ensure_keras_venv() -> None:
 
 
 def measure(kind: str, args: dict) -> dict:
-    payload = json.dumps(args)
-    if kind == "keras":
+    payload = json.dumps({**args, "kind": kind})
+    if kind.startswith("keras"):
         cmd = [str(KERAS_PY), str(ROOT / "bench" / "peers_keras.py"), payload]
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, payload]
@@ -166,6 +189,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-keras", action="store_true")
+    p.add_argument("--kinds", help=f"a comma list of: {', '.join(FRAMEWORKS)} (default all)")
     a = p.parse_args()
     if a.worker:
         print(json.dumps(worker(a.worker, json.loads(a.payload))))
@@ -176,8 +200,13 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "bench"))
     from ceiling import matmul_gflops
 
-    kinds = [k for k in FRAMEWORKS if not (a.no_keras and k == "keras")]
-    if "keras" in kinds:
+    kinds = [k for k in FRAMEWORKS if not (a.no_keras and k.startswith("keras"))]
+    if a.kinds:
+        kinds = ["deepstart", *(k for k in a.kinds.split(",") if k != "deepstart")]
+        unknown = set(kinds) - set(FRAMEWORKS)
+        if unknown:
+            raise SystemExit(f"unknown --kinds {sorted(unknown)}; known: {', '.join(FRAMEWORKS)}")
+    if any(k.startswith("keras") for k in kinds):
         ensure_keras_venv()
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
@@ -226,8 +255,15 @@ def report(results: dict, ceiling: dict, kinds: list[str]) -> None:
                 f"{min(ips):,.0f}-{max(ips):,.0f} | {ds / med:.2f}x | {flops / 1e6:.1f} | "
                 f"{gflops:,.0f} | {share:.0%} of {dtype} |"
             )
-        if "keras" in runs:
-            print(f"| | keras versions: {runs['keras'][0]['versions']} | | | | | | | | |")
+        for peer in ("plain", "keras"):
+            mine = [k for k in kinds if k.startswith(peer)]
+            if mine:
+                best = max(mine, key=lambda k: medians[name, k])
+                print(f"| {name} | best {peer}: {best} | | | {medians[name, best]:,.0f} | | "
+                      f"**{ds / medians[name, best]:.2f}x** | | | |")  # fmt: skip
+        keras = next((k for k in kinds if k.startswith("keras")), None)
+        if keras:
+            print(f"| | keras versions: {runs[keras][0]['versions']} | | | | | | | | |")
     # The notes' recipes, extrapolated from throughput: epochs x train images / (images/s).
     print("\n| recipe (the notes') | framework | epochs | images/epoch | time (extrapolated) |")
     print("|---|---|---|---|---|")

@@ -45,7 +45,9 @@ def build(name: str, shape: tuple[int, int, int], classes: int = 10):
         x = layers.Dropout(0.5)(x)
     else:
         raise SystemExit(f"unknown model {name}")
-    outputs = layers.Dense(classes)(x)  # logits; the loss applies the softmax
+    # logits (float32 under mixed precision, as Keras's guide advises); the loss applies the
+    # softmax
+    outputs = layers.Dense(classes, dtype="float32")(x)
     return keras.Model(inputs, outputs)
 
 
@@ -59,6 +61,8 @@ def main() -> None:
     import keras
 
     keras.utils.set_random_seed(0)
+    if args.get("kind") == "keras+bf16":  # bf16 compute, float32 weights; logits kept float32
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
     c, h, w = args["shape"]
     batch, n = args["batch"], args["images"]
     rng = np.random.default_rng(0)
@@ -78,6 +82,7 @@ def main() -> None:
         "images_per_s": n / seconds,
         "params": int(model.count_params()),
         "versions": f"keras {keras.__version__}, tensorflow {tf.__version__}",
+        "dtype": "bf16" if args.get("kind") == "keras+bf16" else "fp32",
     }
     print(json.dumps(out))
 
