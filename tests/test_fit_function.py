@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -416,3 +418,25 @@ def test_cli_domain_is_parsed_safely(capsys):
     with pytest.raises(SystemExit):
         main(["fit-function", "sin", "--domain=__import__('os'),1"])
     assert "domain" in capsys.readouterr().err
+
+
+def test_the_fit_pictures_draw_without_pyplot(tmp_path):
+    """Figures of deepstart.figures: nothing left open, never shown twice in a notebook."""
+    code = (
+        "import sys, numpy as np\n"
+        "from deepstart.fitting.plots import Frame, compare_plot, fit_progress_gif, "
+        "fit_progress_grid, error_plot, loss_plot\n"
+        "x = np.linspace(0, 6, 50); t = np.sin(x); fr = [Frame(0, 'a', 0 * x), Frame(9, 'a', t)]\n"
+        f"d = {str(tmp_path)!r}\n"
+        "fit_progress_grid(x, fr, d + '/g.png', truth=t)\n"
+        "fit_progress_gif(x, fr, d + '/g.gif', truth=t)\n"
+        "loss_plot(np.arange(3), np.ones(3), [dict(step=2, valid_loss=1, max_error=1, "
+        "rms_error=1)], d + '/l.png', phases=[('adam', 2)])\n"
+        "error_plot(x, np.abs(t) + 1e-3, d + '/e.png', sample_x=x)\n"
+        "compare_plot(x, [dict(name='a', y=t, error=t * 0 + 1e-3, losses=np.ones(4))], "
+        "d + '/c.png', truth=t)\n"
+        "print('matplotlib.pyplot' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    assert len(list(tmp_path.iterdir())) == 5

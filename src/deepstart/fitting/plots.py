@@ -2,8 +2,9 @@
 animated GIF), the loss curve, the error ``|f(x) - y|`` along x, and a comparison overlay.
 
 Inputs are plain arrays along a sorted x grid, so these work for any 1-D fit; matplotlib is
-imported only when a picture is drawn (:func:`deepstart.interpret.plots._pyplot`), and the
-GIF is put together with Pillow.
+imported only when a picture is drawn, and draws without pyplot (:mod:`deepstart.figures`:
+nothing is left open, nothing is shown twice in a notebook); the GIF is put together with
+Pillow.
 
 Example:
     >>> frames = [Frame(0, "start", y0), Frame(300, "adam", y1)]
@@ -18,7 +19,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from deepstart.interpret.plots import _pyplot, _save
+from deepstart.interpret.plots import _figures, _save
 
 TRUTH = dict(color="#9a9a9a", lw=3.0, alpha=0.6)  # the function itself, drawn under the fit
 FIT = dict(color="#1f5fa8", lw=1.4)
@@ -83,12 +84,11 @@ def fit_progress_grid(
     Example:
         >>> fit_progress_grid(x, frames, "fit_progress.png", truth=np.sin(x))
     """
-    plt = _pyplot()
     n = len(frames)
     cols = min(n, 3)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False, sharex=True, sharey=True
+    fig, axes = _figures().subplots(
+        rows, cols, figsize=(4.2 * cols, 2.8 * rows), sharex=True, sharey=True
     )
     ylim = _limits(truth, samples, frames)
     for i, ax in enumerate(axes.flat):
@@ -121,8 +121,8 @@ def fit_progress_gif(
     """
     from PIL import Image
 
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=80)
+    fig, ax = _figures().subplots(figsize=(6.4, 3.6), squeeze=True)
+    fig.set_dpi(80)
     line = _draw_fit(ax, x, frames[0], truth, samples, _limits(truth, samples, frames))
     ax.grid(alpha=0.3)
     if title:
@@ -135,7 +135,6 @@ def fit_progress_gif(
         fig.canvas.draw()
         rgba = np.asarray(fig.canvas.buffer_rgba())  # (H, W, 4) uint8
         images.append(Image.fromarray(rgba[:, :, :3]).convert("P", palette=Image.ADAPTIVE))
-    plt.close(fig)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     durations = [ms_per_frame] * (len(images) - 1) + [1000]
@@ -159,8 +158,7 @@ def loss_plot(
 
     ``epochs`` rows need step, valid_loss, max_error and rms_error.
     """
-    plt = _pyplot()
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, (ax, ax2) = _figures().subplots(1, 2, figsize=(11, 3.8), squeeze=True)
     ax.plot(steps, np.maximum(losses, FLOOR), color="#8fb4d9", lw=0.8, label="train (per step)")
     e_steps = np.array([r["step"] for r in epochs], dtype=float)
     ax.plot(e_steps, [r["valid_loss"] for r in epochs], "o-", ms=3, color="#e07b00", label="valid")
@@ -204,8 +202,7 @@ def error_plot(
     positions are ticks along the bottom; ``earlier`` = (label, error) adds a curve, e.g. the
     error before the LBFGS polish.
     """
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9, 3.6))
+    fig, ax = _figures().subplots(figsize=(9, 3.6), squeeze=True)
     if earlier is not None:
         ax.plot(x, np.maximum(earlier[1], FLOOR), color="#8fb4d9", lw=1, label=earlier[0])
     ax.plot(x, np.maximum(error, FLOOR), color="#1f5fa8", lw=1.2, label=label)
@@ -246,9 +243,10 @@ def compare_plot(
     their training losses per step. ``rows`` hold name, y (on ``x``), error (on ``x``),
     losses (per step).
     """
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    import matplotlib
+
+    fig, axes = _figures().subplots(1, 3, figsize=(16, 4.4), squeeze=True)
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     ax = axes[0]
     if truth is not None:
         ax.plot(x, truth, **{**TRUTH, "label": "truth"})

@@ -33,10 +33,10 @@ def _figures() -> Any:
 
 
 def _pyplot() -> Any:
-    """pyplot for the fit-function plots (deepstart.fitting.plots), which still draw through
-    it; new code uses :func:`_figures`. Outside a notebook kernel it is put on Agg (files
-    only: never a window); inside one the kernel's inline backend is left alone, or the
-    user's own plots would stop showing."""
+    """pyplot for Optuna's plots (deepstart.tune.page), which draw through it; deepstart's own
+    pictures use :func:`_figures`. Outside a notebook kernel it is put on Agg (files only:
+    never a window); inside one the kernel's inline backend is left alone, or the user's own
+    plots would stop showing."""
     import sys
 
     import matplotlib
