@@ -55,8 +55,13 @@ def data_args(dataset: str, shared: Path) -> list[str]:
     raise SystemExit(f"no data arguments for {dataset}")
 
 
-def run(recipe: str, dataset: str, seed: int, shared: Path, out: Path, extra: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "deepstart", "train", "--recipe", recipe]
+def run(
+    what: list[str], dataset: str, seed: int, shared: Path, out: Path, extra: list[str]
+) -> dict:
+    """One ``deepstart train`` of ``what`` (``["--recipe", NAME]``, ``["--model", NAME]``) on
+    ``dataset`` in a fresh process: its last test accuracy, the seconds to it, the load at its
+    start and its epoch lines."""
+    cmd = [sys.executable, "-m", "deepstart", "train", *what]
     cmd += [*data_args(dataset, shared), "--seed", str(seed), "--no-report"]
     cmd += ["--progress", "plain", "--out", str(out), *extra]
     load = os.getloadavg()[0]
@@ -123,7 +128,7 @@ def main() -> None:
             for r in recipes:
                 if (r.name, cpu, a.precision, seed) in done:
                     continue
-                res = run(r.name, r.dataset, seed, shared, Path(tmp), extra)
+                res = run(["--recipe", r.name], r.dataset, seed, shared, Path(tmp), extra)
                 day = time.strftime("%Y-%m-%d")
                 one = Run(r.name, cpu, a.precision, seed, res["accuracy"], round(res["seconds"], 1),
                           day, round(res["load"], 2))  # fmt: skip

@@ -121,8 +121,9 @@ def test_the_seed_check_resumes_where_it_stopped(tmp_path, monkeypatch, capsys):
     bench = _bench()
     calls = []
 
-    def fake_run(recipe, dataset, seed, shared, out, extra):
-        calls.append((recipe, seed))
+    def fake_run(what, dataset, seed, shared, out, extra):
+        assert what[0] == "--recipe"
+        calls.append((what[1], seed))
         if len(calls) == 3 and not getattr(fake_run, "resumed", False):
             raise KeyboardInterrupt  # the check is stopped in its third run
         return {"accuracy": 0.99, "seconds": 10.0, "load": 0.1, "epochs": []}

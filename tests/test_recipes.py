@@ -14,7 +14,7 @@ from deepstart.config import DataConfig, TrainConfig
 from deepstart.data.catalog import DATASETS
 from deepstart.device import cpu_flags, cpu_has_native_bf16, resolve_precision
 from deepstart.errors import ConfigError
-from deepstart.models.registry import create_model, get_model_info
+from deepstart.models.registry import create_model, get_model_info, training_defaults
 from deepstart.recipes import (
     DEFAULTS,
     RECIPES,
@@ -190,7 +190,7 @@ def test_another_model_drops_the_recipes_model_options():
     assert cfg.train.epochs == recipe.train["epochs"]  # the training settings still apply
 
 
-def test_no_recipe_means_the_plain_defaults():
+def test_no_recipe_and_no_model_means_the_plain_defaults():
     cfg = run_config(DataConfig("shapes"), train={"epochs": 3})
     assert cfg.model.name == "vgg_small" and cfg.model.options == {}
     assert cfg.train.recipe is None
@@ -285,13 +285,14 @@ def test_airbench_settings_from_the_recipe_and_the_command_line(tmp_path, capsys
     assert t["augment"] == "cifar-alt"
 
 
-def test_train_with_a_model_and_no_recipe_is_as_before(tmp_path, capsys):
+def test_train_with_a_model_and_no_recipe_takes_the_models_settings(tmp_path, capsys):
     cfg, _ = _train(tmp_path, "--model", "logreg", "--epochs", "1")
-    assert "recipe" not in capsys.readouterr().out
+    assert "no recipe (--model given): training logreg with " in capsys.readouterr().out
     assert cfg["train"]["recipe"] is None and cfg["model"]["name"] == "logreg"
-    defaults = TrainConfig()
+    # the model's own settings, then the plain defaults (tests/test_model_training.py)
+    expected = TrainConfig(**{**training_defaults("logreg"), "epochs": 1})
     for key in ("lr", "opt", "wd", "schedule", "label_smoothing", "precision", "tta", "augment"):
-        assert cfg["train"][key] == getattr(defaults, key), key
+        assert cfg["train"][key] == getattr(expected, key), key
 
 
 def test_recipes_command_lists_every_recipe(capsys):

@@ -28,6 +28,7 @@ from deepstart.models.registry import (
     create_model,
     list_models,
     register_model,
+    training_defaults,
 )
 from deepstart.models.sequential import (
     Activation,
@@ -168,6 +169,7 @@ __all__ = [
     "seed_everything",
     "summarize",
     "train_run",
+    "training_defaults",
     "tune",
     "vision_learner",
 ]

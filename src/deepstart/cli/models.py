@@ -210,6 +210,13 @@ def cmd_models_show(a: argparse.Namespace) -> int:
     console.print(summarize(model, (c, h, w)).table(title=title))
     if note:
         console.print(note, highlight=False, markup=False)
+    if info.training:
+        shown = ", ".join(f"{k} {v}" for k, v in info.training.items())
+        console.print(
+            f"trains with (deepstart train --model {a.model}, flags win): {shown}",
+            highlight=False,
+            markup=False,
+        )
     return 0
 
 

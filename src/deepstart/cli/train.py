@@ -156,8 +156,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         note = f" (overridden: {', '.join(overridden)})" if overridden else ""
         print(f"recipe {recipe.name}: {recipe.summary()}{note}", flush=True)
         print(f"  chosen: {why}", flush=True)
-    elif a.model is None and world_from_env() == 1:
-        print(f"no recipe ({why}): training {cfg.model.name} with the plain defaults", flush=True)
+    elif world_from_env() == 1:
+        print(f"no recipe ({why}): {_own_settings(cfg.model.name, given)}", flush=True)
     if cfg.train.devices > 1 and world_from_env() == 1:
         # Start this same command in N processes; each sees WORLD_SIZE and trains its part.
         return launch(cfg.train.devices, a.argv)
@@ -167,6 +167,18 @@ def cmd_train(a: argparse.Namespace) -> int:
         print(f"deepstart: {e}", file=sys.stderr)
         return 130
     return 0
+
+
+def _own_settings(name: str, given: dict[str, Any]) -> str:
+    """What a run without a recipe trains with: the model's own settings (those not typed)
+    and the plain defaults for the rest."""
+    from deepstart.models.registry import training_defaults
+
+    own = {k: v for k, v in training_defaults(name).items() if k not in given}
+    if not own:
+        return f"training {name} with the plain defaults"
+    shown = ", ".join(f"{k} {v}" for k, v in own.items())
+    return f"training {name} with its own settings ({shown}; deepstart models) and the defaults"
 
 
 # The flags a resumed run takes: how it shows progress, what it writes besides its checkpoints

@@ -99,6 +99,7 @@ def add_parsers(sub: Any) -> None:
 def cmd_tune(a: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from deepstart.models.registry import training_defaults
     from deepstart.tune import TuneConfig, load_space, parse_space, tune
     from deepstart.tune.page import summary_lines, trials_table
 
@@ -111,12 +112,16 @@ def cmd_tune(a: argparse.Namespace) -> int:
     if a.data is not None or a.model is not None or space is not None:
         if a.data is None or space is None:
             raise DeepstartError("a study needs --data and --space (or --space-file)")
+        model = a.model or "vgg_small"
+        # A named model starts from its own settings, as deepstart train --model does; a
+        # template ("conv{width}-gap") is a different model every trial and has none.
+        own = {} if "{" in model else training_defaults(model)
         base = RunConfig(
             data=_data_config(a),
             # The model stays as written: a template is filled in per trial.
-            model=ModelConfig(a.model or "vgg_small", _pairs(a.model_opt, "--model-opt")),
+            model=ModelConfig(model, _pairs(a.model_opt, "--model-opt")),
             train=TrainConfig(
-                **given_options(a, TrainConfig, TRAIN_OPTIONS),
+                **{**own, **given_options(a, TrainConfig, TRAIN_OPTIONS)},
                 seed=a.seed,
                 checkpoint=False,  # a stopped trial is not continued: the study moves on
             ),

@@ -58,6 +58,7 @@ def flat_size(name: str, in_channels: int, input_size: tuple[int, int]) -> int:
     input_size=(28, 28),
     in_channels=1,
     num_classes=10,
+    training={"epochs": 5, "lr": 1e-2},
 )
 def logreg(*, in_channels: int, num_classes: int, input_size: tuple[int, int]) -> Net:
     """Softmax regression: logits = W @ flatten(x) + b.
@@ -78,6 +79,7 @@ def logreg(*, in_channels: int, num_classes: int, input_size: tuple[int, int]) -
     input_size=(28, 28),
     in_channels=1,
     num_classes=10,
+    training={"epochs": 10},
     hidden=(512, 256),
     dropout=0.2,
 )

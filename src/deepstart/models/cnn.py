@@ -48,6 +48,9 @@ def _keras_init(model: nn.Module) -> nn.Module:
     input_size=(28, 28),
     in_channels=1,
     num_classes=10,
+    # Keras trained it 12 epochs to 99.25%; one-cycle AdamW alone ended at 99.22% (seed 0).
+    # Small shifts, turns and zooms of the digits buy the margin (docs/benchmarks.md).
+    training={"epochs": 12, "lr": 2e-3, "label_smoothing": 0.1, "augment": "digits"},
 )
 def mnist_cnn(*, in_channels: int, num_classes: int, input_size: tuple[int, int]) -> Net:
     """conv32-conv64 (3x3 valid) - maxpool2 - dropout .25 | flatten - dense128 - dropout .5 - dense.

@@ -44,6 +44,9 @@ class ModelInfo:
         defaults: keyword arguments the builder uses unless told otherwise.
         task: "classification" (images -> logits, the :class:`Classifier` interface) or
             "regression" (floats -> floats); the image fields above only apply to the first.
+        training: :class:`~deepstart.config.TrainConfig` fields this model trains with when
+            no recipe sets them (``deepstart train --model NAME``): what made it reach its
+            measured accuracy (docs/benchmarks.md, "The models' own training settings").
     """
 
     name: str
@@ -56,6 +59,7 @@ class ModelInfo:
     head: str = "classifier"
     defaults: dict[str, Any] = field(default_factory=dict)
     task: str = "classification"
+    training: dict[str, Any] = field(default_factory=dict)
 
 
 TASKS = ("classification", "regression")
@@ -71,12 +75,15 @@ def register_model(
     num_classes: int = 10,
     head: str = "classifier",
     task: str = "classification",
+    training: dict[str, Any] | None = None,
     **defaults: Any,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a model builder under ``name`` (default: the function's name).
 
     ``task`` is "classification" (an image model with the :class:`Classifier` interface) or
     "regression" (floats to floats; every builder argument needs a default in ``defaults``).
+    ``training`` holds the TrainConfig fields the model trains with by default (see
+    :func:`training_defaults`); they are checked here, so a typo fails at import.
 
     Example:
         >>> @register_model(description="one linear layer")
@@ -85,15 +92,33 @@ def register_model(
 
     if task not in TASKS:
         raise ModelError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    training = dict(training or {})
 
     def decorate(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or fn.__name__
         if key in _REGISTRY:
             raise ModelError(f"model {key!r} is registered twice")
+        if training:
+            from deepstart.config import TrainConfig
+
+            try:  # an unknown field or a bad value fails at registration, not in a user's run
+                TrainConfig(**training)
+            except (TypeError, ValueError) as e:
+                raise ModelError(f"model {key!r}: bad training settings: {e}") from None
         family = fn.__module__.rsplit(".", 1)[-1]
         doc = description or (fn.__doc__ or "").strip().split("\n")[0]
         _REGISTRY[key] = ModelInfo(
-            key, fn, doc, family, input_size, in_channels, num_classes, head, dict(defaults), task
+            key,
+            fn,
+            doc,
+            family,
+            input_size,
+            in_channels,
+            num_classes,
+            head,
+            dict(defaults),
+            task,
+            training,
         )
         return fn
 
@@ -140,6 +165,20 @@ def get_model_info(name: str) -> ModelInfo:
     if kwargs:
         info = dataclasses.replace(info, defaults={**info.defaults, **kwargs})
     return info
+
+
+def training_defaults(name: str) -> dict[str, Any]:
+    """The TrainConfig fields model ``name`` trains with unless told otherwise (empty when it
+    has none): ``TrainConfig(**{**training_defaults("mnist_cnn"), "epochs": 3})``.
+
+    ``deepstart train --model NAME`` starts from them when no recipe is chosen; a recipe's
+    own settings replace them, and typed flags win over both.
+
+    Example:
+        >>> training_defaults("mnist_cnn")["epochs"]
+        12
+    """
+    return dict(get_model_info(name).training)
 
 
 def resolve_spec(name: str, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:

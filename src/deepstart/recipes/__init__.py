@@ -8,7 +8,8 @@ what it reached there, so ``deepstart recipes`` can say what to expect.
 ``deepstart train --data mnist`` with no ``--model`` trains the dataset's default recipe;
 ``--recipe NAME`` picks one by name; any flag given on the command line wins over the
 recipe's value (``--epochs 2``, ``--model mnist_cnn``). Giving ``--model`` without
-``--recipe`` trains that model with the plain defaults, as before recipes existed.
+``--recipe`` trains that model with its own settings (``training_defaults``), then the plain
+defaults.
 
 Example:
     >>> cfg = run_config(DataConfig("mnist"), recipe=get_recipe("mnist-fast"))

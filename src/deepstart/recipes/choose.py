@@ -100,8 +100,9 @@ def run_config(
 
     ``model`` replaces the recipe's model (and drops the recipe's model options, which
     belong to its model); ``model_options`` are merged over the recipe's when the model is
-    the recipe's. ``train`` holds the TrainConfig fields given explicitly. Without a recipe
-    and a model, the model is ``vgg_small``.
+    the recipe's. ``train`` holds the TrainConfig fields given explicitly. Without a recipe,
+    the model (``vgg_small`` when none is named) trains with its own training defaults
+    (:func:`~deepstart.models.registry.training_defaults`) under the given fields.
 
     Example:
         >>> cfg = run_config(DataConfig("mnist"), recipe=get_recipe("mnist-fast"),
@@ -112,8 +113,10 @@ def run_config(
     given = dict(train or {})
     options = dict(model_options or {})
     if recipe is None:
+        from deepstart.models.registry import training_defaults  # imports torch
+
         name = model or FALLBACK_MODEL
-        settings = given
+        settings = {**training_defaults(name), **given}
     else:
         if model is None or model == recipe.model:
             name, options = recipe.model, {**recipe.model_options, **options}
