@@ -33,6 +33,8 @@ bench: $(STAMP)
 	$(PY) bench/peers.py
 	$(PY) bench/omp_wait.py
 	$(PY) bench/recipes.py
+	$(PY) bench/model_defaults.py --lr-auto
+	$(PY) bench/guard_models.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
