@@ -100,8 +100,10 @@ def cmd_tune(a: argparse.Namespace) -> int:
     from rich.console import Console
 
     from deepstart.models.registry import training_defaults
+    from deepstart.recipes.choose import FALLBACK_MODEL
     from deepstart.tune import TuneConfig, load_space, parse_space, tune
     from deepstart.tune.page import summary_lines, trials_table
+    from deepstart.tune.space import placeholders
 
     space = None
     if a.space_file:
@@ -112,10 +114,10 @@ def cmd_tune(a: argparse.Namespace) -> int:
     if a.data is not None or a.model is not None or space is not None:
         if a.data is None or space is None:
             raise DeepstartError("a study needs --data and --space (or --space-file)")
-        model = a.model or "vgg_small"
+        model = a.model or FALLBACK_MODEL
         # A named model starts from its own settings, as deepstart train --model does; a
         # template ("conv{width}-gap") is a different model every trial and has none.
-        own = {} if "{" in model else training_defaults(model)
+        own = {} if placeholders(model) else training_defaults(model)
         base = RunConfig(
             data=_data_config(a),
             # The model stays as written: a template is filled in per trial.

@@ -108,18 +108,9 @@ def register_model(
         family = fn.__module__.rsplit(".", 1)[-1]
         doc = description or (fn.__doc__ or "").strip().split("\n")[0]
         _REGISTRY[key] = ModelInfo(
-            key,
-            fn,
-            doc,
-            family,
-            input_size,
-            in_channels,
-            num_classes,
-            head,
-            dict(defaults),
-            task,
-            training,
-        )
+            key, fn, doc, family, input_size, in_channels, num_classes, head, dict(defaults),
+            task=task, training=training,
+        )  # fmt: skip
         return fn
 
     return decorate
