@@ -24,14 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from recipes import ROOT, run
+from recipes import ROOT, run, state_file
 
 # The notes' models, their data and the notes' numbers (the targets on every seed).
 MODELS = {
@@ -61,8 +60,7 @@ def main() -> None:
     from deepstart.recipes.results import cpu_model
 
     cpu = cpu_model()
-    slug = re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-")
-    state = a.state or ROOT / "bench" / "results" / f"models-{slug}.jsonl"
+    state = a.state or state_file("models", cpu)
     if a.fresh and state.exists():
         state.unlink()
     runs = [json.loads(x) for x in state.read_text().splitlines()] if state.exists() else []

@@ -55,6 +55,12 @@ def data_args(dataset: str, shared: Path) -> list[str]:
     raise SystemExit(f"no data arguments for {dataset}")
 
 
+def state_file(kind: str, cpu: str) -> Path:
+    """bench/results/KIND-<cpu>.jsonl: one resumable state file per check and CPU type."""
+    slug = re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-")
+    return ROOT / "bench" / "results" / f"{kind}-{slug}.jsonl"
+
+
 def run(
     what: list[str], dataset: str, seed: int, shared: Path, out: Path, extra: list[str]
 ) -> dict:
@@ -109,8 +115,7 @@ def main() -> None:
 
     recipes = [get_recipe(n) for n in a.recipes] if a.recipes else list_recipes()
     shared, cpu = Path(a.data), cpu_model()
-    slug = re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-")
-    state = a.state or ROOT / "bench" / "results" / f"recipes-{slug}.jsonl"
+    state = a.state or state_file("recipes", cpu)
     if a.fresh and state.exists():
         state.unlink()
     done = {r.key for r in read_runs(state)}
