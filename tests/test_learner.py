@@ -190,6 +190,21 @@ def test_restart_epoch_from_a_snapshot_replays_the_same_batches(toy_data):
     assert rewound.recorder.history[1]["train_loss"] == plain.recorder.history[1]["train_loss"]
 
 
+@pytest.mark.parametrize("opt", ["adamw", "sgd"])
+def test_a_snapshot_restores_the_same_state_twice(toy_data, opt):
+    """The optimizer's state must be copied back, not aliased: training after one restore
+    must not change what the next restore puts back (the guard sweeps, then restores)."""
+    learn = Learner(toy_data, _model(toy_data), opt=opt, batch_size=32, quiet=True)
+    learn.fit(1, 1e-2)
+    snap = learn.snapshot()
+    state = {k: v.clone() for k, v in learn.opt.state_dict()["state"][0].items()}
+    learn.restore(snap)
+    learn.fit(1, 1e-1)  # changes every weight and the optimizer's running averages
+    learn.restore(snap)
+    for k, v in learn.opt.state_dict()["state"][0].items():
+        torch.testing.assert_close(v, state[k], rtol=0, atol=0)
+
+
 def test_restart_into_an_earlier_epoch(toy_data):
     from deepstart.train.callbacks import RestartEpoch
 

@@ -49,5 +49,8 @@ def restore(learn: Learner, snap: dict[str, Any]) -> None:
     """Put back a :func:`take`: weights, optimizer state and the progress counters."""
     learn.model.load_state_dict(snap["model"])
     if learn.opt is not None and snap["opt"] is not None:
-        learn.opt.load_state_dict(snap["opt"])  # moves state to the params' device
+        # A copy: load_state_dict keeps tensors already on the right device and dtype as
+        # they are (on the CPU, the snapshot's own), and the next step would change the
+        # snapshot in place; restoring it twice (the guard's sweep) must give one state.
+        learn.opt.load_state_dict(_to_cpu(snap["opt"]))  # moves state to the params' device
     learn.train_iter, learn.epoch, learn.iter = snap["train_iter"], snap["epoch"], snap["iter"]
