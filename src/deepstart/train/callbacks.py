@@ -69,6 +69,15 @@ class ParamScheduler(Callback):
         if self.mom_sched is not None:
             self.learn.set_hyper("momentum", self.mom_sched(pct))
 
+    def peak(self, pct: float) -> float:
+        """The highest LR the schedule sets from progress ``pct`` to the end, before
+        ``lr_mult``: the divergence guard caps it at the LR it found safe, so an LR lowered
+        in one-cycle's warm-up does not climb past that again. Sampled every 1/1000 of the
+        fit (schedules are smooth or piecewise constant), plus both ends."""
+        pct = min(max(float(pct), 0.0), 1.0)
+        points = [pct + (1 - pct) * i / 1000 for i in range(1001)]
+        return max(self.lr_sched(p) for p in points)
+
     def before_fit(self) -> None:
         self._set(self.learn.train_iter / max(self.learn.total_iters, 1))
 

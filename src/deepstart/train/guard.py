@@ -2,10 +2,14 @@
 
 It keeps in-memory snapshots of the last known-good training state. When the loss becomes
 NaN/inf or blows up, it puts the snapshot back, lowers the LR (``learn.lr_mult``) and redoes
-the epoch from the batch after the snapshot, with exactly the same batches. The first time
-in a fit it halves the LR; from the second on it also sweeps the LR for a few steps from the
-restored state (:mod:`deepstart.train.lr_probe`) and jumps to the sweep's safe LR when that
-is lower, so an LR 10,000x too high is brought down in two or three restores, not fourteen.
+the epoch from the batch after the snapshot, with exactly the same batches. The lowered LR
+is also the most the rest of the schedule reaches: a divergence in a warm-up caps the peak
+still ahead, rather than scaling a climb that would pass the safe LR again. Each time it
+first sweeps the LR for a few steps from the restored state (:mod:`deepstart.train.lr_probe`).
+The first time in a fit it halves the LR, unless the sweep blew up below half already; from
+the second on, or in that case, it jumps to the sweep's safe LR when that is lower, so an LR
+10,000x too high is brought down in one or two restores, not fourteen. A network that went
+dead (every input answered alike) counts as diverged too.
 Only when ``max_tries`` restores did not help, or the LR would fall below ``min_lr``, does it
 stop the fit, with an explanation, instead of training on garbage.
 
@@ -26,8 +30,20 @@ from typing import Any
 
 import torch
 
-from deepstart.train.callbacks import Callback, CancelFit, RestartEpoch
-from deepstart.train.lr_probe import safe_lr, sweep
+from deepstart.train.callbacks import Callback, CancelFit, ParamScheduler, RestartEpoch
+from deepstart.train.lr_probe import blowup_lr, safe_lr, sweep
+
+_DEAD = 1e-6  # a relative spread of the outputs over a batch this small: every input alike
+
+
+def _spread(pred: Any, device: torch.device) -> torch.Tensor:
+    """How much a batch's outputs (B, ...) differ between inputs, relative to their size: 0
+    for a net that answers everything alike, nan for a batch of one (or no tensor), which
+    says nothing. A 0-d float32 tensor on the device, read with the loss in one sync."""
+    if not isinstance(pred, torch.Tensor) or pred.dim() == 0 or pred.shape[0] < 2:
+        return torch.full((), math.nan, device=device)
+    p = pred.detach().float().reshape(pred.shape[0], -1)
+    return ((p.amax(0) - p.amin(0)).amax() / (1 + p.abs().amax())).to(device)
 
 
 class LossWatch:
@@ -99,16 +115,18 @@ class DivergenceGuard(Callback):
     Args:
         max_tries: restores allowed per fit; the next divergence stops the fit (CancelFit)
             with the weights of the last good state and ``gave_up`` set.
-        factor: what ``learn.lr_mult`` is multiplied by at the first restore, and at most at
-            the later ones (where a sweep may lower it further).
-        probe_steps: steps of the LR sweep run from the second divergence on (0: never
-            sweep, only scale by ``factor``). It trains on the last 4 batches the fit saw,
+        factor: what the LR that diverged is multiplied by at the first restore, and at
+            most at the later ones (where a sweep may lower it further). ``learn.lr_mult``
+            is set so that the rest of the schedule peaks at that new LR.
+        probe_steps: steps of the LR sweep run at every divergence (0: never sweep, only
+            scale by ``factor``). It trains on the last 4 batches the fit saw,
             which the guard keeps references to, then the restore undoes it.
         min_lr: the lowest LR the guard lowers to; below it, it gives up.
         spike: a batch loss above ``spike`` x the smoothed loss is bad; 3 bad in a row, or
             one NaN/inf, is a divergence (see :class:`LossWatch`). So is a smoothed loss
-            that climbed to ``spike`` x that of guessing ("climb"), and a valid loss NaN or
-            ``spike`` x that of guessing.
+            that climbed to ``spike`` x that of guessing ("climb"), a valid loss NaN or
+            ``spike`` x that of guessing, and a network that varied, then gave every input
+            of 3 batches in a row the same output ("dead": redone from the epoch's start).
         snapshot_every: batches between snapshots. Each copies the weights and optimizer
             state to CPU memory (at most 3 are held: the epoch's start and the last two);
             one is also taken at the start of every epoch, so the first batches are covered.
@@ -118,8 +136,8 @@ class DivergenceGuard(Callback):
         log: where the one-line messages go.
 
     ``events`` holds one dict per divergence: split ("train"/"valid"), epoch (1-based, as
-    in metrics.jsonl), batch (0-based index in the epoch), kind ("nan"/"spike"/"climb"), loss,
-    old_lr, new_lr, how ("halved"/"swept"), tries, action ("restored"/"gave_up"),
+    in metrics.jsonl), batch (0-based index in the epoch), kind ("nan"/"spike"/"climb"/
+    "dead"), loss, old_lr, new_lr, how ("halved"/"swept"), tries, action ("restored"/"gave_up"),
     restored_batch. With ``learn.recorder.path`` set, each is also appended there as
     ``{"event": "divergence", ...}``.
     """
@@ -153,12 +171,13 @@ class DivergenceGuard(Callback):
         self._first_loss: float | None = None  # the fit's first finite training loss
         self.watch.reset()
         self._recent: deque[tuple[Any, Any]] = deque(maxlen=4)  # batches for a sweep
+        self._dead, self._alive = 0, False  # constant-output batches in a row; ever varied
         every = self.check_every or (1 if self.learn.device.type == "cpu" else 10)
         self._check_every, self._restarting = max(int(every), 1), False
 
     def before_epoch(self) -> None:
         # (loss on the device, batch, lr) not yet checked
-        self._pending: list[tuple[torch.Tensor, int, float]] = []
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, int, float]] = []
         self._since = 0
         self._sum, self._count = 0.0, 0  # finite training losses since the epoch (re)started
         if self._restarting:  # we just restored one of our snapshots: keep them
@@ -174,7 +193,9 @@ class DivergenceGuard(Callback):
         if not learn.training or learn.loss is None:
             return
         lr = float(learn.opt.param_groups[-1]["lr"])
-        self._pending.append((learn.loss.detach(), learn.iter, lr))
+        self._pending.append(
+            (learn.loss.detach(), _spread(learn.pred, learn.loss.device), learn.iter, lr)
+        )
         self._recent.append((learn.xb, learn.yb))
         self._since += 1
         nxt = learn.iter + 1
@@ -232,8 +253,12 @@ class DivergenceGuard(Callback):
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        values = torch.stack([p[0] for p in pending]).float().cpu().tolist()  # one host sync
-        for value, (_, batch, lr) in zip(values, pending):
+        both = torch.stack([torch.stack([p[0].float(), p[1]]) for p in pending])
+        values, spreads = both.cpu().T.tolist()  # one host sync
+        for value, spread, (_, _, batch, lr) in zip(values, spreads, pending):
+            if self._is_dead(spread):
+                first = batch - self.watch.patience + 1
+                self._diverged("train", "dead", value, batch, lr, first, to_epoch_start=True)
             if math.isfinite(value):
                 self._sum, self._count = self._sum + value, self._count + 1
                 if self._first_loss is None:
@@ -244,6 +269,20 @@ class DivergenceGuard(Callback):
                 self._diverged("train", kind, value, batch, lr, first_bad)
             elif self.watch.smooth > self.watch.spike * self._guessing():
                 self._diverged("train", "climb", self.watch.smooth, batch, lr, self._climb_start())
+
+    def _is_dead(self, spread: float) -> bool:
+        """Whether the network has just spent ``patience`` batches in a row answering every
+        input alike (spread 0; nan: a batch of one, not counted), after having varied. Dead
+        ReLUs feed the head zeros, so it outputs its bias: the loss sits near guessing with
+        no spike and no NaN (mnist_cnn, AdamW at a halved LR of 0.31), which no loss rule
+        sees, and the net never recovers."""
+        if math.isnan(spread):
+            return False
+        if spread > _DEAD:
+            self._dead, self._alive = 0, True
+            return False
+        self._dead += 1
+        return self._alive and self._dead >= self.watch.patience
 
     def _guessing(self) -> float:
         """The loss level of a model that knows nothing: ln K (for regression, predicting
@@ -270,30 +309,47 @@ class DivergenceGuard(Callback):
         batch: int | None,
         lr: float,
         first_bad: int,
+        to_epoch_start: bool = False,
     ) -> None:
-        """Go back to the newest snapshot taken before the first bad batch; raise."""
+        """Go back to the newest snapshot taken before the first bad batch (or the epoch's
+        start); raise."""
         learn, epoch = self.learn, self.learn.epoch  # snapshots all lie in this epoch
         # A snapshot's weights produced the loss of its "next" batch, so that batch must be
-        # good; a NaN valid loss (first_bad -1) redoes the whole epoch.
+        # good; a NaN valid loss (first_bad -1) redoes the whole epoch. A net found dead
+        # was dying before its outputs became constant, so that goes back to the start.
         good = [s for s in self._snaps if s["next"] < first_bad] or self._snaps[:1]
+        if to_epoch_start:
+            good = self._snaps[:1]
         snap = good[-1]
         del self._snaps[len(good) :]
         learn.restore(snap["state"])
         self.watch.load_state(snap["watch"])
+        self._dead = 0
         learn.restart_at = snap["next"]
         self.tries += 1
         self.lrs_tried.append(lr)
         new_lr, how = lr * self.factor, "halved"
-        if self.tries >= 2 and self.probe_steps > 0 and self.tries <= self.max_tries:
-            # Halving once did not do it: ask the curve how far down to go.
+        if self.probe_steps > 0 and self.tries <= self.max_tries:
+            # Ask the curve how far down to go: from the second restore on (halving once did
+            # not do it), or at once when the curve blows up below the halved LR already (an
+            # LR 10,000x too high: halving would leave it far too high, the net dying slowly
+            # at chance with no loss rule firing, as mnist_cnn with AdamW does at 0.3).
             lrs, losses = sweep(learn, list(self._recent), lr, steps=self.probe_steps)
             learn.restore(snap["state"])
             found = safe_lr(lrs, losses)
-            if found is not None and found < new_lr:
+            blown = blowup_lr(lrs, losses, guessing=learn.baseline_loss)
+            far = blown is not None and blown <= new_lr
+            if found is not None and found < new_lr and (self.tries >= 2 or far):
                 new_lr, how = found, "swept"
         gave_up = self.tries > self.max_tries or new_lr < self.min_lr
+        # The LR that diverged, and any higher one, is unsafe from the restored state on: in
+        # one-cycle's warm-up (LR at batch 3 ~ peak/16) scaling the schedule by new/old
+        # would climb ~16x past the safe LR and kill the network (mnist_cnn, Adam: dead at
+        # chance, no rule firing). So the rest of the schedule peaks at new_lr.
+        peak = self._peak_ahead()
+        capped = new_lr < lr and peak is not None and peak > lr * 1.01
         if not gave_up:
-            learn.lr_mult *= new_lr / lr
+            learn.lr_mult *= new_lr / (peak if capped else lr)
         if split == "valid":
             subject = "valid loss"
         else:
@@ -301,6 +357,11 @@ class DivergenceGuard(Callback):
             if batch is None:
                 subject = "mean loss of the epoch"
         what = f"{subject} became {loss}" if kind == "nan" else f"{subject} rose to {loss:.3g}"
+        if kind == "dead":
+            what = (
+                f"network went dead (the same output for every input for "
+                f"{self.watch.patience} batches, loss {loss:.3g})"
+            )
         if kind == "climb" or (split == "train" and batch is None):
             what += f" (guessing costs {self._guessing():.3g})"
         where = f"epoch {epoch + 1}" + (f" batch {batch}" if batch is not None else "")
@@ -343,12 +404,25 @@ class DivergenceGuard(Callback):
             verb = "halved the LR"
         else:
             verb = f"scaled the LR by {self.factor:g}"
+        cap = f", the most it reaches from there on (it was to climb to {peak:.1e})"
         self.log(
             f"divergence guard: {what} at {where} (lr {lr:.1e}); went back to {back} and "
-            f"{verb} to {new_lr:.1e} (try {self.tries} of {self.max_tries})"
+            f"{verb} to {new_lr:.1e}{cap if capped else ''} (try {self.tries} of "
+            f"{self.max_tries})"
         )
         self._restarting = True
         raise RestartEpoch
+
+    def _peak_ahead(self) -> float | None:
+        """The highest LR (of the last param group, as ``lr``) the fit's schedule would set
+        from the restored position on at the current ``lr_mult``; None outside a fit."""
+        learn = self.learn
+        sched = learn.get_callback(ParamScheduler)
+        if sched is None or learn.opt is None:
+            return None
+        pct = learn.train_iter / max(learn.total_iters, 1)
+        scale = float(learn.opt.param_groups[-1].get("lr_scale", 1.0))
+        return sched.peak(pct) * learn.lr_mult * scale
 
     def _write(self, event: dict[str, Any]) -> None:
         path = getattr(self.learn.recorder, "path", None)

@@ -92,6 +92,44 @@ def sweep(
     return lrs, losses
 
 
+def blowup_lr(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    *,
+    guessing: float = math.inf,
+    stop: float = 4.0,
+    beta: float = 0.5,
+) -> float | None:
+    """The LR of the step after which :func:`sweep`'s training made things worse than the
+    restored state (a step's loss shows the steps before it); None when it never did.
+
+    Worse is: a NaN/inf loss; a loss past ``stop`` x the lowest and above the first (where
+    the sweep stops); or a smoothed loss that fell clearly (10%) below the start, then came
+    back up to 95% of it, or to ``guessing`` (ln K) when the start was above that: a net killed by
+    the LR sits at chance, not higher (mnist_cnn, AdamW, label smoothing: 2.37, down to 1.7,
+    then 2.30 flat). A loss only ``stop`` x a low minimum (4 batches overfitted to 0.01
+    nats, then 0.05) stops the sweep without saying that higher LRs blow up.
+
+    Example:
+        >>> blowup_lr([1e-4, 1e-3, 1e-2, 1e-1], [2.0, 1.5, 9.0, math.inf])
+        0.001
+    """
+    end = next((i for i, v in enumerate(losses) if not math.isfinite(v)), len(losses))
+    if end == 0:
+        return None
+    level = min(losses[0], guessing)
+    smooth, lowest, fell = smooth_losses(list(losses[:end]), beta=beta), losses[0], False
+    for i in range(1, end):
+        value = losses[i]
+        if value >= stop * lowest:  # the sweep stopped after this step
+            return lrs[i - 1] if value > losses[0] else None
+        lowest = min(lowest, value)
+        fell = fell or smooth[i] <= 0.9 * level
+        if fell and smooth[i] >= 0.95 * level:
+            return lrs[i - 1]
+    return lrs[end - 1] if end < len(losses) else None  # a NaN: measured, not the stop
+
+
 def safe_lr(lrs: Sequence[float], losses: Sequence[float], beta: float = 0.7) -> float | None:
     """A tenth of the LR at the lowest smoothed loss of :func:`sweep`'s curve, or None when
     the curve says nothing (no finite loss, or the loss never fell below its first value:
