@@ -51,6 +51,15 @@ def _shows_default(parser, action):
     return "default" in shown
 
 
+def test_no_command_takes_an_abbreviated_flag(capsys):
+    assert all(not parser.allow_abbrev for _, parser in _parsers(build_parser()))
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--data", "shapes", "--epo", "1"])
+    assert "unrecognized arguments: --epo 1" in capsys.readouterr().err
+    args = build_parser().parse_args(["data", "make", "shapes", "--out", "x", "--n-train", "9"])
+    assert args.n_train == 9  # whole flags as before
+
+
 def test_every_flag_with_a_default_says_it():
     hidden = []
     for path, parser in _parsers(build_parser()):

@@ -38,18 +38,21 @@ def build_parser() -> argparse.ArgumentParser:
     ship.add_parsers(sub)
     clean.add_parsers(sub)
     fit_function.add_parsers(sub)
-    _every_parser_says_defaults(parser)
+    _set_every_parser(parser)
     return parser
 
 
-def _every_parser_says_defaults(parser: argparse.ArgumentParser) -> None:
-    """Give the top parser and every subcommand's the formatter that shows defaults
-    (subparsers do not inherit a formatter_class)."""
+def _set_every_parser(parser: argparse.ArgumentParser) -> None:
+    """Give the top parser and every subcommand's the formatter that shows defaults, and no
+    abbreviated flags (subparsers inherit neither). An abbreviation binds to whichever flag
+    it prefixes today: ``--lr-f 0.5`` would quietly become a new flag's value tomorrow, and
+    scripts and notes that use one break, or worse, change meaning, when a flag is added."""
     parser.formatter_class = DefaultsHelpFormatter
+    parser.allow_abbrev = False  # read at parse time
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
-                _every_parser_says_defaults(child)
+                _set_every_parser(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
