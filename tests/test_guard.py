@@ -9,9 +9,10 @@ from torch import nn
 
 from deepstart.models.registry import create_model
 from deepstart.train.callbacks import Callback
-from deepstart.train.guard import DivergenceGuard, LossWatch
+from deepstart.train.guard import DivergenceGuard
 from deepstart.train.learner import Learner as _Learner
 from deepstart.train.lr_probe import blowup_lr
+from deepstart.train.watch import DEAD, LossWatch, output_spread
 
 from .conftest import SHARED_DATA
 
@@ -220,6 +221,17 @@ class DiesFor(nn.Module):
             if self.calls in self.dead:
                 return out.mean(0, keepdim=True).expand_as(out)
         return out
+
+
+def test_output_spread_is_zero_only_when_every_input_gets_the_same_answer():
+    cpu = torch.device("cpu")
+    alike = torch.tensor([[0.5, -2.0, 7.0]]).expand(8, 3)
+    assert output_spread(alike, cpu).item() == 0.0
+    varied = alike.clone()
+    varied[3, 1] += 1e-3
+    assert output_spread(varied, cpu).item() > DEAD
+    assert math.isnan(output_spread(alike[:1], cpu).item())  # a batch of one says nothing
+    assert output_spread(torch.zeros(4, 2, 5, 5), cpu).item() == 0.0  # any output shape
 
 
 def test_a_network_that_went_dead_is_redone_from_the_epoch_start(toy_data):
