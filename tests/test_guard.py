@@ -159,13 +159,20 @@ def test_a_nan_at_a_sane_lr_halves_it_as_the_notes_do(toy_data):
     assert learn.lr_mult == 0.5 and learn.evaluate()["accuracy"] >= 0.9
 
 
-@pytest.mark.parametrize(("opt", "sane"), [("sgd", 0.1), ("adam", 1e-3), ("adamw", 1e-3)])
-def test_an_lr_10000_times_too_high_is_brought_down_by_a_sweep(toy_data, opt, sane):
-    """Halving alone would need ~14 restores; from the second on the guard sweeps the LR
-    from the restored state and jumps to a safe one."""
+@pytest.mark.parametrize(
+    ("name", "opt", "sane"),
+    [
+        ("mnist_cnn", "sgd", 0.1),
+        ("mnist_cnn", "adam", 1e-3),
+        ("mnist_cnn", "adamw", 1e-3),
+    ],
+)
+def test_an_lr_10000_times_too_high_is_brought_down_by_a_sweep(toy_data, name, opt, sane):
+    """Halving alone would need ~14 restores: the guard sweeps the LR from the restored state
+    and jumps to a safe one."""
     lines = []
     guard = DivergenceGuard(log=lines.append)
-    model = _model(toy_data, "mnist_cnn")
+    model = _model(toy_data, name)
     learn = Learner(toy_data, model, opt=opt, batch_size=32, callbacks=[guard])
     learn.fit_one_cycle(4, sane * 1e4)
     assert not guard.gave_up and 1 <= len(guard.events) <= 3, lines
@@ -255,6 +262,30 @@ def test_two_alike_batches_or_a_batch_of_one_are_not_dead(toy_data):
     one = Learner(toy_data, _model(toy_data), batch_size=1, callbacks=[guard])
     one.fit(1, 1e-3)
     assert guard.events == []
+
+
+def test_a_sweep_flat_until_it_blows_up_does_not_set_a_tiny_lr():
+    """logreg on shapes: 24 steps from a fresh net stay flat near ln 3 until the loss blows
+    up at ~0.17, so the sweep's lowest loss is noise anywhere on the flat part; a tenth of it
+    was 2.1e-6 and the run ended at 35% (the sane LR: 44%). Two decades below the blow-up
+    is the floor."""
+    from deepstart.data.catalog import load_dataset
+
+    data = load_dataset("shapes", n_train=3000, n_test=300, seed=0)
+
+    def run(lr):
+        torch.manual_seed(0)
+        model = create_model("logreg", in_channels=1, num_classes=3, input_size=data.size)
+        guard = DivergenceGuard(log=lambda s: None)
+        learn = Learner(data, model, opt="adam", batch_size=64, seed=0, callbacks=[guard])
+        learn.fit_one_cycle(8, lr)
+        return guard, learn.evaluate()["accuracy"]
+
+    _, sane = run(3e-3)
+    guard, acc = run(30.0)
+    assert [e["how"] for e in guard.events] == ["swept"]
+    assert guard.events[0]["new_lr"] > 1e-3
+    assert acc >= sane - 0.02
 
 
 def test_an_epoch_that_climbed_far_above_guessing_is_redone(toy_data):

@@ -264,6 +264,12 @@ class DivergenceGuard(Callback):
             learn.restore(snap["state"])
             found = safe_lr(lrs, losses)
             blown = blowup_lr(lrs, losses, guessing=learn.baseline_loss)
+            if blown is not None and found is not None:
+                # 24 steps from a fresh net can stay flat until the blow-up, so the lowest
+                # loss is noise anywhere on the flat part (logreg, Adam, shapes: 2.1e-6 for
+                # a blow-up at 0.17, and the run ended below guessing's 33%). The LR is
+                # never set more than two decades below where the sweep made things worse.
+                found = max(found, blown / 100)
             far = blown is not None and blown <= new_lr
             if found is not None and found < new_lr and (self.tries >= 2 or far):
                 new_lr, how = found, "swept"
