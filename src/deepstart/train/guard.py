@@ -181,6 +181,11 @@ class DivergenceGuard(Callback):
         pending, self._pending = self._pending, []
         both = torch.stack([torch.stack([p[0].float(), p[1]]) for p in pending])
         values, spreads = both.cpu().T.tolist()  # one host sync
+        if self.learn.dist is not None:
+            # Losses are already the same on every rank; the outputs are each rank's own.
+            # Summed (each >= 0; a NaN stays NaN), a net is dead only where it is on every
+            # rank, and every rank restores together.
+            spreads = self.learn.dist.sum(spreads)
         for value, spread, (_, _, batch, lr) in zip(values, spreads, pending):
             if self._is_dead(spread):
                 first = batch - self.watch.patience + 1
