@@ -188,8 +188,8 @@ class DivergenceGuard(Callback):
             spreads = self.learn.dist.sum(spreads)
         for value, spread, (_, _, batch, lr) in zip(values, spreads, pending):
             if self._is_dead(spread):
-                first = batch - self.watch.patience + 1
-                self._diverged("train", "dead", value, batch, lr, first, to_epoch_start=True)
+                # It was dying before its outputs became constant: redo the whole epoch.
+                self._diverged("train", "dead", value, batch, lr, first_bad=-1)
             if math.isfinite(value):
                 self._sum, self._count = self._sum + value, self._count + 1
                 if self._first_loss is None:
@@ -240,17 +240,12 @@ class DivergenceGuard(Callback):
         batch: int | None,
         lr: float,
         first_bad: int,
-        to_epoch_start: bool = False,
     ) -> None:
-        """Go back to the newest snapshot taken before the first bad batch (or the epoch's
-        start); raise."""
+        """Go back to the newest snapshot taken before the first bad batch; raise."""
         learn, epoch = self.learn, self.learn.epoch  # snapshots all lie in this epoch
         # A snapshot's weights produced the loss of its "next" batch, so that batch must be
-        # good; a NaN valid loss (first_bad -1) redoes the whole epoch. A net found dead
-        # was dying before its outputs became constant, so that goes back to the start.
+        # good; first_bad -1 (a NaN valid loss, a dead net) redoes the whole epoch.
         good = [s for s in self._snaps if s["next"] < first_bad] or self._snaps[:1]
-        if to_epoch_start:
-            good = self._snaps[:1]
         snap = good[-1]
         del self._snaps[len(good) :]
         learn.restore(snap["state"])
