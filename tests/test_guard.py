@@ -62,7 +62,7 @@ class FaultyLoss(nn.Module):
 def _lrs_since_last_restore(learn, guard):
     """The LRs of every batch trained from the last restore's resumption point on."""
     last = guard.events[-1]
-    start = (last["epoch"] - 1) * learn.n_iter + last["restored_batch"]
+    start = (last["restored_epoch"] - 1) * learn.n_iter + last["restored_batch"]
     return learn.recorder.batch_lrs[start:]
 
 
@@ -112,6 +112,25 @@ def test_blowup_lr_reads_where_the_sweep_made_things_worse():
     assert blowup_lr(lrs12, noise, guessing=math.log(10)) is None
 
 
+def test_blowup_lr_compares_each_batch_with_itself():
+    """The sweep cycles through 4 batches whose losses differ by 10-20% on a flat curve; a
+    rise under 4x the lowest shows only as one batch against its own earlier losses."""
+    lrs = [10.0**k for k in range(-11, 1)]
+    flat = [1.13, 0.95, 1.24, 1.17] * 3  # four batches, the LR too small to change them
+    assert blowup_lr(lrs, flat, period=4, guessing=math.log(3)) is None
+    # logreg, Adam, shapes: batch 2 more than doubles at step 10, under 4x the lowest
+    worse = [*flat[:10], 3.28, 2.6]
+    assert blowup_lr(lrs, worse, period=4, guessing=math.log(3)) == lrs[9]
+    assert blowup_lr(lrs, worse, guessing=math.log(3)) is None  # as one curve: not seen
+    assert blowup_lr(lrs, [*worse[:11], math.inf], period=4, guessing=math.log(3)) == lrs[9]
+    noisy = [*flat[:10], 1.73, 1.17]  # 40% worse, then back: a sweep that still trains
+    assert blowup_lr(lrs, noisy, period=4, guessing=math.log(3)) is None
+    spike = [*flat[:10], 2.6, 1.17]  # one spike the next step undoes
+    assert blowup_lr(lrs, spike, period=4, guessing=math.log(3)) is None
+    small = [0.04, 0.05, 0.06, 0.05] * 2 + [0.09, 0.05, 0.06, 0.05]  # 2.25x, but 0.05 nats
+    assert blowup_lr(lrs, small, period=4) is None
+
+
 # -- recovering ----------------------------------------------------------------------------
 def test_absurd_lr_diverges_without_the_guard_and_recovers_with_it(toy_data):
     def run(callbacks):
@@ -141,7 +160,7 @@ def test_absurd_lr_diverges_without_the_guard_and_recovers_with_it(toy_data):
     assert f"swept the LR from there and set it to {first['new_lr']:.1e}" in lines[0]
     assert "(try 1 of 8)" in lines[0]
     # it went back to the epoch's start, where the cosine was higher: that part is capped too
-    assert "the most it reaches from there on (it was to climb to 1.0e+01)" in lines[0]
+    assert ", the most it reaches from there on (it was to climb to 1.0e+01)" in lines[0]
     assert (first["epoch"], first["tries"]) == (1, 1) and first["old_lr"] > 5.0
     assert first["kind"] in ("nan", "spike") and first["action"] == "restored"
 
@@ -218,9 +237,10 @@ class DiesFor(nn.Module):
     """Answers every input alike (the batch mean, so gradients still flow) on training calls
     ``start`` .. ``start + n - 1``: a dead network, whose loss stays near guessing."""
 
-    def __init__(self, inner, start, n):
+    def __init__(self, inner, start, n, also=()):
         super().__init__()
-        self.inner, self.dead, self.calls = inner, range(start, start + n), 0
+        self.inner, self.calls = inner, 0
+        self.dead = {c for s in (start, *also) for c in range(s, s + n)}  # and ``also`` ones
 
     def forward(self, x):
         out = self.inner(x)
@@ -252,6 +272,49 @@ def test_a_network_that_went_dead_is_redone_from_the_epoch_start(toy_data):
     assert (event["kind"], event["epoch"], event["batch"]) == ("dead", 2, 4)
     assert event["restored_batch"] == 0 and event["how"] == "halved"
     assert "network went dead (the same output for every input for 3 batches" in lines[0]
+    assert learn.evaluate()["accuracy"] >= 0.9
+
+
+def test_a_network_dead_after_a_restore_goes_back_to_where_that_lr_began(toy_data):
+    """A net that dies under the LR a restore set was dying since that restore, maybe an
+    epoch or more before: redoing only its epoch would start from a dying state (fast_mnist,
+    AdamW, halved to 6.7 on shapes: every redo of epoch 2 died again, and the guard gave up)."""
+    lines = []
+    guard = DivergenceGuard(log=lines.append, probe_steps=0)
+    # 6 batches an epoch; a NaN at batch 2 of epoch 1 (call 3), restored to the epoch's start
+    # and replayed (calls 4-9); then dead at batches 1-3 of epoch 2 (calls 11-13)
+    model = DiesFor(_model(toy_data), start=11, n=3)
+    loss = FaultyLoss(nan_at={3})
+    learn = Learner(toy_data, model, loss_func=loss, batch_size=32, callbacks=[guard])
+    learn.fit(3, 1e-2)
+    got = [(e["kind"], e["epoch"], e["restored_epoch"], e["restored_batch"]) for e in guard.events]
+    assert got == [("nan", 1, 1, 0), ("dead", 2, 1, 0)]  # back to where the halved LR began
+    nan, dead = guard.events
+    assert dead["batch"] == 3
+    assert "at epoch 2 batch 3" in lines[1] and "the state before batch 0 of epoch 1" in lines[1]
+    assert dead["new_lr"] == pytest.approx(nan["new_lr"] / 2)
+    assert [row["epoch"] for row in learn.recorder.history] == [1, 2, 3]
+    assert learn.evaluate()["accuracy"] >= 0.9
+
+
+def test_a_network_dead_twice_from_one_state_goes_back_to_the_fit_start(toy_data):
+    """A net that dies again from the state the last restore went back to, at a lower LR,
+    was dying there already (fast_mnist and vgg_small, AdamW on shapes: the first blow-up
+    came at batch 38, after 20 batches at Adam LRs of 1-10, and every redo from batch 20
+    died): back to the fit's first state."""
+    lines = []
+    guard = DivergenceGuard(log=lines.append, probe_steps=0, snapshot_every=2)
+    # 6 batches an epoch, snapshots before batches 0, 2, 4. A NaN at batch 4 of epoch 1
+    # (call 5): back to batch 2, replayed (calls 6-9). Dead at batches 1-3 of epoch 2 (calls
+    # 11-13): back to batch 2 of epoch 1 (calls 14-17), dead again in epoch 2 (calls 19-21).
+    model = DiesFor(_model(toy_data), start=11, n=3, also=(19,))
+    loss = FaultyLoss(nan_at={5})
+    learn = Learner(toy_data, model, loss_func=loss, batch_size=32, callbacks=[guard])
+    learn.fit(3, 1e-2)
+    got = [(e["kind"], e["epoch"], e["restored_epoch"], e["restored_batch"]) for e in guard.events]
+    assert got == [("nan", 1, 1, 2), ("dead", 2, 1, 2), ("dead", 2, 1, 0)]
+    assert "the state before batch 0 of epoch 1" in lines[2]
+    assert [row["epoch"] for row in learn.recorder.history] == [1, 2, 3]
     assert learn.evaluate()["accuracy"] >= 0.9
 
 
@@ -307,7 +370,9 @@ def test_an_epoch_that_climbed_far_above_guessing_is_redone(toy_data):
             return F.cross_entropy(pred, target) + extra
 
     lines = []
-    guard = DivergenceGuard(log=lines.append)
+    # (no sweep: this loss climbs with every call, whatever the LR, so a sweep would see it
+    # blow up at the smallest LR; the rule is what is tested here)
+    guard = DivergenceGuard(log=lines.append, probe_steps=0)
     learn = Learner(toy_data, _model(toy_data), loss_func=Climb(), batch_size=8, callbacks=[guard])
     assert n == 24
     learn.fit(2, 1e-2)

@@ -52,6 +52,30 @@ def test_safe_lr_says_nothing_when_the_curve_says_nothing(losses):
     assert safe_lr([10.0**-k for k in range(len(losses))], losses) is None
 
 
+def test_safe_lr_with_a_fall_needs_the_curve_to_fall_that_far():
+    lrs = [10.0**-k for k in range(8, 0, -1)]
+    flat = [1.10, 1.08, 1.12, 1.05, 1.09, 1.11, 1.07, 1.10]  # within noise: lowest anywhere
+    assert safe_lr(lrs, flat) is not None
+    assert safe_lr(lrs, flat, fall=0.1) is None
+    fell = [1.10, 1.05, 0.9, 0.7, 0.6, 0.65, 0.9, math.inf]
+    assert safe_lr(lrs, fell, fall=0.1) == safe_lr(lrs, fell)
+
+
+def test_the_sweep_trains_without_dropout(toy_data):
+    """At an LR too small to change anything, the same batch met again gives the same loss:
+    with dropout on, a batch of 16 moved by 26% at an Adam LR of 1e-5 (mnist_cnn), which
+    reads as a blow-up. Dropout is on again for the fit afterwards."""
+    torch.manual_seed(0)
+    model = create_model("mnist_cnn", in_channels=1, num_classes=3, input_size=toy_data.size)
+    assert any(isinstance(m, torch.nn.Dropout) for m in model.modules())
+    learn = Learner(toy_data, model, batch_size=16, guard=False, sanity=False, quiet=True)
+    learn.create_opt()
+    _, losses = sweep(learn, _batches(learn), 1e-9, steps=12)
+    for i in range(4, 12):
+        assert losses[i] == pytest.approx(losses[i - 4], rel=1e-4)
+    assert all(m.training for m in model.modules())
+
+
 def test_sweep_measures_a_curve_and_leaves_the_rng_alone(toy_data):
     learn = _learner(toy_data)
     batches = _batches(learn)

@@ -9,7 +9,9 @@ first sweeps the LR for a few steps from the restored state (:mod:`deepstart.tra
 The first time in a fit it halves the LR, unless the sweep blew up below half already; from
 the second on, or in that case, it jumps to the sweep's safe LR when that is lower, so an LR
 10,000x too high is brought down in one or two restores, not fourteen. A network that went
-dead (every input answered alike) counts as diverged too.
+dead (every input answered alike) counts as diverged too; it goes back to where the LR it
+died under began (the state the last restore went back to), or to the fit's start if it
+died from there before.
 Only when ``max_tries`` restores did not help, or the LR would fall below ``min_lr``, does it
 stop the fit, with an explanation, instead of training on garbage.
 
@@ -52,10 +54,13 @@ class DivergenceGuard(Callback):
             one NaN/inf, is a divergence (see :class:`LossWatch`). So is a smoothed loss
             that climbed to ``spike`` x that of guessing ("climb"), a valid loss NaN or
             ``spike`` x that of guessing, and a network that varied, then gave every input
-            of 3 batches in a row the same output ("dead": redone from the epoch's start).
+            of 3 batches in a row the same output ("dead": redone from where the LR of the
+            last restore began, even in an earlier epoch, else from the epoch's start).
         snapshot_every: batches between snapshots. Each copies the weights and optimizer
-            state to CPU memory (at most 3 are held: the epoch's start and the last two);
-            one is also taken at the start of every epoch, so the first batches are covered.
+            state to CPU memory (at most 3 are held: the epoch's start and the last two;
+            also the fit's first, and the one the last restore went back to, for a net that
+            dies); one is also taken at the start of every epoch, so the first batches are
+            covered.
         check_every: batches between loss checks. Reading a loss is a host sync, free on the
             CPU but a pipeline stall on a GPU, so by default (None) every batch on the CPU and
             every 10 elsewhere; a late check only wastes a few batches before the restore.
@@ -64,8 +69,9 @@ class DivergenceGuard(Callback):
     ``events`` holds one dict per divergence: split ("train"/"valid"), epoch (1-based, as
     in metrics.jsonl), batch (0-based index in the epoch), kind ("nan"/"spike"/"climb"/
     "dead"), loss, old_lr, new_lr, how ("halved"/"swept"), tries, action ("restored"/"gave_up"),
-    restored_batch. With ``learn.recorder.path`` set, each is also appended there as
-    ``{"event": "divergence", ...}``.
+    restored_batch, restored_epoch (earlier than epoch only for a dead net). With
+    ``learn.recorder.path`` set, each is also appended there as ``{"event": "divergence",
+    ...}``.
     """
 
     order = 25  # after the Recorder and Progress have seen the batch
@@ -98,6 +104,9 @@ class DivergenceGuard(Callback):
         self.watch.reset()
         self._recent: deque[tuple[Any, Any]] = deque(maxlen=4)  # batches for a sweep
         self._dead, self._alive = 0, False  # constant-output batches in a row; ever varied
+        self._anchor: dict[str, Any] | None = None  # the state the last restore went back to
+        self._origin: dict[str, Any] | None = None  # the fit's first snapshot
+        self._died_from: dict[str, Any] | None = None  # where the last dead net went back to
         every = self.check_every or (1 if self.learn.device.type == "cpu" else 10)
         self._check_every, self._restarting = max(int(every), 1), False
 
@@ -171,6 +180,8 @@ class DivergenceGuard(Callback):
     def _take(self, next_batch: int) -> None:
         snap = {"state": self.learn.snapshot(), "next": next_batch, "watch": self.watch.state()}
         self._snaps.append(snap)
+        if self._origin is None:  # kept all fit (a fresh net's optimizer state is empty)
+            self._origin = snap
         if len(self._snaps) > 3:
             del self._snaps[1]  # drop the oldest periodic one, keep the epoch start
         self._since = 0
@@ -242,12 +253,23 @@ class DivergenceGuard(Callback):
         first_bad: int,
     ) -> None:
         """Go back to the newest snapshot taken before the first bad batch; raise."""
-        learn, epoch = self.learn, self.learn.epoch  # snapshots all lie in this epoch
+        learn, epoch = self.learn, self.learn.epoch
         # A snapshot's weights produced the loss of its "next" batch, so that batch must be
         # good; first_bad -1 (a NaN valid loss, a dead net) redoes the whole epoch.
         good = [s for s in self._snaps if s["next"] < first_bad] or self._snaps[:1]
         snap = good[-1]
         del self._snaps[len(good) :]
+        if kind == "dead" and self._anchor is not None:
+            # The net died under the LR the last restore set: it was dying before its
+            # outputs became constant, maybe since that restore (fast_mnist, AdamW halved to
+            # 6.7: dead in epoch 2, and every redo of epoch 2 died again). Back to where
+            # that LR began, if need be in an earlier epoch; and if it died from there too
+            # at a lower LR, that state was dying already (the warm-up ran Adam at LRs of
+            # 1-10 for 20 batches before the first blow-up): back to the fit's start.
+            snap = self._anchor
+            if snap is self._died_from and self._origin is not None:
+                snap = self._origin
+            self._snaps, self._died_from = [snap], snap
         learn.restore(snap["state"])
         self.watch.load_state(snap["watch"])
         self._dead = 0
@@ -263,13 +285,21 @@ class DivergenceGuard(Callback):
             lrs, losses = sweep(learn, list(self._recent), lr, steps=self.probe_steps)
             learn.restore(snap["state"])
             found = safe_lr(lrs, losses)
-            blown = blowup_lr(lrs, losses, guessing=learn.baseline_loss)
-            if blown is not None and found is not None:
-                # 24 steps from a fresh net can stay flat until the blow-up, so the lowest
-                # loss is noise anywhere on the flat part (logreg, Adam, shapes: 2.1e-6 for
-                # a blow-up at 0.17, and the run ended below guessing's 33%). The LR is
-                # never set more than two decades below where the sweep made things worse.
-                found = max(found, blown / 100)
+            period = len(self._recent)  # the sweep cycles through them
+            blown = blowup_lr(lrs, losses, period=period, guessing=learn.baseline_loss)
+            if blown is not None:
+                # The safe LR lies 10 to 100x below where the sweep made things worse: a
+                # tenth of the lowest loss's LR (fastai's old rule) within that, when the
+                # loss fell clearly on the way. 24 steps from a fresh net often stay flat
+                # until the blow-up, and then the lowest loss is noise anywhere on the flat
+                # part (logreg, Adam, shapes: a tenth of it was 2.1e-6 for a blow-up at 0.06,
+                # and the run ended at 35%): then a twentieth of the blow-up (mnist_cnn, SGD,
+                # shapes, flat until 2.1: a tenth died at chance, where 0.1 trains it).
+                learned = safe_lr(lrs, losses, fall=0.1)
+                if learned is None:
+                    found = blown / 20
+                else:
+                    found = min(max(learned, blown / 100), blown / 10)
             far = blown is not None and blown <= new_lr
             if found is not None and found < new_lr and (self.tries >= 2 or far):
                 new_lr, how = found, "swept"
@@ -297,7 +327,7 @@ class DivergenceGuard(Callback):
         if kind == "climb" or (split == "train" and batch is None):
             what += f" (guessing costs {self._guessing():.3g})"
         where = f"epoch {epoch + 1}" + (f" batch {batch}" if batch is not None else "")
-        back = f"the state before batch {snap['next']} of epoch {epoch + 1}"
+        back = f"the state before batch {snap['next']} of epoch {learn.epoch + 1}"
         event = {
             "split": split,
             "epoch": epoch + 1,
@@ -311,6 +341,7 @@ class DivergenceGuard(Callback):
             "tries": self.tries,
             "action": "gave_up" if gave_up else "restored",
             "restored_batch": snap["next"],
+            "restored_epoch": learn.epoch + 1,
         }
         self.events.append(event)
         self._write(event)
@@ -342,6 +373,7 @@ class DivergenceGuard(Callback):
             f"{verb} to {new_lr:.1e}{cap if capped else ''} (try {self.tries} of "
             f"{self.max_tries})"
         )
+        self._anchor = snap
         self._restarting = True
         raise RestartEpoch
 

@@ -3,12 +3,13 @@ diverging LR down in one jump, rather than halving it a dozen times.
 
 Halving is right for an LR a little too high (the notes' "halve it until it stops
 diverging"), but an LR 10,000x too high needs 14 halvings, and when only the held-out loss
-shows the blow-up each halving costs a whole epoch. So from the guard's second divergence in
-a fit on, it asks this module: starting from the restored state, train a few steps on the
-last few batches the fit saw while the LR grows geometrically from ``lr / span`` to ``lr``,
-and take a tenth of the LR at the lowest smoothed loss (the LR finder's ``minimum`` rule,
-fastai's ``lr_min``: the lowest loss is already close to diverging). The caller puts the
-good state back afterwards; the sweep's steps only measure.
+shows the blow-up each halving costs a whole epoch. So at every divergence the guard asks
+this module: starting from the restored state, train a few steps on the last few batches the
+fit saw while the LR grows geometrically from ``lr / span`` to ``lr``; read where that made
+things worse (:func:`blowup_lr`: is half the LR already too much?) and a tenth of the LR at
+the lowest smoothed loss (:func:`safe_lr`, the LR finder's ``minimum`` rule, fastai's
+``lr_min``: the lowest loss is already close to diverging). The caller puts the good state
+back afterwards; the sweep's steps only measure.
 
 Example:
     >>> lrs, losses = sweep(learn, [(xb, yb)], lr=10.0)
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from deepstart.train import optim
 from deepstart.train.finetune import frozen_norms_eval
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from deepstart.train.learner import Learner
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 
 
 def sweep(
@@ -45,7 +48,8 @@ def sweep(
 ) -> tuple[list[float], list[float]]:
     """Train ``steps`` steps on ``batches`` (cycled) with the LR rising geometrically from
     ``lr / span`` to ``lr``; returns the LRs and losses (inf once the loss has gone past
-    ``stop`` x its lowest, or NaN: the remaining steps are not trained).
+    ``stop`` x its lowest, or NaN, or reached 0: the remaining steps are not trained).
+    Dropout is off during the sweep, and on again after it.
 
     Every param group keeps its ratio to the last group's LR (discriminative LRs). Changes
     weights, optimizer state and BatchNorm statistics: restore a snapshot after it. The
@@ -68,8 +72,16 @@ def sweep(
     with torch.random.fork_rng(devices=devices), torch.enable_grad():
         model.train()
         frozen_norms_eval(model)
+        # Dropout off: a step's loss then depends on the weights alone, and the same batch
+        # met again shows what the steps between did (blowup_lr's per-batch rule). With it,
+        # one batch of 16 moved by 26% at an Adam LR of 1e-5 (mnist_cnn).
+        dropouts = [m for m in model.modules() if isinstance(m, DROPOUTS)]
+        for m in dropouts:
+            m.eval()
         for k, step_lr in enumerate(lrs):
-            if losses and not losses[-1] < stop * lowest:  # blown up (or NaN): stop training
+            # Blown up, NaN, or a loss of 0 (4 batches learnt by heart: from there on no
+            # step moves the weights, and the curve says nothing): stop training.
+            if losses and not losses[-1] < stop * lowest:
                 losses.append(math.inf)
                 continue
             for group, ratio in zip(opt.param_groups, ratios):
@@ -86,6 +98,8 @@ def sweep(
             losses.append(value if math.isfinite(value) else math.inf)
             lowest = min(lowest, losses[-1])
         opt.zero_grad(set_to_none=True)
+        for m in dropouts:
+            m.train()
     learn.loss = loss_before
     if learn.dist is not None:
         losses = [v / learn.dist.world for v in learn.dist.sum(losses)]
@@ -96,9 +110,11 @@ def blowup_lr(
     lrs: Sequence[float],
     losses: Sequence[float],
     *,
+    period: int = 0,
     guessing: float = math.inf,
     stop: float = 4.0,
     beta: float = 0.5,
+    worse: float = 2.0,
 ) -> float | None:
     """The LR of the step after which :func:`sweep`'s training made things worse than the
     restored state (a step's loss shows the steps before it); None when it never did.
@@ -110,30 +126,53 @@ def blowup_lr(
     then 2.30 flat). A loss only ``stop`` x a low minimum (4 batches overfitted to 0.01
     nats, then 0.05) stops the sweep without saying that higher LRs blow up.
 
+    With ``period`` (the number of batches the sweep cycled through), also a batch's loss
+    ``worse`` x (and 0.1 nats over) the lowest that same batch had, with the next step's
+    batch worse too (or the sweep ending there): batches differ by 10-20% on a flat curve,
+    so only a batch against itself shows a rise that stays under ``stop`` (logreg, Adam,
+    shapes: 1.04-1.26 nats up to an LR of 0.064, then 3.28, 2.31, 6.06). A batch 25-60%
+    worse is noise of a sweep that trains (vgg_small, SGD: 1.05, then 1.2-1.7 from 0.02 to
+    1.3, while 0.1 trains it to 100%), and so is one spike the next step undoes (mnist_cnn,
+    AdamW: 2.26 at 0.024, then 0.97 and 0.80, then 2.57 and 23.1 at 0.11).
+
     Example:
         >>> blowup_lr([1e-4, 1e-3, 1e-2, 1e-1], [2.0, 1.5, 9.0, math.inf])
         0.001
     """
     end = next((i for i, v in enumerate(losses) if not math.isfinite(v)), len(losses))
-    if end == 0:
-        return None
+    if end == 0 or (end == 1 and losses[0] == 0.0):  # a batch learnt by heart stops it
+        return None  # at once: no LR was tried (a NaN there would be the first LR's)
     level = min(losses[0], guessing)
     smooth, lowest, fell = smooth_losses(list(losses[:end]), beta=beta), losses[0], False
+    first = None  # the step of a batch that got worse, while the steps after it stay worse
     for i in range(1, end):
         value = losses[i]
         if value >= stop * lowest:  # the sweep stopped after this step
-            return lrs[i - 1] if value > losses[0] else None
+            return lrs[(first or i) - 1] if value > losses[0] else None
+        if period and i >= period:
+            own = min(losses[i - period :: -period])  # this batch's losses before
+            if value < max(worse * own, own + 0.1):
+                first = None
+            elif first is None:
+                first = i
+            else:  # two in a row
+                return lrs[first - 1]
         lowest = min(lowest, value)
-        fell = fell or smooth[i] <= 0.9 * level
+        fell = fell or smooth[i] < 0.9 * level  # (never from a level of 0 nats)
         if fell and smooth[i] >= 0.95 * level:
             return lrs[i - 1]
-    return lrs[end - 1] if end < len(losses) else None  # a NaN: measured, not the stop
+    # A NaN (measured, not the stop), or a loss of 0 that stopped the sweep: 4 batches
+    # learnt by heart in a few steps, where the higher LRs went untried (an upper bound).
+    return lrs[(first or end) - 1] if end < len(losses) else None
 
 
-def safe_lr(lrs: Sequence[float], losses: Sequence[float], beta: float = 0.7) -> float | None:
+def safe_lr(
+    lrs: Sequence[float], losses: Sequence[float], beta: float = 0.7, fall: float = 0.0
+) -> float | None:
     """A tenth of the LR at the lowest smoothed loss of :func:`sweep`'s curve, or None when
     the curve says nothing (no finite loss, or the loss never fell below its first value:
-    even the smallest LR of the sweep did not help).
+    even the smallest LR of the sweep did not help; with ``fall``, never by that fraction
+    of it: a curve flat within noise has its lowest point anywhere).
 
     Example:
         >>> safe_lr([1e-4, 1e-3, 1e-2, 1e-1], [2.0, 1.5, 1.0, math.inf])
@@ -144,6 +183,6 @@ def safe_lr(lrs: Sequence[float], losses: Sequence[float], beta: float = 0.7) ->
         return None
     end = finite[-1] + 1  # the curve up to its last finite loss
     smooth = smooth_losses(list(losses[:end]), beta=beta)
-    if not all(math.isfinite(v) for v in smooth) or min(smooth) >= smooth[0]:
+    if not all(math.isfinite(v) for v in smooth) or min(smooth) >= smooth[0] * (1 - fall):
         return None
     return minimum(list(lrs[:end]), smooth)[0]
