@@ -62,3 +62,32 @@ def test_one_cycle_keeps_a_low_momentum_as_asked():
     assert cycle_momentums(0.5) == (0.5, 0.5, 0.5)
     assert cycle_momentums(0.95) == (0.95, 0.85, 0.95)  # fastai's cycle
     assert cycle_momentums(0.9) == (0.9, 0.85, 0.9)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_sgd_and_adam_on_the_cpu_are_fused_and_step_as_the_per_tensor_loop_does(name):
+    torch.manual_seed(0)
+    w = torch.randn(3, 5)
+    weights = [torch.nn.Parameter(w.clone()), torch.nn.Parameter(w.clone())]
+    fused = make_optimizer(name, [{"params": [weights[0]]}], lr=0.1, wd=1e-2, nesterov=True)
+    assert fused.defaults["fused"] is True
+    settings = {**fused.defaults, "fused": None, "foreach": False}
+    settings.pop("decoupled_weight_decay", None)  # AdamW's, implied by its class
+    loop = type(fused)([weights[1]], **settings)
+    for _ in range(5):
+        grad = torch.randn(3, 5)
+        for p, opt in zip(weights, (fused, loop)):
+            p.grad = grad.clone()
+            opt.step()
+    assert not torch.equal(weights[0], w)
+    torch.testing.assert_close(weights[0], weights[1], rtol=1e-5, atol=1e-6)
+
+
+def test_fused_kernels_only_where_pytorch_has_them():
+    from deepstart.train.optim import fusable
+
+    assert fusable([torch.zeros(2, requires_grad=True)]) is True
+    assert fusable([{"params": [torch.zeros(2, device="meta", requires_grad=True)]}]) is None
+    assert fusable([]) is None
+    sgd = make_optimizer("sgd", [torch.zeros(2, device="meta", requires_grad=True)], lr=0.1)
+    assert not sgd.defaults["fused"]  # built without the flag there

@@ -60,14 +60,21 @@ def make_optimizer(
     early only when its line search can make no progress (PyTorch's default tolerances are
     absolute, and would stop a fit whose loss is already 1e-7).
     """
+    params = list(params)
+    fused = fusable(params)
     if name == "sgd":
+        nesterov = nesterov and momentum > 0
         return torch.optim.SGD(
-            params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0, weight_decay=wd
+            params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=wd, fused=fused
         )
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=(momentum, 0.999), weight_decay=wd)
+        return torch.optim.Adam(
+            params, lr=lr, betas=(momentum, 0.999), weight_decay=wd, fused=fused
+        )
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=(momentum, 0.999), weight_decay=wd)
+        return torch.optim.AdamW(
+            params, lr=lr, betas=(momentum, 0.999), weight_decay=wd, fused=fused
+        )
     if name == "rmsprop":
         return torch.optim.RMSprop(
             params,
@@ -90,6 +97,23 @@ def make_optimizer(
             line_search_fn="strong_wolfe",
         )
     raise ConfigError(f"unknown optimizer {name!r}; use {', '.join(OPTIMIZER_NAMES)}")
+
+
+def fusable(params: list[Any]) -> bool | None:
+    """True when every parameter (``params``: tensors or param-group dicts) is a float
+    tensor on the CPU or a CUDA GPU, where PyTorch has fused SGD/Adam/AdamW kernels: one
+    pass over each weight per step instead of ~10 elementwise ops, each reading and writing
+    it. On the CPU that is ~5% of a small conv net's bf16 step (keras_cifar_cnn, batch 128,
+    Intel Xeon with AMX: 4,641-4,762 images/s against 4,381-4,510). None elsewhere (MPS, ...):
+    PyTorch's default there.
+
+    Example:
+        >>> fusable([torch.zeros(2, requires_grad=True)])
+        True
+    """
+    tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
+    ok = all(t.is_floating_point() and t.device.type in ("cpu", "cuda") for t in tensors)
+    return True if tensors and ok else None
 
 
 def check_optimizer_name(name: str) -> None:
