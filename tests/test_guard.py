@@ -112,6 +112,17 @@ def test_blowup_lr_reads_where_the_sweep_made_things_worse():
     assert blowup_lr(lrs12, noise, guessing=math.log(10)) is None
 
 
+def test_a_sweep_stopped_by_a_loss_of_0_bounds_at_the_last_lr_it_measured():
+    """A loss of 0 (4 batches learnt by heart) stops the sweep; that 0 was measured after the
+    steps before it, so the LRs from the step after it on are untried: the bound is the LR of
+    the last step the 0 shows."""
+    lrs = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+    assert blowup_lr(lrs, [2.0, 1.0, 0.0, math.inf, math.inf]) == 1e-3
+    assert blowup_lr(lrs, [0.5, 0.0, math.inf, math.inf, math.inf]) == 1e-4
+    assert blowup_lr(lrs, [0.0, math.inf, math.inf, math.inf, math.inf]) is None  # no LR tried
+    assert blowup_lr(lrs, [2.0, 1.0, math.inf, math.inf, math.inf]) == 1e-3  # a NaN: measured
+
+
 def test_blowup_lr_compares_each_batch_with_itself():
     """The sweep cycles through 4 batches whose losses differ by 10-20% on a flat curve; a
     rise under 4x the lowest shows only as one batch against its own earlier losses."""

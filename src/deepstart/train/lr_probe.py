@@ -161,9 +161,14 @@ def blowup_lr(
         fell = fell or smooth[i] < 0.9 * level  # (never from a level of 0 nats)
         if fell and smooth[i] >= 0.95 * level:
             return lrs[i - 1]
-    # A NaN (measured, not the stop), or a loss of 0 that stopped the sweep: 4 batches
-    # learnt by heart in a few steps, where the higher LRs went untried (an upper bound).
-    return lrs[(first or end) - 1] if end < len(losses) else None
+    if end == len(losses):
+        return None
+    # A NaN: measured after the step at lrs[end - 1]. Or a loss of 0 that stopped the sweep:
+    # 4 batches learnt by heart, where the higher LRs went untried, so the bound is the last
+    # LR whose step was measured. That 0 shows the steps up to lrs[end - 2]; the step after
+    # it went unmeasured.
+    known = end - 1 if losses[end - 1] == 0.0 else end
+    return lrs[(first or known) - 1]
 
 
 def safe_lr(
