@@ -40,6 +40,7 @@ class Variant:
     options: dict[str, Any] = field(default_factory=dict)
     learner: dict[str, Any] = field(default_factory=dict)  # Learner options (channels_last)
     torch_layers: bool = False  # swap deepstart's Dropout/Flatten for torch's own
+    fused: bool = True  # False: the optimizer as PyTorch builds it by default on the CPU
 
 
 def torch_layers(model: torch.nn.Module) -> torch.nn.Module:
@@ -135,6 +136,13 @@ GROUPS: dict[str, list[Variant]] = {
         ),
         Variant("keras_cifar_cnn channels_last", "keras_cifar_cnn", CF, batch=128),
     ],
+    # Fused optimizer steps (train/optim.py) against PyTorch's CPU default, a per-tensor loop.
+    "optimizer-notes": [
+        Variant("mnist_cnn per-tensor AdamW", "mnist_cnn", MN, batch=128, fused=False),
+        Variant("mnist_cnn fused AdamW", "mnist_cnn", MN, batch=128),
+        Variant("keras_cifar_cnn per-tensor AdamW", "keras_cifar_cnn", CF, batch=128, fused=False),
+        Variant("keras_cifar_cnn fused AdamW", "keras_cifar_cnn", CF, batch=128),
+    ],
     "notes-models": [
         Variant("mnist_cnn fp32", "mnist_cnn", MN, "fp32", 128),
         Variant("mnist_cnn bf16", "mnist_cnn", MN, "bf16", 128),
@@ -166,6 +174,10 @@ def images_per_second(v: Variant, n_images: int) -> float:
         quiet=True,  # timed: no progress display
         **v.learner,
     )
+    if not v.fused:  # the same param groups, stepped one tensor at a time
+        learn.create_opt()
+        groups = [{k: x for k, x in g.items() if k != "fused"} for g in learn.opt.param_groups]
+        learn.opt = type(learn.opt)(groups, foreach=False)
     warm = ImageSet(images[: 2 * v.batch], labels[: 2 * v.batch], s.classes)
     learn.data = make_dataset("warm", warm, None, valid=s.subset(range(v.batch)))
     learn.fit(1, 1e-3)  # warm-up: allocator, oneDNN kernels, whitening fit
