@@ -2,9 +2,9 @@
 
 Each image is one filled shape (circle, square, triangle, ...) of random size, position,
 rotation and brightness on a random darker background, with Gaussian noise. Shapes are drawn
-with scikit-image at 4x resolution and averaged down, which gives anti-aliased edges for the
-price of one cheap polygon fill per image; colouring and noise are done for the whole batch
-at once in numpy. Everything is a pure function of the seed.
+at 4x resolution and averaged down, which gives anti-aliased edges; circles and ellipses with
+scikit-image, polygons for the whole batch at once in numpy, as are colouring and noise.
+Everything is a pure function of the seed.
 """
 
 from __future__ import annotations
@@ -81,11 +81,38 @@ def _outline(kind: str, radius: float, theta: float, rng: np.random.Generator) -
     return radius * local @ rotation
 
 
+def _fill_polygons(rows: np.ndarray, cols: np.ndarray, big: int) -> np.ndarray:
+    """``(N, big, big)`` bool: which pixels lie inside each polygon, polygon ``n`` having
+    vertices ``(rows[n], cols[n])`` (``(N, V)`` float64, sub-pixel units).
+
+    The even-odd rule on pixel centres at integer coordinates, as ``skimage.draw.polygon``
+    decides (W. R. Franklin's PNPOLY, the same float64 arithmetic in the same order, so the
+    same pixels; skimage also counts a pixel centre exactly on an edge as inside, which the
+    random float vertices here never produce), for a whole batch of polygons at once: where
+    an edge crosses row ``y`` depends on the row alone, so the divisions are ``(N, H, V)``
+    and each pixel only compares its column with them. 2,400 polygons at 128x128: ~0.1 s,
+    against ~0.65 s one ``draw.polygon`` call at a time (Intel Xeon with AMX).
+    """
+    y = np.arange(big, dtype=np.float64)[None, :, None]  # (1, H, 1) row coordinates
+    yi, xi = rows[:, None, :], cols[:, None, :]  # (N, 1, V): vertex i
+    yj, xj = np.roll(yi, 1, axis=2), np.roll(xi, 1, axis=2)  # vertex i - 1 (wrapping)
+    straddle = ((yi <= y) & (y < yj)) | ((yj <= y) & (y < yi))  # (N, H, V)
+    with np.errstate(divide="ignore", invalid="ignore"):  # flat edges never straddle
+        cross = (xj - xi) * (y - yi) / (yj - yi) + xi  # (N, H, V) column where edge meets row
+    cross = np.where(straddle, cross, -np.inf)  # a pixel is never left of a missed edge
+    x = np.arange(big, dtype=np.float64)  # (W,) column coordinates
+    inside = np.zeros((len(rows), big, big), dtype=bool)
+    for v in range(rows.shape[1]):  # odd number of crossings to the right: inside
+        inside ^= x < cross[:, :, v, None]
+    return inside
+
+
 def _coverage(kinds: Sequence[str], size: int, rng: np.random.Generator) -> np.ndarray:
     """Fraction of each pixel covered by its shape: ``(N, size, size)`` float32 in [0, 1]."""
     ss = _SUPERSAMPLE
     big = size * ss
     masks = np.zeros((len(kinds), big, big), dtype=bool)  # (N, 4H, 4W), one fill per image
+    polygons: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}  # by vertex count
     for i, kind in enumerate(kinds):
         # Scale in [0.18, 0.36] of the image, centre kept ~one radius from the border, so
         # shapes are recognisable and at most slightly clipped.
@@ -107,10 +134,24 @@ def _coverage(kinds: Sequence[str], size: int, rng: np.random.Generator) -> np.n
             masks[i, rr, cc] = True
         else:
             xy = _outline(kind, rad, theta, rng)
-            rr, cc = draw.polygon(r0 + xy[:, 1], c0 + xy[:, 0], shape=(big, big))
-            masks[i, rr, cc] = True
-    blocks = masks.reshape(len(kinds), size, ss, size, ss)
-    return blocks.sum(axis=(2, 4), dtype=np.float32) / (ss * ss)
+            polygons.setdefault(len(xy), []).append((i, r0 + xy[:, 1], c0 + xy[:, 0]))
+    for same in polygons.values():  # filled in batches of equal vertex count
+        for start in range(0, len(same), 256):  # (256, 128, 128) bools: 4 MB at a time
+            chunk = same[start : start + 256]
+            index = [i for i, _, _ in chunk]
+            rows = np.stack([r for _, r, _ in chunk])
+            cols = np.stack([c for _, _, c in chunk])
+            masks[index] = _fill_polygons(rows, cols, big)
+    # Covered sub-pixels per 4x4 block, summed as uint8 (at most 16) one slice at a time:
+    # numpy's strided sum over both block axes at once took 0.19 s of 0.5 s for 3,600 images.
+    sub = masks.view(np.uint8).reshape(len(kinds), size, ss, size, ss)
+    across = sub[:, :, 0].copy()  # (N, H, W, ss)
+    for k in range(1, ss):
+        across += sub[:, :, k]
+    count = across[..., 0].copy()  # (N, H, W)
+    for k in range(1, ss):
+        count += across[..., k]
+    return count.astype(np.float32) / (ss * ss)
 
 
 def _paint(
