@@ -168,12 +168,14 @@ def test_the_learner_feeds_channels_last_batches_and_trains_the_same(toy_data):
     assert F.mse_loss(nhwc.get_preds(shapes.test)[0], nchw.get_preds(shapes.test)[0]) < 1e-8
 
 
-def test_a_busy_cpu_gets_the_passive_wait_tip(monkeypatch):
+def test_a_busy_cpu_gets_the_fewer_threads_tip(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     cpu = torch.device("cpu")
     note = busy_cpu_note(cpu, others=1, cores=2, threads=2)
-    assert "1 other thread running on 2 cores" in note and "OMP_WAIT_POLICY=PASSIVE" in note
+    assert "1 other thread running on 2 cores" in note and "OMP_NUM_THREADS=1 " in note
+    assert "OMP_NUM_THREADS=3 " in busy_cpu_note(cpu, others=5, cores=8, threads=8)
+    assert "OMP_NUM_THREADS=1 " in busy_cpu_note(cpu, others=4, cores=2, threads=2)
     assert busy_cpu_note(cpu, others=0, cores=2, threads=2) is None  # quiet
     assert busy_cpu_note(cpu, others=3, cores=8, threads=4) is None  # free cores left
     assert busy_cpu_note(cpu, others=1, cores=2, threads=1) is None  # nothing to wait for

@@ -195,13 +195,15 @@ def busy_cpu_note(
 ) -> str | None:
     """A tip when other programs keep the CPU busy, else None.
 
-    PyTorch's OpenMP threads spin at every barrier; when another program holds one of the
-    cores, the thread there is late to every barrier and the others spin waiting for it.
-    On the 2-core reference machine one spinning process cut ``mnist_cnn`` training from
-    ~4,800 to ~1,560 images/s; ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep instead) brought
-    it to ~2,600, though it made ``keras_cifar_cnn`` slower (bench/omp_wait.py,
-    docs/benchmarks.md). It costs 5-15% on a quiet machine, so it is not set by default; it
-    must be set before torch starts, so the tip names it rather than setting it.
+    PyTorch's OpenMP threads meet at a barrier after every parallel op; when another program
+    holds one of the cores, the thread there is late to every barrier and the others wait
+    for it. Fewer threads, one per free core, avoid that: beside a 2-thread training job on
+    2 cores, ``shapes-fast`` took 11 s with one thread against 28 s with two, and
+    EfficientNet's ~100 small ops per image ran 20-70x slower with two (docs/benchmarks.md).
+    ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep instead of spinning) helps less (32 s there,
+    and 0.8x for ``keras_cifar_cnn``) and costs 5-15% on a quiet machine. A different thread
+    count rounds differently (a seed's results change in the last digits), and the load
+    can change during a run, so the tip names the setting rather than changing it.
     ``others``/``cores``/``threads`` default to :func:`running_elsewhere`, the CPU count
     and torch's thread count.
 
@@ -220,10 +222,12 @@ def busy_cpu_note(
     if others is None or others < cores - threads + 1:
         return None
     what = "1 other thread" if others == 1 else f"{others} other threads"
+    free = max(cores - others, 1)
     return (
         f"the CPU is busy ({what} running on {cores} cores): torch's {threads} threads share "
-        f"cores with it and wait for each other, so training is slower than usual; starting "
-        f"with OMP_WAIT_POLICY=PASSIVE set helps some models (docs/speed.md)"
+        f"cores with it and wait for each other at every step, so training is slower than "
+        f"usual (2-3x, more for EfficientNet); starting with OMP_NUM_THREADS={free} set, "
+        f"one thread per free core, is faster (docs/speed.md)"
     )
 
 
