@@ -76,15 +76,15 @@ def plain_model(name: str, shape: tuple[int, int, int]):
             nn.Linear(128, 10),
         )  # fmt: skip
     layers, c_in, side = [], c, h
-    for width in (32, 32):
+    for width in (32, 64):
         layers += [
             nn.Conv2d(c_in, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3),
             nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25),
         ]  # fmt: skip
         c_in, side = width, (side - 2) // 2
     return nn.Sequential(
-        *layers, nn.Flatten(), nn.Linear(c_in * side * side, 256), nn.ReLU(), nn.Dropout(0.5),
-        nn.Linear(256, 10),
+        *layers, nn.Flatten(), nn.Linear(c_in * side * side, 512), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(512, 10),
     )  # fmt: skip
 
 

@@ -33,15 +33,15 @@ def build(name: str, shape: tuple[int, int, int], classes: int = 10):
         x = layers.Flatten()(x)
         x = layers.Dense(128, activation="relu")(x)
         x = layers.Dropout(0.5)(x)
-    elif name == "keras_cifar_cnn":  # deepstart's default widths (32, 32), hidden 256
+    elif name == "keras_cifar_cnn":  # the Keras example's widths (32, 64), hidden 512
         x = inputs
-        for width in (32, 32):
+        for width in (32, 64):
             x = layers.Conv2D(width, 3, padding="same", activation="relu")(x)
             x = layers.Conv2D(width, 3, activation="relu")(x)
             x = layers.MaxPooling2D(2)(x)
             x = layers.Dropout(0.25)(x)
         x = layers.Flatten()(x)
-        x = layers.Dense(256, activation="relu")(x)
+        x = layers.Dense(512, activation="relu")(x)
         x = layers.Dropout(0.5)(x)
     else:
         raise SystemExit(f"unknown model {name}")
