@@ -19,9 +19,11 @@ slowest time against each recipe's targets (``Recipe.target``, ``Recipe.target_s
 
 Resumable: every finished run is a line of the state file (``--state``, by default
 bench/results/recipes-<CPU>.jsonl), and a run already there (same recipe, CPU, precision and
-seed) is not run again, so a long check can be stopped and split over sessions. ``--fresh``
-starts over. ``--record`` merges the state into src/deepstart/recipes/results.jsonl, which
-``deepstart recipes`` shows per CPU.
+seed, and the recipe as it is now: ``Recipe.fingerprint()``) is not run again, so a long check
+can be stopped and split over sessions; a recipe changed since is run again. ``--fresh``
+starts over. ``--record`` merges the state's current runs into
+src/deepstart/recipes/results.jsonl, which ``deepstart recipes`` shows per CPU (leaving out
+runs of an older version of a recipe).
 
 CIFAR-10 is the JPEG copy in ../shared/data/cifar10-jpeg (expect about a point below the
 official set); its decoded-array cache is warmed first, so runs time what a user's second
@@ -118,7 +120,9 @@ def main() -> None:
     state = a.state or state_file("recipes", cpu)
     if a.fresh and state.exists():
         state.unlink()
-    done = {r.key for r in read_runs(state)}
+    # A run counts as done while the recipe is the one it ran (its fingerprint).
+    current = {r.name: r.fingerprint() for r in list_recipes()}
+    done = {x.key for x in read_runs(state) if x.settings == current.get(x.recipe)}
     print(f"{cpu}; torch {torch.__version__}, {os.cpu_count()} cores, "
           f"load {os.getloadavg()[0]:.2f}; state {state} ({len(done)} runs)")  # fmt: skip
     if any(r.dataset == "cifar10" for r in recipes):
@@ -136,7 +140,7 @@ def main() -> None:
                 res = run(["--recipe", r.name], r.dataset, seed, shared, Path(tmp), extra)
                 day = time.strftime("%Y-%m-%d")
                 one = Run(r.name, cpu, a.precision, seed, res["accuracy"], round(res["seconds"], 1),
-                          day, round(res["load"], 2))  # fmt: skip
+                          day, round(res["load"], 2), current[r.name])  # fmt: skip
                 append_run(state, one)
                 print(
                     f"  {r.name} seed {seed}: {res['accuracy']:.2%} in {res['seconds']:.1f} s "
@@ -149,7 +153,10 @@ def main() -> None:
     runs = [
         x
         for x in read_runs(state)
-        if x.cpu == cpu and x.precision == a.precision and x.seed < a.seeds
+        if x.cpu == cpu
+        and x.precision == a.precision
+        and x.seed < a.seeds
+        and x.settings == current.get(x.recipe)
     ]
     print(f"{cpu}, precision {a.precision}, seeds 0-{a.seeds - 1}\n")
     print("| recipe | model, epochs | target | lowest test accuracy (seeds) | time: median, "
@@ -173,7 +180,8 @@ def main() -> None:
             f"{met} |"
         )
     if a.record:
-        n = merge_into(RESULTS, read_runs(state))
+        mine = [x for x in read_runs(state) if x.settings == current.get(x.recipe)]
+        n = merge_into(RESULTS, mine)
         print(f"\nrecorded: {RESULTS} holds {n} runs (deepstart recipes shows them)")
 
 

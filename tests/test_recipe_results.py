@@ -2,6 +2,7 @@
 target is judged on every seed and every CPU type; the resumable 5-seed check that writes
 them (bench/recipes.py); and ``deepstart recipes`` showing them."""
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -147,3 +148,32 @@ def test_the_seed_check_resumes_where_it_stopped(tmp_path, monkeypatch, capsys):
     assert "| shapes-fast |" in out and "lowest test accuracy" in out
     lines = [json.loads(x) for x in state.read_text().splitlines()]
     assert {x["precision"] for x in lines} == {"auto"}
+
+
+def test_a_changed_recipe_is_run_again_and_its_old_runs_are_not_shown(tmp_path, monkeypatch):
+    from deepstart.recipes import get_recipe
+
+    bench = _bench()
+    calls = []
+
+    def fake_run(what, dataset, seed, shared, out, extra):
+        calls.append((what[1], seed))
+        return {"accuracy": 1.0, "seconds": 4.0, "load": 0.1, "epochs": []}
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    now = get_recipe("shapes-fast").fingerprint()
+    state = tmp_path / "state.jsonl"
+    old = _run(0, 0.9983, 6, recipe="shapes-fast")  # an older version of it, seed 0
+    append_run(state, dataclasses.replace(old, settings="0123456789ab"))
+    append_run(state, dataclasses.replace(old, seed=1, accuracy=1.0, settings=now))
+    monkeypatch.setattr("sys.argv", ["recipes.py", "shapes-fast", "--seeds", "2",
+                                     "--state", str(state)])  # fmt: skip
+    bench.main()
+    assert calls == [("shapes-fast", 0)]  # seed 1 ran as the recipe is now
+    runs = read_runs(state)
+    assert {(r.seed, r.settings) for r in runs} == {(0, now), (1, now)}
+    stale = [dataclasses.replace(old, settings="0123456789ab"), _run(1, 0.99, 5, recipe="x")]
+    (shown,) = summarise([*stale, *runs], "shapes-fast", now)
+    assert shown.seeds == 2 and shown.lowest == 1.0  # the 99.83% of the old version is gone
+    assert summarise(stale[:1], "shapes-fast", now) == []
+    assert summarise([dataclasses.replace(old, settings="")], "shapes-fast", now)  # unknown

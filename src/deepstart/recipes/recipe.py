@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +78,24 @@ class Recipe:
         unknown = set(self.train) - set(TRAIN_DEFAULTS)
         if unknown:
             raise ConfigError(f"recipe {self.name}: unknown training settings {sorted(unknown)}")
+
+    def fingerprint(self) -> str:
+        """12 hex digits naming what the recipe trains (model, options, data and training
+        settings, weights; not its name, description or results): a run recorded under
+        another fingerprint ran an older version of the recipe.
+
+        Example:
+            >>> len(get_recipe("mnist-fast").fingerprint())
+            12
+        """
+        what = {
+            "dataset": self.dataset, "model": self.model,
+            "model_options": dict(self.model_options), "train": dict(self.train),
+            "valid_pct": self.valid_pct, "size": self.size, "resize": self.resize,
+            "pretrained": self.pretrained,
+        }  # fmt: skip
+        text = json.dumps(what, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def summary(self) -> str:
         """One line: model and the settings that matter, for the run's log.

@@ -46,6 +46,7 @@ class Run:
     seconds: float
     date: str
     load: float = 0.0
+    settings: str = ""  # the recipe's fingerprint when it ran ("": recorded before those)
 
     @property
     def key(self) -> tuple[str, str, str, int]:
@@ -139,11 +140,13 @@ def on_target(summary: Summary, target: float | None, target_seconds: float | No
     return all(checks) if checks else None
 
 
-def summarise(runs: Iterable[Run], recipe: str) -> list[Summary]:
-    """One :class:`Summary` per (CPU, precision) that ``recipe`` was run on."""
+def summarise(runs: Iterable[Run], recipe: str, settings: str | None = None) -> list[Summary]:
+    """One :class:`Summary` per (CPU, precision) that ``recipe`` was run on; with
+    ``settings`` (the recipe's fingerprint), runs of another version of it are left out
+    (those recorded before fingerprints, with none, are kept)."""
     groups: dict[tuple[str, str], list[Run]] = {}
     for r in runs:
-        if r.recipe == recipe:
+        if r.recipe == recipe and (settings is None or r.settings in ("", settings)):
             groups.setdefault((r.cpu, r.precision), []).append(r)
     out = []
     for (cpu, precision), rs in sorted(groups.items()):

@@ -245,7 +245,7 @@ def recipe_rows() -> list[dict[str, Any]]:
                 "summary": r.summary(),
                 "results": [
                     {**asdict(x), "on_target": on_target(x, r.target, r.target_seconds)}
-                    for x in summarise(runs, r.name)
+                    for x in summarise(runs, r.name, r.fingerprint())
                 ],
             }
         )
