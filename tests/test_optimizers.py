@@ -89,5 +89,13 @@ def test_fused_kernels_only_where_pytorch_has_them():
     assert fusable([torch.zeros(2, requires_grad=True)]) is True
     assert fusable([{"params": [torch.zeros(2, device="meta", requires_grad=True)]}]) is None
     assert fusable([]) is None
+    assert fusable([{"params": torch.zeros(2, 3, requires_grad=True)}]) is True  # one tensor
+
+
+def test_a_param_group_of_a_generator_keeps_its_parameters():
+    w = torch.nn.Parameter(torch.ones(3))
+    for group in ({"params": (p for p in [w])}, {"params": w}):
+        opt = make_optimizer("adam", [group], lr=0.1)
+        assert opt.param_groups[0]["params"] == [w] and opt.defaults["fused"] is True
     sgd = make_optimizer("sgd", [torch.zeros(2, device="meta", requires_grad=True)], lr=0.1)
     assert not sgd.defaults["fused"]  # built without the flag there

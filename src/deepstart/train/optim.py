@@ -60,7 +60,8 @@ def make_optimizer(
     early only when its line search can make no progress (PyTorch's default tolerances are
     absolute, and would stop a fit whose loss is already 1e-7).
     """
-    params = list(params)
+    # Read twice (fusable, then the optimizer): a group's parameters must not be a generator.
+    params = [{**p, "params": _tensors(p["params"])} if isinstance(p, dict) else p for p in params]
     fused = fusable(params)
     if name == "sgd":
         nesterov = nesterov and momentum > 0
@@ -111,9 +112,14 @@ def fusable(params: list[Any]) -> bool | None:
         >>> fusable([torch.zeros(2, requires_grad=True)])
         True
     """
-    tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
+    tensors = [t for p in params for t in (_tensors(p["params"]) if isinstance(p, dict) else [p])]
     ok = all(t.is_floating_point() and t.device.type in ("cpu", "cuda") for t in tensors)
     return True if tensors and ok else None
+
+
+def _tensors(group: Any) -> list[Any]:
+    """A param group's parameters as a list: PyTorch takes one tensor or any iterable."""
+    return [group] if isinstance(group, torch.Tensor) else list(group)
 
 
 def check_optimizer_name(name: str) -> None:
