@@ -140,8 +140,8 @@ def blowup_lr(
         0.001
     """
     end = next((i for i, v in enumerate(losses) if not math.isfinite(v)), len(losses))
-    if end == 0 or (end == 1 and losses[0] == 0.0):  # a batch learnt by heart stops it
-        return None  # at once: no LR was tried (a NaN there would be the first LR's)
+    if end == 0:
+        return None  # the first loss, measured before any step, is not finite: no LR to blame
     level = min(losses[0], guessing)
     smooth, lowest, fell = smooth_losses(list(losses[:end]), beta=beta), losses[0], False
     first = None  # the step of a batch that got worse, while the steps after it stay worse
@@ -168,7 +168,8 @@ def blowup_lr(
     # LR whose step was measured. That 0 shows the steps up to lrs[end - 2]; the step after
     # it went unmeasured.
     known = end - 1 if losses[end - 1] == 0.0 else end
-    return lrs[(first or known) - 1]
+    last = first or known  # 0: batches learnt by heart before any step was measured
+    return lrs[last - 1] if last else None
 
 
 def safe_lr(
