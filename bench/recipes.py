@@ -150,14 +150,8 @@ def main() -> None:
                 if a.verbose:
                     print("\n".join(res["epochs"]), flush=True)
     print(f"load at the end {os.getloadavg()[0]:.2f}\n")
-    runs = [
-        x
-        for x in read_runs(state)
-        if x.cpu == cpu
-        and x.precision == a.precision
-        and x.seed < a.seeds
-        and x.settings == current.get(x.recipe)
-    ]
+    fresh = [x for x in read_runs(state) if x.settings == current.get(x.recipe)]
+    runs = [x for x in fresh if x.cpu == cpu and x.precision == a.precision and x.seed < a.seeds]
     print(f"{cpu}, precision {a.precision}, seeds 0-{a.seeds - 1}\n")
     print("| recipe | model, epochs | target | lowest test accuracy (seeds) | time: median, "
           "slowest (seeds) | met on every seed |")  # fmt: skip
@@ -180,8 +174,7 @@ def main() -> None:
             f"{met} |"
         )
     if a.record:
-        mine = [x for x in read_runs(state) if x.settings == current.get(x.recipe)]
-        n = merge_into(RESULTS, mine)
+        n = merge_into(RESULTS, fresh)
         print(f"\nrecorded: {RESULTS} holds {n} runs (deepstart recipes shows them)")
 
 
