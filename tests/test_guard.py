@@ -11,7 +11,7 @@ from deepstart.models.registry import create_model
 from deepstart.train.callbacks import Callback
 from deepstart.train.guard import DivergenceGuard
 from deepstart.train.learner import Learner as _Learner
-from deepstart.train.lr_probe import blowup_lr
+from deepstart.train.lr_probe import blowup_lr, next_lr
 from deepstart.train.watch import DEAD, LossWatch, output_spread
 
 from .conftest import SHARED_DATA
@@ -592,3 +592,43 @@ def test_mnist_at_lr_10_recovers():
     print(f"\nMNIST lr 10: {acc:.4f} in {seconds:.0f}s, lr_mult {learn.lr_mult}", *lines, sep="\n")
     assert guard.events and not guard.gave_up and learn.lr_mult < 1
     assert acc >= 0.98
+
+
+def test_next_lr_halves_first_unless_the_curve_blew_up_below_half():
+    lrs = [10.0 * 10 ** (k - 5) for k in range(6)]  # 1e-4 .. 10
+    falls = [2.0, 1.6, 1.2, 0.9, 1.0, math.inf]  # a clear fall; NaN after the step at 1.0
+    assert next_lr(10.0, lrs, falls) == (pytest.approx(0.1), "swept")  # blew up below 5
+    never = [*falls[:-1], 1.0]  # never blew up: the first time halves
+    assert next_lr(10.0, lrs, never) == (5.0, "halved")
+    assert next_lr(10.0, lrs, never, first=False) == (pytest.approx(1.0), "swept")
+    assert next_lr(10.0, [], [], first=False) == (5.0, "halved")  # no sweep: halve
+
+
+def test_next_lr_takes_a_flat_curve_down_a_decade_at_most():
+    """A sweep that neither blew up nor fell clearly says nothing: its lowest point is noise,
+    and a tenth of it landed 47x below the LR that killed the layer-spec net (Adam, shapes:
+    60% where 3e-3 reaches 94%)."""
+    lrs = [2.3e-2 * 10 ** ((k - 23) * 5 / 23) for k in range(24)]
+    flat = [1.1 + 0.03 * math.sin(3 * k) for k in range(24)]
+    flat[20] = 1.02  # the noise minimum, at ~4.3e-3: a tenth of it is 4.3e-4
+    lr, how = next_lr(2.3e-2, lrs, flat, first=False)
+    assert how == "swept" and lr == pytest.approx(2.3e-3)
+    assert next_lr(2.3e-2, lrs, flat) == (pytest.approx(1.15e-2), "halved")  # first time
+
+
+def test_a_layer_spec_net_at_an_adam_lr_10000x_too_high_recovers():
+    """Swept to 2.4e-2 at the first blow-up, dead in epoch 3, sent back to the fit's start: a
+    flat sweep there must not take the LR below a tenth of the LR that died."""
+    from deepstart.data.catalog import load_dataset
+
+    data = load_dataset("shapes", n_train=3000, n_test=600, seed=0)
+    torch.manual_seed(0)
+    model = create_model(
+        "conv16-pool-conv32-pool-flat-dense64", in_channels=1, num_classes=3, input_size=32
+    )
+    guard = DivergenceGuard(log=lambda s: None)
+    learn = Learner(data, model, opt="adam", batch_size=64, seed=0, callbacks=[guard])
+    learn.fit_one_cycle(8, 30.0)
+    assert not guard.gave_up and [e["kind"] for e in guard.events] == ["spike", "dead"]
+    assert guard.events[-1]["new_lr"] >= guard.events[-1]["old_lr"] / 10 * 0.99
+    assert learn.evaluate()["accuracy"] >= 0.9

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from deepstart.train.callbacks import Callback, CancelFit, ParamScheduler, RestartEpoch
-from deepstart.train.lr_probe import blowup_lr, safe_lr, sweep
+from deepstart.train.lr_probe import next_lr, sweep
 from deepstart.train.watch import DEAD, LossWatch, output_spread
 
 
@@ -278,31 +278,19 @@ class DivergenceGuard(Callback):
         self.lrs_tried.append(lr)
         new_lr, how = lr * self.factor, "halved"
         if self.probe_steps > 0 and self.tries <= self.max_tries:
-            # Ask the curve how far down to go: from the second restore on (halving once did
-            # not do it), or at once when the curve blows up below the halved LR already (an
-            # LR 10,000x too high: halving would leave it far too high, the net dying slowly
-            # at chance with no loss rule firing, as mnist_cnn with AdamW does at 0.3).
+            # Ask the curve how far down to go (next_lr: halve the first time, unless the
+            # curve blows up below half already; from the second time, the curve's LR).
             lrs, losses = sweep(learn, list(self._recent), lr, steps=self.probe_steps)
             learn.restore(snap["state"])
-            found = safe_lr(lrs, losses)
-            period = len(self._recent)  # the sweep cycles through them
-            blown = blowup_lr(lrs, losses, period=period, guessing=learn.baseline_loss)
-            if blown is not None:
-                # The safe LR lies 10 to 100x below where the sweep made things worse: a
-                # tenth of the lowest loss's LR (fastai's old rule) within that, when the
-                # loss fell clearly on the way. 24 steps from a fresh net often stay flat
-                # until the blow-up, and then the lowest loss is noise anywhere on the flat
-                # part (logreg, Adam, shapes: a tenth of it was 2.1e-6 for a blow-up at 0.06,
-                # and the run ended at 35%): then a twentieth of the blow-up (mnist_cnn, SGD,
-                # shapes, flat until 2.1: a tenth died at chance, where 0.1 trains it).
-                learned = safe_lr(lrs, losses, fall=0.1)
-                if learned is None:
-                    found = blown / 20
-                else:
-                    found = min(max(learned, blown / 100), blown / 10)
-            far = blown is not None and blown <= new_lr
-            if found is not None and found < new_lr and (self.tries >= 2 or far):
-                new_lr, how = found, "swept"
+            new_lr, how = next_lr(
+                lr,
+                lrs,
+                losses,
+                period=len(self._recent),  # the sweep cycles through them
+                guessing=learn.baseline_loss,
+                factor=self.factor,
+                first=self.tries == 1,
+            )
         gave_up = self.tries > self.max_tries or new_lr < self.min_lr
         # The LR that diverged, and any higher one, is unsafe from the restored state on: in
         # one-cycle's warm-up (LR at batch 3 ~ peak/16) scaling the schedule by new/old

@@ -192,3 +192,52 @@ def safe_lr(
     if not all(math.isfinite(v) for v in smooth) or min(smooth) >= smooth[0] * (1 - fall):
         return None
     return minimum(list(lrs[:end]), smooth)[0]
+
+
+def next_lr(
+    lr: float,
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    *,
+    period: int = 0,
+    guessing: float = math.inf,
+    factor: float = 0.5,
+    first: bool = True,
+) -> tuple[float, str]:
+    """The LR to go on with after training diverged at ``lr``, and how it was chosen
+    ("halved": ``lr * factor``; "swept": from :func:`sweep`'s curve ``lrs``/``losses``, run
+    from the restored state; ``period`` and ``guessing`` as for :func:`blowup_lr`).
+
+    The first divergence of a fit halves (the notes' rule: an LR a little too high), unless
+    the curve blew up below the halved LR already: then halving would leave it far too high,
+    the net dying slowly at chance with no loss rule firing (mnist_cnn, AdamW at 0.3). From
+    the second divergence on (halving once did not do it), the curve's LR is taken when it
+    is lower.
+
+    Example:
+        >>> next_lr(10.0, [1e-4, 1e-3, 1e-2, 1e-1, 1.0], [2.0, 1.5, 1.0, 0.9, math.inf])
+        (0.01, 'swept')
+    """
+    halved = lr * factor
+    found = safe_lr(lrs, losses)
+    learned = safe_lr(lrs, losses, fall=0.1)  # None: the loss never fell clearly
+    blown = blowup_lr(lrs, losses, period=period, guessing=guessing)
+    if blown is not None:
+        # The safe LR lies 10 to 100x below where the sweep made things worse: a tenth of the
+        # lowest loss's LR (fastai's old rule) within that, when the loss fell clearly on
+        # the way. 24 steps from a fresh net often stay flat until the blow-up, and then the
+        # lowest loss is noise anywhere on the flat part (logreg, Adam, shapes: a tenth of
+        # it was 2.1e-6 for a blow-up at 0.06, and the run ended at 35%): then a twentieth
+        # of the blow-up (mnist_cnn, SGD, shapes, flat until 2.1: a tenth died at chance,
+        # where 0.1 trains it).
+        found = blown / 20 if learned is None else min(max(learned, blown / 100), blown / 10)
+    elif found is not None and learned is None:
+        # Neither a blow-up nor a clear fall: the lowest point is noise, and a tenth of it
+        # can be anywhere below. A decade down is as far as such a curve takes the LR (the
+        # layer-spec net, Adam, shapes: dead at 2.4e-2, then a flat sweep from the fit's
+        # start gave 5.1e-4, and 60% where 3e-3 reaches 94%).
+        found = max(found, lr / 10)
+    far = blown is not None and blown <= halved
+    if found is not None and found < halved and (not first or far):
+        return found, "swept"
+    return halved, "halved"
