@@ -8,8 +8,9 @@ this module: starting from the restored state, train a few steps on the last few
 fit saw while the LR grows geometrically from ``lr / span`` to ``lr``; read where that made
 things worse (:func:`blowup_lr`: is half the LR already too much?) and a tenth of the LR at
 the lowest smoothed loss (:func:`safe_lr`, the LR finder's ``minimum`` rule, fastai's
-``lr_min``: the lowest loss is already close to diverging). The caller puts the good state
-back afterwards; the sweep's steps only measure.
+``lr_min``: the lowest loss is already close to diverging); :func:`next_lr` makes the
+guard's choice from both. The caller puts the good state back afterwards; the sweep's steps
+only measure.
 
 Example:
     >>> lrs, losses = sweep(learn, [(xb, yb)], lr=10.0)
