@@ -220,9 +220,9 @@ def next_lr(
         (0.01, 'swept')
     """
     halved = lr * factor
-    found = safe_lr(lrs, losses)
     learned = safe_lr(lrs, losses, fall=0.1)  # None: the loss never fell clearly
     blown = blowup_lr(lrs, losses, period=period, guessing=guessing)
+    found = learned  # safe_lr without fall gives the same LR when the loss fell clearly
     if blown is not None:
         # The safe LR lies 10 to 100x below where the sweep made things worse: a tenth of the
         # lowest loss's LR (fastai's old rule) within that, when the loss fell clearly on
@@ -232,12 +232,13 @@ def next_lr(
         # of the blow-up (mnist_cnn, SGD, shapes, flat until 2.1: a tenth died at chance,
         # where 0.1 trains it).
         found = blown / 20 if learned is None else min(max(learned, blown / 100), blown / 10)
-    elif found is not None and learned is None:
+    elif learned is None:
         # Neither a blow-up nor a clear fall: the lowest point is noise, and a tenth of it
         # can be anywhere below. A decade down is as far as such a curve takes the LR (the
         # layer-spec net, Adam, shapes: dead at 2.4e-2, then a flat sweep from the fit's
         # start gave 5.1e-4, and 60% where 3e-3 reaches 94%).
-        found = max(found, lr / 10)
+        noise = safe_lr(lrs, losses)
+        found = None if noise is None else max(noise, lr / 10)
     far = blown is not None and blown <= halved
     if found is not None and found < halved and (not first or far):
         return found, "swept"
