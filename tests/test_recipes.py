@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
@@ -213,6 +214,8 @@ def test_recipe_rows_carry_the_measurements():
         else:
             assert row["accuracy"] == m.accuracy and row["seconds"] == m.seconds
             assert row["date"] == m.date and len(m.date) == 10
+            # the `measured` column shows the CPU type in brackets: every machine names one
+            assert re.search(r"\(([^)]+)\)", m.machine), m.machine
 
 
 # --- the command line -------------------------------------------------------------------------

@@ -17,7 +17,8 @@ MACHINE = "2-core AMD EPYC (Zen 5), avx512_bf16, torch 2.13 CPU"
 # The slower VM of a later session: AVX-512 in 256-bit halves, half the bf16 matmul rate.
 ZEN4 = "2-core AMD EPYC (Zen 4), avx512_bf16, torch 2.13 CPU"
 # A third: bf16 matrix products on AMX (2,397 GFLOP/s with 2 threads), fp32 at a seventh.
-INTEL = "2-core Intel Xeon with AMX, torch 2.13 CPU"
+# (The CPU type in brackets is what the `measured` column of `deepstart recipes` shows.)
+INTEL = "2-core Intel (Xeon with AMX), amx_bf16, torch 2.13 CPU"
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in [
