@@ -212,7 +212,7 @@ def test_auto_mode_picks_the_notebook_only_in_a_kernel(monkeypatch):
 def test_faster_recipe_names_one_only_when_much_faster():
     hint = faster_recipe("mnist", None, 600)
     assert hint is not None and "--recipe mnist-995" in hint and "99.6%" in hint
-    assert "mnist-fast" in faster_recipe("mnist", None, 150)  # mnist-995 needs 199 s
+    assert "mnist-fast" in faster_recipe("mnist", None, 150)  # mnist-995 needs 193 s
     assert faster_recipe("mnist", None, 100) is None  # nothing under half of it
     assert faster_recipe("mnist", "mnist-995", 600) is None  # mnist-fast is less accurate
     assert faster_recipe("folder", None, 6000) is None  # photos: never measured as a time
