@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 from typing import Any
 
 from deepstart.cli.args import _pairs
@@ -130,9 +129,8 @@ def cmd_recipes(a: argparse.Namespace) -> int:
         reached = f"{r['accuracy']:.2%}" if r["accuracy"] is not None else "-"
         seconds = f"{r['seconds']:.0f} s" if r["seconds"] is not None else "-"
         cells = (r["name"], data, r["model"], str(r["epochs"]), target, reached, seconds)
-        # "2026-11-23, Zen 4": the CPU in brackets in the machine string, where there is one
-        cpu = re.search(r"\(([^)]+)\)", r["machine"] or "")
-        when = (r["date"] or "not yet") + (f", {cpu.group(1)}" if cpu and r["date"] else "")
+        # "2026-11-23, Zen 4": the date and the CPU type, where they are known
+        when = (r["date"] or "not yet") + (f", {r['cpu']}" if r["cpu"] and r["date"] else "")
         table.add_row(*cells, when)
     console = Console()
     if not console.is_terminal:  # piped or captured: rich would squeeze it into 80 columns

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,17 @@ class Measured:
     seconds: float
     date: str
     machine: str = "2-core AMD EPYC (Zen 5), avx512_bf16, torch 2.13 CPU"
+
+    @property
+    def cpu(self) -> str | None:
+        """The CPU type: what ``machine`` names in brackets, or None.
+
+        Example:
+            >>> Measured(0.99, 50.0, "2026-11-24").cpu
+            'Zen 5'
+        """
+        found = re.search(r"\(([^)]+)\)", self.machine)
+        return found.group(1) if found else None
 
 
 @dataclass(frozen=True)

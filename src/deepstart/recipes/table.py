@@ -17,7 +17,7 @@ MACHINE = "2-core AMD EPYC (Zen 5), avx512_bf16, torch 2.13 CPU"
 # The slower VM of a later session: AVX-512 in 256-bit halves, half the bf16 matmul rate.
 ZEN4 = "2-core AMD EPYC (Zen 4), avx512_bf16, torch 2.13 CPU"
 # A third: bf16 matrix products on AMX (2,397 GFLOP/s with 2 threads), fp32 at a seventh.
-# (The CPU type in brackets is what the `measured` column of `deepstart recipes` shows.)
+# (The CPU type in brackets is Measured.cpu, what `deepstart recipes` shows.)
 INTEL = "2-core Intel (Xeon with AMX), amx_bf16, torch 2.13 CPU"
 RECIPES: dict[str, Recipe] = {
     r.name: r
@@ -228,7 +228,8 @@ def get_recipe(name: str) -> Recipe:
 
 def recipe_rows() -> list[dict[str, Any]]:
     """The table ``deepstart recipes`` prints, as dicts (name, dataset, default, model,
-    epochs, target, target_seconds, accuracy, seconds, date, machine, description, summary,
+    epochs, target, target_seconds, accuracy, seconds, date, machine, cpu (its type),
+    description, summary,
     results: one dict per CPU and precision measured, a :class:`results.Summary` and
     ``on_target``)."""
     defaults = {v: k for k, v in DEFAULTS.items()}
@@ -250,6 +251,7 @@ def recipe_rows() -> list[dict[str, Any]]:
                 "seconds": m.seconds if m else None,
                 "date": m.date if m else None,
                 "machine": m.machine if m else None,
+                "cpu": m.cpu if m else None,
                 "description": r.description,
                 "summary": r.summary(),
                 "results": [
