@@ -11,7 +11,7 @@ from deepstart.models.registry import create_model
 from deepstart.train.callbacks import Callback
 from deepstart.train.guard import DivergenceGuard
 from deepstart.train.learner import Learner as _Learner
-from deepstart.train.lr_probe import blowup_lr, next_lr
+from deepstart.train.lr_probe import adaptive_cap, blowup_lr, next_lr
 from deepstart.train.watch import DEAD, LossWatch, output_spread
 
 from .conftest import SHARED_DATA
@@ -358,9 +358,48 @@ def test_a_sweep_flat_until_it_blows_up_does_not_set_a_tiny_lr():
 
     _, sane = run(3e-3)
     guard, acc = run(30.0)
-    assert [e["how"] for e in guard.events] == ["swept"]
+    # One restore; the sweep's LR (3.2e-3) is above logreg's Adam cap (a tenth of its weights'
+    # RMS, ~1.8e-3), which then sets it: neither is tiny.
+    assert [e["how"] for e in guard.events] in (["swept"], ["capped"])
     assert guard.events[0]["new_lr"] > 1e-3
     assert acc >= sane - 0.02
+
+
+def test_adaptive_cap_is_a_tenth_of_the_weights_median_rms_for_adam_kin_only():
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2), nn.Linear(2, 2))
+    with torch.no_grad():
+        for layer, size in zip(model, (0.02, 0.05, 0.3)):
+            layer.weight.fill_(size)  # RMS = size; the biases (1-d) do not count
+            layer.bias.fill_(100.0)
+    for opt in (torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop):
+        assert adaptive_cap(model, opt(model.parameters())) == pytest.approx(5e-3)
+    assert adaptive_cap(model, torch.optim.SGD(model.parameters(), lr=0.1)) is None
+    assert adaptive_cap(model, None) is None
+    model[2].weight.requires_grad_(False)  # frozen weights do not count: median of 0.02, 0.05
+    assert adaptive_cap(model, torch.optim.Adam(model.parameters())) == pytest.approx(3.5e-3)
+    with torch.no_grad():
+        model[0].weight.zero_()  # zero-initialised: says nothing of the scale
+    assert adaptive_cap(model, torch.optim.Adam(model.parameters())) == pytest.approx(5e-3)
+
+
+@pytest.mark.parametrize("opt", ["adam", "sgd"])
+def test_adam_kin_restart_no_higher_than_the_cap(toy_data, opt):
+    """Without a sweep the guard halves; for Adam a halved 30 is still far above a tenth of
+    the weights' size per step, so the cap sets the LR instead (SGD: halved, no cap)."""
+    lines = []
+    guard = DivergenceGuard(probe_steps=0, log=lines.append)
+    model = _model(toy_data, "mnist_cnn")
+    learn = Learner(toy_data, model, opt=opt, batch_size=16, callbacks=[guard])
+    start = adaptive_cap(model, torch.optim.Adam(model.parameters()))
+    learn.fit_one_cycle(2, 30.0 if opt == "adam" else 3e4)
+    first = guard.events[0]
+    if opt == "sgd":
+        assert first["how"] == "halved"
+        return
+    assert first["how"] == "capped" and first["restored_batch"] == 0 and first["epoch"] == 1
+    assert first["new_lr"] == pytest.approx(start)  # restored to the initial weights
+    assert "a tenth of the weights' median size" in lines[0]
+    assert not guard.gave_up and learn.evaluate()["accuracy"] >= 0.9
 
 
 def test_an_epoch_that_climbed_far_above_guessing_is_redone(toy_data):
@@ -459,7 +498,9 @@ def test_gives_up_after_max_tries_with_the_last_good_weights(toy_data):
     start = {k: v.clone() for k, v in model.state_dict().items()}
     always_nan = FaultyLoss(nan_at=range(1, 1000))
     guard = DivergenceGuard(max_tries=3, log=lines.append)
-    learn = Learner(toy_data, model, loss_func=always_nan, callbacks=[guard, Seen()])
+    # SGD: with AdamW an LR of 1.0 is 500x logreg's weights, so the cap would set the LR
+    # (test_adam_kin_restart_no_higher_than_the_cap); here every restore halves.
+    learn = Learner(toy_data, model, opt="sgd", loss_func=always_nan, callbacks=[guard, Seen()])
     learn.fit(2, 1.0)
     assert guard.gave_up and seen == ["after_cancel_fit"]
     assert learn.recorder.history == []

@@ -8,10 +8,12 @@ still ahead, rather than scaling a climb that would pass the safe LR again. Each
 first sweeps the LR for a few steps from the restored state (:mod:`deepstart.train.lr_probe`).
 The first time in a fit it halves the LR, unless the sweep blew up below half already; from
 the second on, or in that case, it jumps to the sweep's safe LR when that is lower, so an LR
-10,000x too high is brought down in one or two restores, not fourteen. A network that went
-dead (every input answered alike) counts as diverged too; it goes back to where the LR it
-died under began (the state the last restore went back to), or to the fit's start if it
-died from there before.
+10,000x too high is brought down in one or two restores, not fourteen. With Adam and its kin
+at an LR of the weights' own size, the LR it goes on with is at most a tenth of their median
+size (``adaptive_cap``). A
+network that went dead (every input answered alike) counts as diverged too; it goes back to
+where the LR it died under began (the state the last restore went back to), or to the fit's
+start if it died from there before.
 Only when ``max_tries`` restores did not help, or the LR would fall below ``min_lr``, does it
 stop the fit, with an explanation, instead of training on garbage.
 
@@ -33,7 +35,7 @@ from typing import Any
 import torch
 
 from deepstart.train.callbacks import Callback, CancelFit, ParamScheduler, RestartEpoch
-from deepstart.train.lr_probe import next_lr, sweep
+from deepstart.train.lr_probe import adaptive_cap, next_lr, sweep
 from deepstart.train.watch import DEAD, LossWatch, output_spread
 
 
@@ -291,6 +293,14 @@ class DivergenceGuard(Callback):
                 factor=self.factor,
                 first=self.tries == 1,
             )
+        # Adam and its kin, when the LR that diverged moved every weight by its whole size
+        # per step (10x the cap: far too high, not a bad batch at a sane LR): no further than
+        # a tenth of the weights per step (lr_probe), which a sweep need not see, for a
+        # BatchNorm net can train on at 10x the sane LR without blowing up, and end far
+        # below what it reaches.
+        limit = adaptive_cap(learn.model, learn.opt)
+        if limit is not None and lr >= 10 * limit and self.min_lr <= limit < new_lr:
+            new_lr, how = limit, "capped"
         gave_up = self.tries > self.max_tries or new_lr < self.min_lr
         # The LR that diverged, and any higher one, is unsafe from the restored state on: in
         # one-cycle's warm-up (LR at batch 3 ~ peak/16) scaling the schedule by new/old
@@ -350,16 +360,20 @@ class DivergenceGuard(Callback):
             )
             raise CancelFit
         if how == "swept":
-            verb = "swept the LR from there and set it"
+            verb = f"swept the LR from there and set it to {new_lr:.1e}"
+        elif how == "capped":
+            verb = (
+                f"set the LR to {new_lr:.1e}, a tenth of the weights' median size (an "
+                f"Adam-type step moves each weight by about the LR)"
+            )
         elif self.factor == 0.5:
-            verb = "halved the LR"
+            verb = f"halved the LR to {new_lr:.1e}"
         else:
-            verb = f"scaled the LR by {self.factor:g}"
+            verb = f"scaled the LR by {self.factor:g} to {new_lr:.1e}"
         cap = f", the most it reaches from there on (it was to climb to {peak:.1e})"
         self.log(
             f"divergence guard: {what} at {where} (lr {lr:.1e}); went back to {back} and "
-            f"{verb} to {new_lr:.1e}{cap if capped else ''} (try {self.tries} of "
-            f"{self.max_tries})"
+            f"{verb}{cap if capped else ''} (try {self.tries} of {self.max_tries})"
         )
         self._anchor = snap
         self._restarting = True

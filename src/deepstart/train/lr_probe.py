@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,18 @@ if TYPE_CHECKING:
     from deepstart.train.learner import Learner
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+# Optimizers whose step is about the LR per weight whatever the gradient's size (Adam's
+# m / sqrt(v) is near +-1 while the gradients agree), unlike SGD's, which scales with it.
+ADAPTIVE = (
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.Adamax,
+    torch.optim.NAdam,
+    torch.optim.RAdam,
+    torch.optim.RMSprop,
+)
+# The share of the weights' typical size an adaptive step may take once the LR has diverged.
+ADAPTIVE_SHARE = 0.1
 DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 
 
@@ -243,3 +256,36 @@ def next_lr(
     if found is not None and found < halved and (not first or far):
         return found, "swept"
     return halved, "halved"
+
+
+def adaptive_cap(model: nn.Module, opt: torch.optim.Optimizer | None) -> float | None:
+    """The most LR an adaptive optimizer (:data:`ADAPTIVE`) should go on with after
+    diverging at an LR far too high (the guard applies it from 10x this up): a tenth of the
+    median RMS of the trainable weight matrices (every tensor of
+    2 or more dimensions: conv kernels, linear weights; all-zero ones left out), or None
+    (SGD, LBFGS, no such weights).
+
+    An Adam step moves every weight by about the LR, so at an LR near the weights' own size
+    a few steps rewrite the network, and with BatchNorm the loss need not blow up on the way:
+    a ResNet-18 with Adam, 10,000x too high, was swept to 3.2e-2 (its weights' median RMS
+    0.04), trained there without diverging and ended at 89% where 3e-3 reaches 100%
+    (docs/benchmarks.md). For the registered models a tenth is 1.8e-3 (logreg) to 1.4e-2
+    (EfficientNet) at initialisation; logreg's own Adam LR on MNIST, 1e-2, is above it, so an
+    LR that diverged below 10x the cap (a bad batch more likely than a mad LR) is left to the
+    sweep and halving.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Linear(100, 10)  # PyTorch's init: weights uniform in +-0.1, RMS ~0.058
+        >>> adaptive_cap(model, torch.optim.Adam(model.parameters()))
+        0.00585...
+    """
+    if not isinstance(opt, ADAPTIVE):
+        return None
+    sizes = [
+        float(p.detach().float().pow(2).mean().sqrt())
+        for p in model.parameters()
+        if p.requires_grad and p.dim() >= 2
+    ]
+    sizes = [v for v in sizes if v > 0]  # zero-initialised weights say nothing of the scale
+    return ADAPTIVE_SHARE * statistics.median(sizes) if sizes else None
