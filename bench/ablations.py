@@ -56,6 +56,7 @@ def torch_layers(model: torch.nn.Module) -> torch.nn.Module:
 
 
 MN, CF = (1, 28, 28), (3, 32, 32)
+NCHW = {"channels_last": False}
 GROUPS: dict[str, list[Variant]] = {
     "precision-mnist": [
         Variant("fast_mnist fp32", "fast_mnist", MN, "fp32"),
@@ -65,13 +66,24 @@ GROUPS: dict[str, list[Variant]] = {
         Variant("fast_cifar fp32", "fast_cifar", CF, "fp32"),
         Variant("fast_cifar bf16", "fast_cifar", CF, "bf16"),
     ],
+    # NCHW end to end: the model's activations and the Learner's batches (the fast nets and
+    # the Learner are channels-last by default).
     "channels_last-mnist": [
-        Variant("fast_mnist NCHW", "fast_mnist", MN),
-        Variant("fast_mnist channels_last", "fast_mnist", MN, options={"channels_last": True}),
+        Variant("fast_mnist NCHW", "fast_mnist", MN, options=NCHW, learner=NCHW),
+        Variant("fast_mnist channels_last", "fast_mnist", MN),
     ],
     "channels_last-cifar": [
-        Variant("fast_cifar NCHW", "fast_cifar", CF),
-        Variant("fast_cifar channels_last", "fast_cifar", CF, options={"channels_last": True}),
+        Variant("fast_cifar NCHW", "fast_cifar", CF, options=NCHW, learner=NCHW),
+        Variant("fast_cifar channels_last", "fast_cifar", CF),
+    ],
+    # The layout was chosen for bf16; users without native bf16 train in fp32.
+    "channels_last-fp32-mnist": [
+        Variant("fast_mnist fp32 NCHW", "fast_mnist", MN, "fp32", 128, NCHW, NCHW),
+        Variant("fast_mnist fp32 channels_last", "fast_mnist", MN, "fp32", 128),
+    ],
+    "channels_last-fp32-cifar": [
+        Variant("fast_cifar fp32 NCHW", "fast_cifar", CF, "fp32", 256, NCHW, NCHW),
+        Variant("fast_cifar fp32 channels_last", "fast_cifar", CF, "fp32", 256),
     ],
     "batch-mnist": [
         Variant(f"fast_mnist batch {b}", "fast_mnist", MN, batch=b) for b in (128, 256, 512, 1024)
