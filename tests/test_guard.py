@@ -402,6 +402,21 @@ def test_adam_kin_restart_no_higher_than_the_cap(toy_data, opt):
     assert not guard.gave_up and learn.evaluate()["accuracy"] >= 0.9
 
 
+def test_a_bad_batch_at_a_sane_adam_lr_is_halved_not_capped(toy_data):
+    """An LR above the cap but under 10x it (logreg's own Adam LR on MNIST, 1e-2, is ~5x its
+    cap) is not what the cap is for: a NaN there is more likely a bad batch; it halves."""
+    guard = DivergenceGuard(probe_steps=0, log=lambda s: None)
+    model = _model(toy_data)  # logreg
+    limit = adaptive_cap(model, torch.optim.Adam(model.parameters()))
+    assert limit < 1e-2 < 10 * limit
+    learn = Learner(
+        toy_data, model, opt="adam", batch_size=16, loss_func=FaultyLoss(nan_at={5}),
+        callbacks=[guard],
+    )  # fmt: skip
+    learn.fit(1, 1e-2)
+    assert [(e["how"], e["new_lr"]) for e in guard.events] == [("halved", pytest.approx(5e-3))]
+
+
 def test_an_epoch_that_climbed_far_above_guessing_is_redone(toy_data):
     """Each loss under 4x the smoothed ones before it, so the batch rule folds the climb in;
     the smoothed loss passing 4x that of guessing (ln 3) says it blew up: back to the last

@@ -10,10 +10,9 @@ The first time in a fit it halves the LR, unless the sweep blew up below half al
 the second on, or in that case, it jumps to the sweep's safe LR when that is lower, so an LR
 10,000x too high is brought down in one or two restores, not fourteen. With Adam and its kin
 at an LR of the weights' own size, the LR it goes on with is at most a tenth of their median
-size (``adaptive_cap``). A
-network that went dead (every input answered alike) counts as diverged too; it goes back to
-where the LR it died under began (the state the last restore went back to), or to the fit's
-start if it died from there before.
+size (``adaptive_cap``). A network that went dead (every input answered alike) counts as
+diverged too; it goes back to where the LR it died under began (the state the last restore
+went back to), or to the fit's start if it died from there before.
 Only when ``max_tries`` restores did not help, or the LR would fall below ``min_lr``, does it
 stop the fit, with an explanation, instead of training on garbage.
 

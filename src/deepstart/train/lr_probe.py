@@ -261,9 +261,8 @@ def next_lr(
 def adaptive_cap(model: nn.Module, opt: torch.optim.Optimizer | None) -> float | None:
     """The most LR an adaptive optimizer (:data:`ADAPTIVE`) should go on with after
     diverging at an LR far too high (the guard applies it from 10x this up): a tenth of the
-    median RMS of the trainable weight matrices (every tensor of
-    2 or more dimensions: conv kernels, linear weights; all-zero ones left out), or None
-    (SGD, LBFGS, no such weights).
+    median RMS of the trainable weight matrices (every tensor of 2 or more dimensions: conv
+    kernels, linear weights; all-zero ones left out), or None (SGD, LBFGS, no such weights).
 
     An Adam step moves every weight by about the LR, so at an LR near the weights' own size
     a few steps rewrite the network, and with BatchNorm the loss need not blow up on the way:
