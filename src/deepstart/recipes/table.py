@@ -229,9 +229,8 @@ def get_recipe(name: str) -> Recipe:
 def recipe_rows() -> list[dict[str, Any]]:
     """The table ``deepstart recipes`` prints, as dicts (name, dataset, default, model,
     epochs, target, target_seconds, accuracy, seconds, date, machine, cpu (its type),
-    description, summary,
-    results: one dict per CPU and precision measured, a :class:`results.Summary` and
-    ``on_target``)."""
+    description, summary, results: one dict per CPU and precision measured, a
+    :class:`results.Summary` and ``on_target``)."""
     defaults = {v: k for k, v in DEFAULTS.items()}
     runs = read_runs(RESULTS)
     rows = []

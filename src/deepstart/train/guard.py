@@ -69,10 +69,10 @@ class DivergenceGuard(Callback):
 
     ``events`` holds one dict per divergence: split ("train"/"valid"), epoch (1-based, as
     in metrics.jsonl), batch (0-based index in the epoch), kind ("nan"/"spike"/"climb"/
-    "dead"), loss, old_lr, new_lr, how ("halved"/"swept"), tries, action ("restored"/"gave_up"),
-    restored_batch, restored_epoch (earlier than epoch only for a dead net). With
-    ``learn.recorder.path`` set, each is also appended there as ``{"event": "divergence",
-    ...}``.
+    "dead"), loss, old_lr, new_lr, how ("halved"/"swept"/"capped"), tries, action
+    ("restored"/"gave_up"), restored_batch, restored_epoch (earlier than epoch only for a
+    dead net). With ``learn.recorder.path`` set, each is also appended there as
+    ``{"event": "divergence", ...}``.
     """
 
     order = 25  # after the Recorder and Progress have seen the batch
