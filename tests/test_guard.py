@@ -142,6 +142,24 @@ def test_blowup_lr_compares_each_batch_with_itself():
     assert blowup_lr(lrs, small, period=4) is None
 
 
+def test_batches_that_differ_in_the_sweeps_first_pass_are_not_a_blow_up():
+    """fast_mnist, Adam, trained for 5 epochs: the sweep's first 3 steps (LRs ~1e-7, each a
+    different batch) gave 0.119, 0.037, 0.208 nats; past 4x the lowest, so it stopped there,
+    the guard set 4.7e-9 and gave up. In the first pass only 4x the highest is a blow-up."""
+    lrs = [2.84e-3 * 1e-5 * 1e5 ** (k / 11) for k in range(12)]
+    trained = [0.119, 0.037, 0.208, 0.051] * 3
+    assert blowup_lr(lrs, trained, period=4, guessing=math.log(3)) is None
+    assert next_lr(2.84e-3, lrs, trained, period=4, guessing=math.log(3), first=False)[0] > 1e-4
+    # a real blow-up in the first pass still is one: NaN, or 4x every loss before it
+    rest = [math.inf] * 9
+    ln3 = math.log(3)
+    assert blowup_lr(lrs, [0.119, 0.037, 0.9, *rest], period=4, guessing=ln3) == lrs[1]
+    assert blowup_lr(lrs, [0.119, 0.037, math.nan, *rest], period=4, guessing=ln3) == lrs[1]
+    # and after it, a batch against itself
+    up = [*trained[:5], 0.9, *[math.inf] * 6]
+    assert blowup_lr(lrs, up, period=4, guessing=ln3) == lrs[4]
+
+
 # -- recovering ----------------------------------------------------------------------------
 def test_absurd_lr_diverges_without_the_guard_and_recovers_with_it(toy_data):
     def run(callbacks):
@@ -199,15 +217,20 @@ def test_a_nan_at_a_sane_lr_halves_it_as_the_notes_do(toy_data):
 )
 def test_an_lr_10000_times_too_high_is_brought_down_by_a_sweep(toy_data, name, opt, sane):
     """Halving alone would need ~14 restores: the guard sweeps the LR from the restored state
-    and jumps to a safe one."""
+    and jumps to a safe one (Adam and AdamW: straight to the cap, a tenth of the weights)."""
     lines = []
     guard = DivergenceGuard(log=lines.append)
     model = _model(toy_data, name)
     learn = Learner(toy_data, model, opt=opt, batch_size=32, callbacks=[guard])
     learn.fit_one_cycle(4, sane * 1e4)
     assert not guard.gave_up and 1 <= len(guard.events) <= 3, lines
-    assert guard.events[0]["how"] == "swept", lines  # halving would leave it ~5,000x too high
-    assert "swept the LR from there and set it to" in lines[0]
+    # halving would leave it ~5,000x too high
+    if opt == "sgd":
+        assert guard.events[0]["how"] == "swept", lines
+        assert "swept the LR from there and set it to" in lines[0]
+    else:
+        assert guard.events[0]["how"] == "capped", lines
+        assert "a tenth of the weights' median size" in lines[0]
     assert learn.lr_mult < 1e-2  # it came down by orders of magnitude, not a few halvings
     assert learn.evaluate()["accuracy"] >= 0.9, lines
 
@@ -230,16 +253,18 @@ def test_a_divergence_in_the_warm_up_caps_the_rest_of_the_schedule(toy_data):
 
 @pytest.mark.parametrize("opt", ["adam", "sgd"])
 def test_a_huge_lr_swept_in_the_warm_up_still_learns(toy_data, opt):
-    """mnist_cnn at 10,000x a sane peak LR, swept in one-cycle's warm-up: the rest of the
-    fit stays at or below the swept LR, and it learns. (On shapes, scaling the schedule by
-    the sweep instead climbed past the safe LR to a net dead at chance; these easy bars
-    survive that, so here it is the LR bound that fails without the cap.)"""
+    """mnist_cnn at 10,000x a sane peak LR, brought down in one-cycle's warm-up (SGD by a
+    sweep, Adam to its cap): the rest of the fit stays at or below the new LR, and it learns.
+    (On shapes, scaling the schedule by the sweep instead climbed past the safe LR to a net
+    dead at chance; these easy bars survive that, so here it is the LR bound that fails
+    without the cap on the schedule.)"""
     sane = {"adam": 2.5e-3, "sgd": 3.4e-2}[opt]
     guard = DivergenceGuard(log=lambda s: None)
     model = _model(toy_data, "mnist_cnn")
     learn = Learner(toy_data, model, opt=opt, batch_size=16, callbacks=[guard])
     learn.fit_one_cycle(4, sane * 1e4)
-    assert not guard.gave_up and any(e["how"] == "swept" for e in guard.events)
+    how = {"sgd": "swept", "adam": "capped"}[opt]
+    assert not guard.gave_up and any(e["how"] == how for e in guard.events)
     assert max(_lrs_since_last_restore(learn, guard)) <= guard.events[-1]["new_lr"] * 1.0001
     assert learn.evaluate()["accuracy"] >= 0.9
 
@@ -400,6 +425,28 @@ def test_adam_kin_restart_no_higher_than_the_cap(toy_data, opt):
     assert first["new_lr"] == pytest.approx(start)  # restored to the initial weights
     assert "a tenth of the weights' median size" in lines[0]
     assert not guard.gave_up and learn.evaluate()["accuracy"] >= 0.9
+
+
+def test_adam_far_too_high_goes_to_the_cap_without_a_sweep(toy_data):
+    """With a sweep allowed, an Adam LR 10x the cap or more still goes to the cap, and no
+    sweep runs (a sweep from a wrecked net can land far below it: ResNet-50, a fortieth): the
+    same number of forward passes, the same events and weights as with no sweep at all."""
+
+    def run(probe_steps):
+        guard = DivergenceGuard(probe_steps=probe_steps, log=lambda s: None)
+        torch.manual_seed(0)
+        model = _model(toy_data, "mnist_cnn")
+        calls = []
+        model.register_forward_hook(lambda *_: calls.append(1))
+        learn = Learner(toy_data, model, opt="adam", batch_size=16, seed=0, callbacks=[guard])
+        learn.fit_one_cycle(2, 30.0)
+        return guard.events, len(calls), learn.model.state_dict()
+
+    swept_events, swept_calls, swept_weights = run(24)
+    events, calls, weights = run(0)
+    assert swept_events[0]["how"] == "capped"
+    assert swept_events == events and swept_calls == calls
+    assert all(torch.equal(swept_weights[k], weights[k]) for k in weights)
 
 
 def test_a_bad_batch_at_a_sane_adam_lr_is_halved_not_capped(toy_data):

@@ -62,7 +62,8 @@ def sweep(
 ) -> tuple[list[float], list[float]]:
     """Train ``steps`` steps on ``batches`` (cycled) with the LR rising geometrically from
     ``lr / span`` to ``lr``; returns the LRs and losses (inf once the loss has gone past
-    ``stop`` x its lowest, or NaN, or reached 0: the remaining steps are not trained).
+    ``stop`` x its lowest, see :func:`blew_up`, or NaN, or reached 0: the remaining steps are
+    not trained).
     Dropout is off during the sweep, and on again after it.
 
     Every param group keeps its ratio to the last group's LR (discriminative LRs). Changes
@@ -80,7 +81,7 @@ def sweep(
     ratios = [float(g["lr"]) / last for g in opt.param_groups]
     lrs = [lr / span * span ** (k / max(steps - 1, 1)) for k in range(steps)]
     losses: list[float] = []
-    lowest, loss_before = math.inf, learn.loss
+    period, loss_before = len(batches), learn.loss
     devices = [learn.device] if learn.device.type == "cuda" else []
     # (the guard may call from after_validate, inside the loop's no_grad)
     with torch.random.fork_rng(devices=devices), torch.enable_grad():
@@ -95,7 +96,7 @@ def sweep(
         for k, step_lr in enumerate(lrs):
             # Blown up, NaN, or a loss of 0 (4 batches learnt by heart: from there on no
             # step moves the weights, and the curve says nothing): stop training.
-            if losses and not losses[-1] < stop * lowest:
+            if losses and (losses[-1] == 0 or blew_up(losses, len(losses) - 1, period, stop)):
                 losses.append(math.inf)
                 continue
             for group, ratio in zip(opt.param_groups, ratios):
@@ -110,7 +111,6 @@ def sweep(
             optim.step(learn)
             value = float(loss.detach())  # a host sync per step: 24 of them, once
             losses.append(value if math.isfinite(value) else math.inf)
-            lowest = min(lowest, losses[-1])
         opt.zero_grad(set_to_none=True)
         for m in dropouts:
             m.train()
@@ -118,6 +118,28 @@ def sweep(
     if learn.dist is not None:
         losses = [v / learn.dist.world for v in learn.dist.sum(losses)]
     return lrs, losses
+
+
+def blew_up(losses: Sequence[float], i: int, period: int = 0, stop: float = 4.0) -> bool:
+    """Whether :func:`sweep`'s loss at step ``i`` went past ``stop`` x the lowest before it
+    (or is not finite, or at step 0 is 0), where the sweep stops. With ``period`` (the
+    number of batches it cycles through), past ``stop`` x the lowest that same batch had,
+    and in the first pass, where each batch is met once, past ``stop`` x the highest loss
+    before it: batches differ, near 0 nats by 5x (fast_mnist with Adam, trained: 0.119,
+    0.037, 0.208 at LRs about 1e-7; a sweep that stopped there set the LR to 4.7e-9, and the
+    guard gave up).
+
+    Example:
+        >>> blew_up([0.12, 0.04, 0.21], 2), blew_up([0.12, 0.04, 0.21], 2, period=4)
+        (True, False)
+    """
+    if i < period:
+        ref = max(losses[:i] or losses[:1])
+    elif period:
+        ref = min(losses[i - period :: -period])
+    else:
+        ref = min(losses[:i] or losses[:1])
+    return not losses[i] < stop * ref
 
 
 def blowup_lr(
@@ -133,11 +155,12 @@ def blowup_lr(
     """The LR of the step after which :func:`sweep`'s training made things worse than the
     restored state (a step's loss shows the steps before it); None when it never did.
 
-    Worse is: a NaN/inf loss; a loss past ``stop`` x the lowest and above the first (where
-    the sweep stops); or a smoothed loss that fell clearly (10%) below the start, then came
-    back up to 95% of it, or to ``guessing`` (ln K) when the start was above that: a net killed by
-    the LR sits at chance, not higher (mnist_cnn, AdamW, label smoothing: 2.37, down to 1.7,
-    then 2.30 flat). A loss only ``stop`` x a low minimum (4 batches overfitted to 0.01
+    Worse is: a NaN/inf loss; a loss past ``stop`` x the lowest (:func:`blew_up`, where the
+    sweep stops) and above the first; or a smoothed loss that fell clearly (10%) below the
+    start, then came back up to 95% of it, or to ``guessing`` (ln K) when the start was above
+    that: a net killed by the LR sits at chance, not higher (mnist_cnn, AdamW, label
+    smoothing: 2.37, down to 1.7, then 2.30 flat); from a start under half of ``guessing``,
+    back up to that half. A loss only ``stop`` x a low minimum (4 batches overfitted to 0.01
     nats, then 0.05) stops the sweep without saying that higher LRs blow up.
 
     With ``period`` (the number of batches the sweep cycled through), also a batch's loss
@@ -157,11 +180,15 @@ def blowup_lr(
     if end == 0:
         return None  # the first loss, measured before any step, is not finite: no LR to blame
     level = min(losses[0], guessing)
-    smooth, lowest, fell = smooth_losses(list(losses[:end]), beta=beta), losses[0], False
+    # A trained net's batches differ by 5x near 0 nats (fast_mnist, Adam: 0.119, 0.037,
+    # 0.208 at LRs of 1e-7), so from under half of guessing's loss it counts as killed only
+    # once back at that half: a net the LR kills sits at chance.
+    back = max(0.95 * level, 0.5 * guessing if math.isfinite(guessing) else 0.0)
+    smooth, fell = smooth_losses(list(losses[:end]), beta=beta), False
     first = None  # the step of a batch that got worse, while the steps after it stay worse
     for i in range(1, end):
         value = losses[i]
-        if value >= stop * lowest:  # the sweep stopped after this step
+        if blew_up(losses, i, period, stop):  # the sweep stopped after this step
             return lrs[(first or i) - 1] if value > losses[0] else None
         if period and i >= period:
             own = min(losses[i - period :: -period])  # this batch's losses before
@@ -171,9 +198,8 @@ def blowup_lr(
                 first = i
             else:  # two in a row
                 return lrs[first - 1]
-        lowest = min(lowest, value)
         fell = fell or smooth[i] < 0.9 * level  # (never from a level of 0 nats)
-        if fell and smooth[i] >= 0.95 * level:
+        if fell and smooth[i] >= back:
             return lrs[i - 1]
     if end == len(losses):
         return None
@@ -245,13 +271,14 @@ def next_lr(
         # of the blow-up (mnist_cnn, SGD, shapes, flat until 2.1: a tenth died at chance,
         # where 0.1 trains it).
         found = blown / 20 if learned is None else min(max(learned, blown / 100), blown / 10)
-    elif learned is None:
-        # Neither a blow-up nor a clear fall: the lowest point is noise, and a tenth of it
-        # can be anywhere below. A decade down is as far as such a curve takes the LR (the
-        # layer-spec net, Adam, shapes: dead at 2.4e-2, then a flat sweep from the fit's
-        # start gave 5.1e-4, and 60% where 3e-3 reaches 94%).
-        noise = safe_lr(lrs, losses)
-        found = None if noise is None else max(noise, lr / 10)
+    else:
+        # No blow-up up to the LR that diverged: then the lowest point says little, and a
+        # tenth of it can be anywhere below. A decade down is as far as such a curve takes
+        # the LR (the layer-spec net, Adam, shapes: dead at 2.4e-2, then a flat sweep from
+        # the fit's start gave 5.1e-4, and 60% where 3e-3 reaches 94%; fast_mnist, Adam,
+        # trained: batches 5x apart near 0 nats put the lowest point at 8e-8, and the guard
+        # gave up at a tenth of it, under its floor of 1e-8).
+        found = None if safe_lr(lrs, losses) is None else lr / 10
     far = blown is not None and blown <= halved
     if found is not None and found < halved and (not first or far):
         return found, "swept"
@@ -259,8 +286,8 @@ def next_lr(
 
 
 def adaptive_cap(model: nn.Module, opt: torch.optim.Optimizer | None) -> float | None:
-    """The most LR an adaptive optimizer (:data:`ADAPTIVE`) should go on with after
-    diverging at an LR far too high (the guard applies it from 10x this up): a tenth of the
+    """The LR an adaptive optimizer (:data:`ADAPTIVE`) goes on with after diverging at an
+    LR far too high (the guard applies it from 10x this up, instead of a sweep): a tenth of the
     median RMS of the trainable weight matrices (every tensor of 2 or more dimensions: conv
     kernels, linear weights; all-zero ones left out), or None (SGD, LBFGS, no such weights).
 
@@ -268,7 +295,8 @@ def adaptive_cap(model: nn.Module, opt: torch.optim.Optimizer | None) -> float |
     a few steps rewrite the network, and with BatchNorm the loss need not blow up on the way:
     a ResNet-18 with Adam, 10,000x too high, was swept to 3.2e-2 (its weights' median RMS
     0.04), trained there without diverging and ended at 89% where 3e-3 reaches 100%
-    (docs/benchmarks.md). For the registered models a tenth is 1.8e-3 (logreg) to 1.4e-2
+    (docs/benchmarks.md); a sweep can also land far too low (ResNet-50: 7.1e-5, a fortieth
+    of this). For the registered models a tenth is 1.8e-3 (logreg) to 1.4e-2
     (EfficientNet) at initialisation; logreg's own Adam LR on MNIST, 1e-2, is above it, so an
     LR that diverged below 10x the cap (a bad batch more likely than a mad LR) is left to the
     sweep and halving.
