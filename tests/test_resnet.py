@@ -261,7 +261,9 @@ def test_reset_head_keeps_device_dtype_and_records_classes():
 def test_the_head_is_kept_new_for_other_classes_and_strict_head_refuses(ref18, ref18_file):
     model = ours("resnet18", num_classes=5)
     fresh_fc = model.fc.weight.detach().clone()
+    assert model.pretrained_from is None
     report = load_pretrained(model, ref18_file)
+    assert model.pretrained_from == str(ref18_file)
     assert report.head_skipped == ["fc.weight", "fc.bias"]
     assert not report.missing and not report.unexpected and not report.mismatched
     assert "head fc" in str(report) and "1000 classes" in str(report)

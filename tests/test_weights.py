@@ -291,6 +291,8 @@ def test_an_unknown_weights_name_fails_in_one_line_through_the_cli(tmp_path, cap
 def test_create_model_with_pretrained_gives_the_imagenet_classifier():
     model = create_model("efficientnet_lite0", pretrained="imagenet")
     assert model.pretrained_report.complete and model.arch["num_classes"] == 1000
+    assert model.pretrained_from == "imagenet"  # the name, for the divergence guard
+    assert create_model("efficientnet_lite0").pretrained_from is None
     assert model.pretrained_report.mean == W.LITE_MEAN
 
 

@@ -148,6 +148,8 @@ def load_pretrained(
 
     Returns:
         A :class:`LoadReport`; ``report.mean``/``report.std`` is the normalisation to use.
+        A :class:`~deepstart.models.registry.Classifier` records ``source`` in its
+        ``pretrained_from`` (the divergence guard then lowers LRs as for fine-tuning).
 
     Raises:
         PretrainedError: the file cannot be fetched or read, is unsafe, fails the hash check,
@@ -209,6 +211,8 @@ def load_pretrained(
     _check_enough(report, own, state, head, strict, min_match, _name(model))
     # Copies into the existing tensors, so the model keeps its device and dtype.
     model.load_state_dict(chosen, strict=False)
+    if hasattr(model, "pretrained_from"):  # a Classifier: the guard reads it
+        model.pretrained_from = str(source)
     return report
 
 

@@ -312,6 +312,9 @@ class Classifier(nn.Module):
 
     body: nn.Module
     classifier: nn.Module
+    # Where the weights came from (``load_pretrained`` sets it: a weights name, URL or file);
+    # None for a freshly initialised model. The divergence guard fine-tunes with it.
+    pretrained_from: str | None = None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)

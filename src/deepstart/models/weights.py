@@ -404,7 +404,10 @@ def load_source(
     arch = getattr(model, "arch", None)
     name = str(arch["name"]) if isinstance(arch, dict) and "name" in arch else None
     if name is not None and is_weights_name(name, text):
-        return load_weights(model, text, quiet=quiet)
+        report = load_weights(model, text, quiet=quiet)
+        if hasattr(model, "pretrained_from"):
+            model.pretrained_from = text  # the name, not the cache file load_pretrained saw
+        return report
     is_url = urllib.parse.urlparse(text).scheme in ("http", "https", "file")
     if not is_url and not Path(text).expanduser().exists() and looks_like_name(text):
         get_weights(name or type(model).__name__, text)  # raises, listing the model's names

@@ -181,6 +181,8 @@ class _Run:
         model = build_model(cfg.model, self.data, tc.seed)
         if cfg.model.pretrained and self.resume is None:  # a resumed run has its weights
             apply_pretrained(cfg.model, model, self.data, self.say)
+        elif cfg.model.pretrained and hasattr(model, "pretrained_from"):
+            model.pretrained_from = str(cfg.model.pretrained)  # the guard fine-tunes, as before
         self.model = prepare_model(model, dist)
         self.n_params = count_parameters(self.model)
         where = f"device {self.device}"

@@ -277,6 +277,9 @@ class Checkpoint(Callback):
             "best": self.best,
             "rng": rng,
             "recorder": json.dumps(learn.recorder.state()),
+            "callbacks": json.dumps(
+                {type(cb).__name__: st for cb in learn.callbacks if (st := cb.state_dict())}
+            ),
         }
 
     def save(
@@ -332,6 +335,10 @@ def restore_checkpoint(learn: Learner, ckpt: dict[str, Any]) -> tuple[int, int]:
         raise DataError(f"the checkpoint does not fit this model and optimizer ({why})") from None
     learn.lr_mult = float(ckpt["lr_mult"])
     learn.recorder.load_state(json.loads(ckpt["recorder"]))
+    states = json.loads(ckpt.get("callbacks", "{}"))  # none in checkpoints before 2026-12-06
+    for cb in learn.callbacks:
+        if type(cb).__name__ in states:
+            cb.load_state_dict(states[type(cb).__name__])
     torch.set_rng_state(ckpt["rng"]["torch"])
     if "cuda" in ckpt["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(list(ckpt["rng"]["cuda"]))

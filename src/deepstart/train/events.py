@@ -9,7 +9,7 @@ callback module can build on it without pulling in the Learner.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from deepstart.train.learner import Learner
@@ -62,8 +62,18 @@ class Callback:
 
     ``skip_lr_find``: leave this callback out of the LR finder's sweep (set by callbacks
     whose effect the sweep could not undo, such as a weight average or a restore).
+
+    A callback whose state outlives a fit (and so must survive a resume) returns it from
+    ``state_dict`` as JSON-able values; checkpoints keep it under the class name and
+    ``load_state_dict`` gets it back.
     """
 
     order: int = 0
     skip_lr_find: bool = False
     learn: Learner
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

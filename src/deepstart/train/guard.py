@@ -10,9 +10,12 @@ The first time in a fit it halves the LR, unless the sweep blew up below half al
 the second on, or in that case, it jumps to the sweep's safe LR when that is lower, so an LR
 10,000x too high is brought down in one or two restores, not fourteen. With Adam and its kin
 at an LR of the weights' own size, it goes on at a tenth of their median size instead
-(``adaptive_cap``), with no sweep. A network that went dead (every input answered alike) counts as
-diverged too; it goes back to where the LR it died under began (the state the last restore
-went back to), or to the fit's start if it died from there before.
+(``adaptive_cap``), with no sweep. With pretrained weights training (``fine_tuning``) it sweeps
+for every optimizer and goes a decade below the sweep's LR; an LR it lowered while other
+weights trained (fine_tune's frozen phase: the head alone) is undone at the next fit. A
+network that went dead (every input answered alike) counts as diverged too; it goes back to
+where the LR it died under began (the state the last restore went back to), or to the fit's
+start if it died from there before.
 Only when ``max_tries`` restores did not help, or the LR would fall below ``min_lr``, does it
 stop the fit, with an explanation, instead of training on garbage.
 
@@ -34,7 +37,7 @@ from typing import Any
 import torch
 
 from deepstart.train.callbacks import Callback, CancelFit, ParamScheduler, RestartEpoch
-from deepstart.train.lr_probe import adaptive_cap, next_lr, sweep
+from deepstart.train.lr_probe import adaptive_cap, fine_tuning, next_lr, sweep
 from deepstart.train.watch import DEAD, LossWatch, output_spread
 
 
@@ -70,9 +73,9 @@ class DivergenceGuard(Callback):
 
     ``events`` holds one dict per divergence: split ("train"/"valid"), epoch (1-based, as
     in metrics.jsonl), batch (0-based index in the epoch), kind ("nan"/"spike"/"climb"/
-    "dead"), loss, old_lr, new_lr, how ("halved"/"swept"/"capped"), tries, action
-    ("restored"/"gave_up"), restored_batch, restored_epoch (earlier than epoch only for a
-    dead net). With ``learn.recorder.path`` set, each is also appended there as
+    "dead"), loss, old_lr, new_lr, how ("halved"/"swept"/"capped"/"swept, fine-tuning"),
+    tries, action ("restored"/"gave_up"), restored_batch, restored_epoch (earlier than epoch
+    only for a dead net). With ``learn.recorder.path`` set, each is also appended there as
     ``{"event": "divergence", ...}``.
     """
 
@@ -97,9 +100,22 @@ class DivergenceGuard(Callback):
         self.watch = LossWatch(spike=spike)
         self.events: list[dict[str, Any]] = []
         self.gave_up = False
+        # What the guard has multiplied ``learn.lr_mult`` by, and which weights were trainable
+        # then: an LR found safe for other weights is undone at the next fit (see before_fit).
+        self._own, self._lowered_for = 1.0, frozenset()
 
     # -- events ----------------------------------------------------------------------------
     def before_fit(self) -> None:
+        if self._own != 1.0 and self._trainable() != self._lowered_for:
+            # The LR was safe for other weights: fine_tune's frozen phase finds it for the head
+            # alone, which took an SGD LR 25x what the unfrozen ImageNet body does (23% where
+            # the sane LR reaches 57%). Back to the plan; a divergence lowers it for these.
+            self.learn.lr_mult /= self._own
+            self.log(
+                f"divergence guard: other weights train now: back to the planned LR (x "
+                f"{1 / self._own:.3g}); it is lowered again if it diverges"
+            )
+            self._own = 1.0
         self.tries, self.gave_up, self.lrs_tried = 0, False, []
         self._valid_best = math.inf
         self._first_loss: float | None = None  # the fit's first finite training loss
@@ -228,6 +244,17 @@ class DivergenceGuard(Callback):
         self._dead += 1
         return self._alive and self._dead >= self.watch.patience
 
+    def state_dict(self) -> dict[str, Any]:
+        # A resumed fine_tune must undo a frozen phase's LR at the unfrozen one as an
+        # uninterrupted run does; the weights trainable now are those it was lowered for.
+        return {"own": self._own} if self._own != 1.0 else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._own, self._lowered_for = float(state["own"]), self._trainable()
+
+    def _trainable(self) -> frozenset[str]:
+        return frozenset(n for n, p in self.learn.model.named_parameters() if p.requires_grad)
+
     def _guessing(self) -> float:
         """The loss level of a model that knows nothing: ln K (for regression, predicting
         the mean), or the fit's first loss where a fresh model started higher."""
@@ -286,7 +313,8 @@ class DivergenceGuard(Callback):
         # mad LR just wrecked, a sweep can also blow up early and land far too low
         # (ResNet-50: 7.1e-5, a fortieth of the cap). If the cap diverges too, the next
         # restore sweeps down from it.
-        limit = adaptive_cap(learn.model, learn.opt)
+        tuning = fine_tuning(learn.model)
+        limit = None if tuning and self.probe_steps else adaptive_cap(learn.model, learn.opt)
         new_lr, how = lr * self.factor, "halved"
         if limit is not None and lr >= 10 * limit and limit >= self.min_lr:
             new_lr, how = limit, "capped"
@@ -304,6 +332,13 @@ class DivergenceGuard(Callback):
                 factor=self.factor,
                 first=self.tries == 1,
             )
+            if tuning and how == "swept":
+                # Pretrained weights: a sweep sees the loss of 4 batches, which a new head
+                # lowers at LRs that wreck the features under it; fine-tuning LRs are a
+                # decade below training from scratch's (fastai, Keras). EfficientNet-Lite0
+                # on CIFAR photos, every layer at one LR: swept to 4.3e-2 (SGD), 2.1e-3 (Adam)
+                # where 1e-2 and 3e-4 train it; the cap (9.7e-3) was further off.
+                new_lr, how = new_lr / 10, "swept, fine-tuning"
         gave_up = self.tries > self.max_tries or new_lr < self.min_lr
         # The LR that diverged, and any higher one, is unsafe from the restored state on: in
         # one-cycle's warm-up (LR at batch 3 ~ peak/16) scaling the schedule by new/old
@@ -312,7 +347,10 @@ class DivergenceGuard(Callback):
         peak = self._peak_ahead()
         capped = new_lr < lr and peak is not None and peak > lr * 1.01
         if not gave_up:
-            learn.lr_mult *= new_lr / (peak if capped else lr)
+            scale = new_lr / (peak if capped else lr)
+            learn.lr_mult *= scale
+            self._own *= scale
+            self._lowered_for = self._trainable()
         if split == "valid":
             subject = "valid loss"
         else:
@@ -364,6 +402,11 @@ class DivergenceGuard(Callback):
             raise CancelFit
         if how == "swept":
             verb = f"swept the LR from there and set it to {new_lr:.1e}"
+        elif how == "swept, fine-tuning":
+            verb = (
+                f"swept the LR from there and set it to {new_lr:.1e}, a tenth of the sweep's "
+                f"(pretrained weights train: fine-tuning LRs are lower)"
+            )
         elif how == "capped":
             verb = (
                 f"set the LR to {new_lr:.1e}, a tenth of the weights' median size (an "

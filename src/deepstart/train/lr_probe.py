@@ -316,3 +316,20 @@ def adaptive_cap(model: nn.Module, opt: torch.optim.Optimizer | None) -> float |
     ]
     sizes = [v for v in sizes if v > 0]  # zero-initialised weights say nothing of the scale
     return ADAPTIVE_SHARE * statistics.median(sizes) if sizes else None
+
+
+def fine_tuning(model: nn.Module) -> bool:
+    """Whether pretrained weights train: the model came from pretrained weights
+    (``pretrained_from``, which ``load_pretrained`` sets) and a weight matrix outside its head
+    is trainable. Not in fine_tune's frozen phase, where only the new head learns.
+
+    Example:
+        >>> model = create_model("efficientnet_lite0", pretrained="imagenet", num_classes=10)
+        >>> fine_tuning(model), fine_tuning(create_model("efficientnet_lite0"))
+        (True, False)
+    """
+    if getattr(model, "pretrained_from", None) is None:
+        return False
+    head = getattr(model, "classifier", None)
+    new = {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()
+    return any(p.requires_grad and p.dim() >= 2 and id(p) not in new for p in model.parameters())
