@@ -15,6 +15,20 @@ LR it ended with, the test accuracy against the baseline's, and whether
 it gave up. A model "recovers" when the guard did not give up and the test accuracy is at
 least ``--floor`` (0.9; guessing is 1/3) or within 2 points of the baseline. A seed's result
 repeats exactly on one CPU type, whatever the load.
+
+``--finetune`` judges what the ImageNet nets are for: fine-tuning their ImageNet weights
+(``pretrained="imagenet"``: EfficientNet-Lite0/1/2 install offline) on photos: 200 training
+images of each CIFAR-10 class from the JPEG copy in ../shared/data (10% held out), at
+``--size`` (96 px), scored on the 10,000 test images, 3 epochs. As the photos recipe does,
+fastai's ``fine_tune``: 1 epoch training the head, then 2 with everything, the earliest
+layers at a hundredth of the head's LR; sane base LRs SGD 2e-2, Adam and AdamW 2e-3
+(:data:`SANE_FT`, deepstart's ``fine_tune`` default). With ``--one-lr``, every layer trains
+from the start at one LR (``deepstart train --pretrained imagenet`` without
+``--fine-tune``), sane peaks SGD 1e-2, Adam and AdamW 3e-4 (:data:`SANE_ONE`). There a model
+recovers only within 2 points of the baseline: random weights reach ~30% here, so a guard
+that wrecks the ImageNet features shows.
+
+    python bench/guard_models.py --finetune [--one-lr] efficientnet_lite0
 """
 
 from __future__ import annotations
@@ -29,14 +43,29 @@ ROOT = Path(__file__).resolve().parents[1]
 # One-cycle peaks that train mnist_cnn and vgg_small on the shapes here (3,000 images, 8
 # epochs): Adam 1e-3 left mnist_cnn's baseline at 54-75%, 3e-3 gives 92%.
 SANE = {"sgd": 0.1, "adam": 3e-3, "adamw": 3e-3}
+# Fine-tuning ImageNet weights wants peaks ~10x lower than training from scratch (fastai's
+# fine_tune: 1e-3 and less for the body; the photos recipe's unfrozen epoch: 2e-4).
+SANE_FT = {"sgd": 2e-2, "adam": 2e-3, "adamw": 2e-3}
+# Every layer at one LR from the start: Adam at 1e-3 and 1e-4 ended at 34% and 37% where
+# 3e-4 reaches 58% (EfficientNet-Lite0, the data of --finetune, 3 epochs).
+SANE_ONE = {"sgd": 1e-2, "adam": 3e-4, "adamw": 3e-4}
+CIFAR = ROOT.parent / "shared/data/cifar10-jpeg/cifar10-jpeg.tar.gz"
 
 
-def train(name: str, opt: str, lr: float, data, epochs: int, lines: list[str]):
+def train(
+    name: str, opt: str, lr: float, data, epochs: int, lines: list[str],
+    pretrained: str | None = None, fine_tune: bool = False,
+):  # fmt: skip
     """One seed-0 run of ``name`` with ``opt`` at one-cycle peak ``lr`` under the default
-    guard (its lines into ``lines``): the Learner, the guard and the test accuracy."""
+    guard (its lines into ``lines``): the Learner, the guard and the test accuracy. With
+    ``pretrained`` (a weights name), the model starts from those weights and ``data`` is
+    switched to their normalisation; ``fine_tune``: 1 epoch frozen, then ``epochs - 1``
+    unfrozen, ``lr`` the base LR."""
     import torch
 
+    from deepstart.config import ModelConfig
     from deepstart.models.registry import create_model
+    from deepstart.run.build import apply_pretrained
     from deepstart.train.guard import DivergenceGuard
     from deepstart.train.learner import Learner
 
@@ -44,12 +73,17 @@ def train(name: str, opt: str, lr: float, data, epochs: int, lines: list[str]):
     model = create_model(
         name, in_channels=data.channels, num_classes=data.num_classes, input_size=data.size
     )
+    if pretrained:
+        apply_pretrained(ModelConfig(name, pretrained=pretrained), model, data, lambda m: None)
     guard = DivergenceGuard(log=lines.append)
     learn = Learner(
         data, model, opt=opt, batch_size=64, seed=0, guard=False, callbacks=[guard],
         log=lambda m: None, quiet=True,
     )  # fmt: skip
-    learn.fit_one_cycle(epochs, lr)
+    if fine_tune:
+        learn.fine_tune(epochs - 1, lr)
+    else:
+        learn.fit_one_cycle(epochs, lr)
     return learn, guard, learn.evaluate()["accuracy"]
 
 
@@ -61,7 +95,14 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--n-train", type=int, default=3000, help="shapes training images")
     p.add_argument("--floor", type=float, default=0.9, help="test accuracy that counts")
+    p.add_argument("--finetune", action="store_true", help="ImageNet weights on CIFAR photos")
+    p.add_argument("--size", type=int, default=96, help="picture size with --finetune")
+    p.add_argument("--one-lr", action="store_true", help="--finetune: no frozen phase")
+    p.add_argument("--sane", type=float, help="the baseline's peak LR (default: per optimiser)")
     a = p.parse_args()
+    if a.finetune:  # 3 epochs unless asked; only the baseline counts (no absolute floor)
+        a.epochs = 3 if "--epochs" not in sys.argv else a.epochs
+        a.floor = 1.0 if "--floor" not in sys.argv else a.floor
 
     sys.path.insert(0, str(ROOT / "src"))
     import torch
@@ -70,25 +111,39 @@ def main() -> None:
     from deepstart.models.registry import list_models
     from deepstart.recipes.results import cpu_model
 
-    names = a.models or [m.name for m in list_models()]
+    if a.finetune:
+        names = a.models or ["efficientnet_lite0"]
+        sane, pretrained = (SANE_ONE if a.one_lr else SANE_FT), "imagenet"
+        what = f"CIFAR-10 JPEGs at {a.size} px, 200 a class, " + (
+            "every layer at one LR" if a.one_lr else "fine_tune (1 epoch frozen)"
+        )
+    else:
+        names = a.models or [m.name for m in list_models()]
+        sane, pretrained, what = SANE, None, f"shapes n_train {a.n_train}"
+    if a.sane:
+        sane = dict.fromkeys(sane, a.sane)
+    tune = a.finetune and not a.one_lr
     print(f"{cpu_model()}, torch {torch.__version__}, {os.cpu_count()} cores, load "
-          f"{os.getloadavg()[0]:.2f}; shapes n_train {a.n_train}, {a.epochs} epochs, "
-          f"LR x {a.factor:g}\n")  # fmt: skip
+          f"{os.getloadavg()[0]:.2f}; {what}, {a.epochs} epochs, LR x {a.factor:g}"
+          f"{', ImageNet weights' if pretrained else ''}\n")  # fmt: skip
     print("| model | opt | LR | guard: restores (how) | LR at the end | test accuracy | "
           "at the sane LR | recovered | seconds |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
     failed = []
-    data = load_dataset("shapes", n_train=a.n_train, n_test=600, seed=0)  # 1x32x32, 3 classes
     for name in names:
+        if a.finetune:  # loaded per model: the weights switch its normalisation
+            data = load_dataset("folder", data_dir=CIFAR, size=a.size, train_per_class=200)
+        else:  # 1x32x32, 3 classes
+            data = load_dataset("shapes", n_train=a.n_train, n_test=600, seed=0)
         if name == "spec":  # the layer-spec model stands for what a user writes
             name = "conv16-pool-conv32-pool-flat-dense64"
         for opt in a.opts.split(","):
-            lr = SANE[opt] * a.factor
+            lr = sane[opt] * a.factor
 
             lines: list[str] = []
-            _, _, base = train(name, opt, SANE[opt], data, a.epochs, [])
+            _, _, base = train(name, opt, sane[opt], data, a.epochs, [], pretrained, tune)
             start = time.perf_counter()
-            learn, guard, acc = train(name, opt, lr, data, a.epochs, lines)
+            learn, guard, acc = train(name, opt, lr, data, a.epochs, lines, pretrained, tune)
             seconds = time.perf_counter() - start
             hows = ", ".join(e["how"] for e in guard.events) or "none"
             ok = not guard.gave_up and (acc >= a.floor or acc >= base - 0.02)
