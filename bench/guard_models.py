@@ -43,8 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # One-cycle peaks that train mnist_cnn and vgg_small on the shapes here (3,000 images, 8
 # epochs): Adam 1e-3 left mnist_cnn's baseline at 54-75%, 3e-3 gives 92%.
 SANE = {"sgd": 0.1, "adam": 3e-3, "adamw": 3e-3}
-# Fine-tuning ImageNet weights wants peaks ~10x lower than training from scratch (fastai's
-# fine_tune: 1e-3 and less for the body; the photos recipe's unfrozen epoch: 2e-4).
+# fine_tune's base LRs: deepstart's and fastai's default for Adam-type, 2e-3 (the unfrozen
+# phase then runs the head at 1e-3 and the first layers at 1e-5); SGD a decade higher.
 SANE_FT = {"sgd": 2e-2, "adam": 2e-3, "adamw": 2e-3}
 # Every layer at one LR from the start: Adam at 1e-3 and 1e-4 ended at 34% and 37% where
 # 3e-4 reaches 58% (EfficientNet-Lite0, the data of --finetune, 3 epochs).
