@@ -65,10 +65,10 @@ def test_the_frozen_phase_trains_a_new_head_as_from_scratch(toy_data):
     assert guard.events[0]["how"] == "capped", lines
 
 
-def _frozen_then_unfrozen(data, tmp_path=None, lines=None):
-    """fine_tune's two phases by hand: Adam far too high with the body frozen (the guard caps
-    it for the head), then everything at a sane LR. Returns the learner, its guard and the
-    peak LR of the second fit."""
+def _frozen_phase(data, tmp_path=None, lines=None):
+    """fine_tune's first phase by hand: Adam far too high with the body frozen, which the guard
+    caps for the head (checkpoints into ``tmp_path`` when given). Returns the learner and its
+    guard; the tests run the unfrozen phase."""
     lines = [] if lines is None else lines
     cbs = [Checkpoint(tmp_path)] if tmp_path is not None else []
     learn, guard = _learn(data, "adam", "imagenet", lines)
@@ -82,7 +82,7 @@ def test_an_lr_lowered_for_the_head_alone_is_undone_when_the_body_unfreezes(toy_
     """fine_tune's frozen phase finds an LR for the head alone (SGD took 25x what the unfrozen
     ImageNet body does). When other weights train, the fit starts at its planned LR again."""
     lines = []
-    learn, guard = _frozen_then_unfrozen(toy_data, lines=lines)
+    learn, guard = _frozen_phase(toy_data, lines=lines)
     lowered = learn.lr_mult
     assert guard.events[0]["how"] == "capped" and lowered < 1e-2
     learn.fit_one_cycle(1, 1e-3)  # the same weights train: the lowered LR holds
@@ -98,7 +98,7 @@ def test_an_lr_lowered_for_the_head_alone_is_undone_when_the_body_unfreezes(toy_
 def test_a_resumed_run_undoes_the_frozen_phases_lr_as_an_uninterrupted_one(toy_data, tmp_path):
     """The guard's part of lr_mult is in the checkpoint: a run resumed after the frozen phase
     starts the unfrozen one at the planned LR too, not at the head's."""
-    learn, _ = _frozen_then_unfrozen(toy_data, tmp_path / "ck")
+    learn, _ = _frozen_phase(toy_data, tmp_path / "ck")
     ckpt = load_checkpoint(tmp_path / "ck" / "last.pt")
     assert "DivergenceGuard" in ckpt["callbacks"]
 

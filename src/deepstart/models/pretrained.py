@@ -211,9 +211,16 @@ def load_pretrained(
     _check_enough(report, own, state, head, strict, min_match, _name(model))
     # Copies into the existing tensors, so the model keeps its device and dtype.
     model.load_state_dict(chosen, strict=False)
-    if hasattr(model, "pretrained_from"):  # a Classifier: the guard reads it
-        model.pretrained_from = str(source)
+    record_source(model, source)
     return report
+
+
+def record_source(model: nn.Module, source: str | os.PathLike) -> None:
+    """Note in a :class:`~deepstart.models.registry.Classifier`'s ``pretrained_from`` where its
+    weights came from (the divergence guard lowers LRs as for fine-tuning then); other modules
+    have no such field and are left alone."""
+    if hasattr(model, "pretrained_from"):
+        model.pretrained_from = str(source)
 
 
 def _check_enough(

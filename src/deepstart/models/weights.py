@@ -45,6 +45,7 @@ from deepstart.models.pretrained import (
     adapt_stats,
     load_pretrained,
     read_state_dict,
+    record_source,
 )
 
 # EfficientNet-Lite's TF checkpoints take (x - 127) / 128 on 0..255 pixels: in deepstart's
@@ -405,8 +406,7 @@ def load_source(
     name = str(arch["name"]) if isinstance(arch, dict) and "name" in arch else None
     if name is not None and is_weights_name(name, text):
         report = load_weights(model, text, quiet=quiet)
-        if hasattr(model, "pretrained_from"):
-            model.pretrained_from = text  # the name, not the cache file load_pretrained saw
+        record_source(model, text)  # the name, not the cache file load_pretrained saw
         return report
     is_url = urllib.parse.urlparse(text).scheme in ("http", "https", "file")
     if not is_url and not Path(text).expanduser().exists() and looks_like_name(text):

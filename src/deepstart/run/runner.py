@@ -23,6 +23,7 @@ import torch
 from deepstart.config import RunConfig, TrainConfig
 from deepstart.device import busy_cpu_note, resolve_device, resolve_precision, seed_everything
 from deepstart.errors import DataError, DeepstartError
+from deepstart.models.pretrained import record_source
 from deepstart.models.registry import count_parameters
 from deepstart.recipes.choose import faster_recipe
 from deepstart.run.build import (
@@ -181,8 +182,8 @@ class _Run:
         model = build_model(cfg.model, self.data, tc.seed)
         if cfg.model.pretrained and self.resume is None:  # a resumed run has its weights
             apply_pretrained(cfg.model, model, self.data, self.say)
-        elif cfg.model.pretrained and hasattr(model, "pretrained_from"):
-            model.pretrained_from = str(cfg.model.pretrained)  # the guard fine-tunes, as before
+        elif cfg.model.pretrained:
+            record_source(model, cfg.model.pretrained)  # the guard fine-tunes, as before
         self.model = prepare_model(model, dist)
         self.n_params = count_parameters(self.model)
         where = f"device {self.device}"
