@@ -65,6 +65,44 @@ def test_the_frozen_phase_trains_a_new_head_as_from_scratch(toy_data):
     assert guard.events[0]["how"] == "capped", lines
 
 
+def test_pretrained_batchnorm_that_trains_counts_as_fine_tuning():
+    """fine_tune's frozen phase trains the body's BatchNorm scales and shifts (fastai's
+    train_bn): they are pretrained, so the guard treats that phase as fine-tuning. With the
+    BatchNorm frozen too, or weights from scratch, only a new head trains."""
+    from deepstart.train.finetune import freeze, unfreeze
+    from deepstart.train.lr_probe import fine_tuning
+
+    net = create_model("vgg_small", in_channels=1, num_classes=3, input_size=(16, 16))
+    freeze(net)
+    assert not fine_tuning(net)  # random weights: nothing pretrained trains
+    net.pretrained_from = "imagenet"
+    assert fine_tuning(net)  # the body's BatchNorm layers train
+    convs = [p for p in net.body.parameters() if p.dim() == 4]
+    assert convs and not any(p.requires_grad for p in convs)
+    freeze(net, train_bn=False)
+    assert not fine_tuning(net)  # only the head
+    unfreeze(net)
+    assert fine_tuning(net)
+
+
+def test_a_head_on_cached_features_is_trained_as_from_scratch(toy_data):
+    """With cached features (the photos recipe's frozen phase) only the head learns, though
+    the body's BatchNorm layers still require grad: Adam far too high goes to the cap."""
+    lines = []
+    torch.manual_seed(0)
+    model = create_model("resnet20", in_channels=1, num_classes=3, input_size=(16, 16))
+    model.pretrained_from = "imagenet"
+    guard = DivergenceGuard(log=lines.append)
+    learn = Learner(
+        toy_data, model, opt="adam", batch_size=16, seed=0, guard=False, callbacks=[guard],
+        log=lines.append, quiet=True, precompute=True,
+    )  # fmt: skip
+    learn.freeze()
+    learn.fit_one_cycle(1, 30.0)
+    assert lines[0].startswith("precompute: body features")  # the head trained on the cache
+    assert guard.events[0]["how"] == "capped", lines
+
+
 def _frozen_phase(data, tmp_path=None, lines=None):
     """fine_tune's first phase by hand: Adam far too high with the body frozen, which the guard
     caps for the head (checkpoints into ``tmp_path`` when given). Returns the learner and its
@@ -125,9 +163,9 @@ class KillAfterFrozen(Callback):
 
 
 def test_a_pretrained_run_at_a_mad_lr_resumes_to_the_uninterrupted_result(tmp_path):
-    """`deepstart train --pretrained FILE --fine-tune --lr 30`: the guard caps the head's LR in
-    the frozen phase, undoes it at the unfreeze and lowers it as for fine-tuning; a run killed
-    after the frozen phase and resumed does all of that as the uninterrupted run."""
+    """`deepstart train --pretrained FILE --fine-tune --lr 30`: the guard lowers the LR in the
+    frozen phase, undoes that at the unfreeze and lowers it again for the whole net; a run
+    killed after the frozen phase and resumed does all of that as the uninterrupted run."""
     torch.manual_seed(1)
     net = create_model("vgg_small", in_channels=1, num_classes=3, input_size=(16, 16))
     save_file(net.state_dict(), str(tmp_path / "w.safetensors"))  # weights "from elsewhere"
@@ -153,7 +191,8 @@ def test_a_pretrained_run_at_a_mad_lr_resumes_to_the_uninterrupted_result(tmp_pa
     ref = train_run(config(tmp_path / "ref"), quiet=True)
     rows = [json.loads(line) for line in (ref.run_dir / "metrics.jsonl").open()]
     hows = [r["how"] for r in rows if r.get("event") == "divergence"]
-    assert hows[0] == "capped" and "swept, fine-tuning" in hows[1:], hows
+    # The frozen phase trains pretrained BatchNorm layers: fine-tuning from the start.
+    assert len(hows) >= 2 and set(hows) == {"swept, fine-tuning"}, hows
     with pytest.raises(Killed):
         train_run(config(tmp_path / "killed"), quiet=True, callbacks=[KillAfterFrozen()])
     (run_dir,) = (tmp_path / "killed").iterdir()

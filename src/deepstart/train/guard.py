@@ -12,7 +12,7 @@ the second on, or in that case, it jumps to the sweep's safe LR when that is low
 at an LR of the weights' own size, it goes on at a tenth of their median size instead
 (``adaptive_cap``), with no sweep. With pretrained weights training (``fine_tuning``) it sweeps
 for every optimizer and goes a decade below the sweep's LR; an LR it lowered while other
-weights trained (fine_tune's frozen phase: the head alone) is undone at the next fit. A
+weights trained (fine_tune's frozen phase: the head and BatchNorm) is undone at the next fit. A
 network that went dead (every input answered alike) counts as diverged too; it goes back to
 where the LR it died under began (the state the last restore went back to), or to the fit's
 start if it died from there before.
@@ -108,8 +108,9 @@ class DivergenceGuard(Callback):
     def before_fit(self) -> None:
         if self._own != 1.0 and self._trainable() != self._lowered_for:
             # The LR was safe for other weights: fine_tune's frozen phase finds it for the head
-            # alone, which took an SGD LR 25x what the unfrozen ImageNet body does (23% where
-            # the sane LR reaches 57%). Back to the plan; a divergence lowers it for these.
+            # (and BatchNorm), which took an SGD LR 25x what the unfrozen ImageNet body does
+            # (23% where the sane LR reaches 57%). Back to the plan; a divergence lowers it
+            # for these.
             self.learn.lr_mult /= self._own
             self.log(
                 f"divergence guard: other weights train now: back to the planned LR (x "
@@ -313,7 +314,8 @@ class DivergenceGuard(Callback):
         # mad LR just wrecked, a sweep can also blow up early and land far too low
         # (ResNet-50: 7.1e-5, a fortieth of the cap). If the cap diverges too, the next
         # restore sweeps down from it.
-        tuning = fine_tuning(learn.model)
+        # On cached features (head_only) only the head learns, whatever else requires_grad.
+        tuning = fine_tuning(learn.model) and not learn.head_only
         limit = None if tuning and self.probe_steps else adaptive_cap(learn.model, learn.opt)
         new_lr, how = lr * self.factor, "halved"
         if limit is not None and lr >= 10 * limit and limit >= self.min_lr:
