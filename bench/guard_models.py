@@ -87,6 +87,21 @@ def train(
     return learn, guard, learn.evaluate()["accuracy"]
 
 
+def _hows(events: list[dict], fine_tune: bool) -> str:
+    """How each restore set the LR, in order, joined by "; " (a "how" may hold a comma);
+    with fine_tune, by phase: "frozen: ... / unfrozen: ..."."""
+    if not events:
+        return "none"
+    if not fine_tune:
+        return "; ".join(e["how"] for e in events)
+    parts = []
+    for phase, name in ((0, "frozen"), (1, "unfrozen")):
+        hows = [e["how"] for e in events if e.get("phase", 0) == phase]
+        if hows:
+            parts.append(f"{name}: " + "; ".join(hows))
+    return " / ".join(parts)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     p.add_argument("models", nargs="*", help="registry names (default: every image model)")
@@ -145,7 +160,7 @@ def main() -> None:
             start = time.perf_counter()
             learn, guard, acc = train(name, opt, lr, data, a.epochs, lines, pretrained, tune)
             seconds = time.perf_counter() - start
-            hows = ", ".join(e["how"] for e in guard.events) or "none"
+            hows = _hows(guard.events, tune)
             ok = not guard.gave_up and (acc >= a.floor or acc >= base - 0.02)
             if not ok:
                 failed.append(f"{name}/{opt}")

@@ -193,6 +193,8 @@ def test_a_pretrained_run_at_a_mad_lr_resumes_to_the_uninterrupted_result(tmp_pa
     hows = [r["how"] for r in rows if r.get("event") == "divergence"]
     # The frozen phase trains pretrained BatchNorm layers: fine-tuning from the start.
     assert len(hows) >= 2 and set(hows) == {"swept, fine-tuning"}, hows
+    phases = [r["phase"] for r in rows if r.get("event") == "divergence"]
+    assert phases[0] == 0 and phases[-1] == 1, phases  # lowered in each phase
     with pytest.raises(Killed):
         train_run(config(tmp_path / "killed"), quiet=True, callbacks=[KillAfterFrozen()])
     (run_dir,) = (tmp_path / "killed").iterdir()

@@ -371,6 +371,7 @@ class DivergenceGuard(Callback):
         back = f"the state before batch {snap['next']} of epoch {learn.epoch + 1}"
         event = {
             "split": split,
+            "phase": learn.phase,  # fine_tune's: 0 frozen, 1 unfrozen; 0 for a plain fit
             "epoch": epoch + 1,
             "batch": batch,
             "kind": kind,
