@@ -407,6 +407,33 @@ def test_adaptive_cap_is_a_tenth_of_the_weights_median_rms_for_adam_kin_only():
     assert adaptive_cap(model, torch.optim.Adam(model.parameters())) == pytest.approx(5e-3)
 
 
+def test_adaptive_cap_shrinks_with_depth_past_twenty_weight_tensors():
+    """Layers in series compound a step's change: past 20 weight tensors the share is
+    scaled by sqrt(20 / n) (ResNet-50's cap went from 5.9e-3, where it ended at 47.5%, to
+    3.6e-3)."""
+    for n, want in ((20, 1e-3), (80, 5e-4)):
+        model = nn.Sequential(*[nn.Linear(2, 2, bias=False) for _ in range(n)])
+        with torch.no_grad():
+            for layer in model:
+                layer.weight.fill_(0.01)
+        assert adaptive_cap(model, torch.optim.Adam(model.parameters())) == pytest.approx(want)
+    torch.manual_seed(0)
+    deep = create_model("resnet50", in_channels=1, num_classes=3, input_size=(32, 32))
+    assert adaptive_cap(deep, torch.optim.Adam(deep.parameters())) < 4.5e-3  # 5.9e-3 unscaled
+
+
+def test_a_deep_net_is_capped_lower_and_told_so(toy_data):
+    """25 weight matrices in series: the cap is a tenth of their median size times
+    sqrt(20 / 25), and the line says so."""
+    lines = []
+    guard = DivergenceGuard(log=lines.append)
+    model = _model(toy_data, "flat-" + "-".join(["dense16"] * 24))
+    learn = Learner(toy_data, model, opt="adam", batch_size=32, callbacks=[guard])
+    learn.fit_one_cycle(1, 30.0)
+    assert guard.events[0]["how"] == "capped", lines
+    assert "a tenth of the weights' median size, times 0.89 for a net this deep" in lines[0]
+
+
 @pytest.mark.parametrize("opt", ["adam", "sgd"])
 def test_adam_kin_restart_no_higher_than_the_cap(toy_data, opt):
     """Without a sweep the guard halves; for Adam a halved 30 is still far above a tenth of

@@ -9,10 +9,11 @@ first sweeps the LR for a few steps from the restored state (:mod:`deepstart.tra
 The first time in a fit it halves the LR, unless the sweep blew up below half already; from
 the second on, or in that case, it jumps to the sweep's safe LR when that is lower, so an LR
 10,000x too high is brought down in one or two restores, not fourteen. With Adam and its kin
-at an LR of the weights' own size, it goes on at a tenth of their median size instead
-(``adaptive_cap``), with no sweep. With pretrained weights training (``fine_tuning``) it sweeps
-for every optimizer and goes a decade below the sweep's LR; an LR it lowered while other
-weights trained (fine_tune's frozen phase: the head and BatchNorm) is undone at the next fit. A
+at an LR of the weights' own size, it goes on at a tenth of their median size instead, less
+for deep nets (``adaptive_cap``), with no sweep. With pretrained weights training
+(``fine_tuning``) it sweeps for every optimizer and goes a decade below the sweep's LR; an LR
+it lowered while other weights trained (fine_tune's frozen phase: the head and BatchNorm) is
+undone at the next fit. A
 network that went dead (every input answered alike) counts as diverged too; it goes back to
 where the LR it died under began (the state the last restore went back to), or to the fit's
 start if it died from there before.
@@ -37,7 +38,7 @@ from typing import Any
 import torch
 
 from deepstart.train.callbacks import Callback, CancelFit, ParamScheduler, RestartEpoch
-from deepstart.train.lr_probe import adaptive_cap, fine_tuning, next_lr, sweep
+from deepstart.train.lr_probe import adaptive_cap, cap_depth, fine_tuning, next_lr, sweep
 from deepstart.train.watch import DEAD, LossWatch, output_spread
 
 
@@ -411,8 +412,10 @@ class DivergenceGuard(Callback):
                 f"(pretrained weights train: fine-tuning LRs are lower)"
             )
         elif how == "capped":
+            depth = cap_depth(learn.model)
+            deep = f", times {depth:.2f} for a net this deep" if depth < 1 else ""
             verb = (
-                f"set the LR to {new_lr:.1e}, a tenth of the weights' median size (an "
+                f"set the LR to {new_lr:.1e}, a tenth of the weights' median size{deep} (an "
                 f"Adam-type step moves each weight by about the LR)"
             )
         elif self.factor == 0.5:

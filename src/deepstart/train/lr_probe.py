@@ -48,6 +48,9 @@ ADAPTIVE = (
 )
 # The share of the weights' typical size an adaptive step may take once the LR has diverged.
 ADAPTIVE_SHARE = 0.1
+# Layers in series compound a step's change of the output; past this many weight tensors the
+# share shrinks as sqrt(CAP_DEPTH / n).
+CAP_DEPTH = 20
 DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 
 
@@ -289,14 +292,17 @@ def adaptive_cap(model: nn.Module, opt: torch.optim.Optimizer | None) -> float |
     """The LR an adaptive optimizer (:data:`ADAPTIVE`) goes on with after diverging at an
     LR far too high (the guard applies it from 10x this up, instead of a sweep): a tenth of the
     median RMS of the trainable weight matrices (every tensor of 2 or more dimensions: conv
-    kernels, linear weights; all-zero ones left out), or None (SGD, LBFGS, no such weights).
+    kernels, linear weights; all-zero ones left out), times sqrt(20 / n) for a net of n > 20
+    such tensors; or None (SGD, LBFGS, no such weights).
 
     An Adam step moves every weight by about the LR, so at an LR near the weights' own size
     a few steps rewrite the network, and with BatchNorm the loss need not blow up on the way:
     a ResNet-18 with Adam, 10,000x too high, was swept to 3.2e-2 (its weights' median RMS
     0.04), trained there without diverging and ended at 89% where 3e-3 reaches 100%
     (docs/benchmarks.md); a sweep can also land far too low (ResNet-50: 7.1e-5, a fortieth
-    of this). For the registered models a tenth is 1.8e-3 (logreg) to 1.4e-2
+    of this). Deep nets get less: every layer's output moves, and layers in series compound
+    it; at a tenth, ResNet-50 (54 weight tensors) ended at 47.5% where 3e-3 reaches 92.8%, and
+    ResNet-56 diverged again. For the registered models the cap is 1.8e-3 (logreg) to 8.7e-3
     (EfficientNet) at initialisation; logreg's own Adam LR on MNIST, 1e-2, is above it, so an
     LR that diverged below 10x the cap (a bad batch more likely than a mad LR) is left to the
     sweep and halving.
@@ -309,13 +315,30 @@ def adaptive_cap(model: nn.Module, opt: torch.optim.Optimizer | None) -> float |
     """
     if not isinstance(opt, ADAPTIVE):
         return None
+    sizes = _weight_sizes(model)
+    return ADAPTIVE_SHARE * statistics.median(sizes) * cap_depth(model) if sizes else None
+
+
+def _weight_sizes(model: nn.Module) -> list[float]:
+    """RMS of each trainable weight matrix (2 or more dimensions) that is not all zeros."""
     sizes = [
         float(p.detach().float().pow(2).mean().sqrt())
         for p in model.parameters()
         if p.requires_grad and p.dim() >= 2
     ]
-    sizes = [v for v in sizes if v > 0]  # zero-initialised weights say nothing of the scale
-    return ADAPTIVE_SHARE * statistics.median(sizes) if sizes else None
+    return [v for v in sizes if v > 0]  # zero-initialised weights say nothing of the scale
+
+
+def cap_depth(model: nn.Module) -> float:
+    """The factor :func:`adaptive_cap` takes for depth: sqrt(CAP_DEPTH / n) for n > CAP_DEPTH
+    trainable weight matrices, else 1.
+
+    Example:
+        >>> cap_depth(nn.Linear(4, 2)), round(cap_depth(create_model("resnet50")), 2)
+        (1.0, 0.61)
+    """
+    n = len(_weight_sizes(model))
+    return min(1.0, math.sqrt(CAP_DEPTH / n)) if n else 1.0
 
 
 def fine_tuning(model: nn.Module) -> bool:
