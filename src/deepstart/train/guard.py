@@ -13,10 +13,9 @@ at an LR of the weights' own size, it goes on at a tenth of their median size in
 for deep nets (``adaptive_cap``), with no sweep. With pretrained weights training
 (``fine_tuning``) it sweeps for every optimizer and goes a decade below the sweep's LR; an LR
 it lowered while other weights trained (fine_tune's frozen phase: the head and BatchNorm) is
-undone at the next fit. A
-network that went dead (every input answered alike) counts as diverged too; it goes back to
-where the LR it died under began (the state the last restore went back to), or to the fit's
-start if it died from there before.
+undone at the next fit. A network that went dead (every input answered alike) counts as
+diverged too; it goes back to where the LR it died under began (the state the last restore
+went back to), or to the fit's start if it died from there before.
 Only when ``max_tries`` restores did not help, or the LR would fall below ``min_lr``, does it
 stop the fit, with an explanation, instead of training on garbage.
 

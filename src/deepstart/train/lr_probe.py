@@ -316,7 +316,7 @@ def adaptive_cap(model: nn.Module, opt: torch.optim.Optimizer | None) -> float |
     if not isinstance(opt, ADAPTIVE):
         return None
     sizes = _weight_sizes(model)
-    return ADAPTIVE_SHARE * statistics.median(sizes) * cap_depth(model) if sizes else None
+    return ADAPTIVE_SHARE * statistics.median(sizes) * _depth(len(sizes)) if sizes else None
 
 
 def _weight_sizes(model: nn.Module) -> list[float]:
@@ -337,7 +337,10 @@ def cap_depth(model: nn.Module) -> float:
         >>> cap_depth(nn.Linear(4, 2)), round(cap_depth(create_model("resnet50")), 2)
         (1.0, 0.61)
     """
-    n = len(_weight_sizes(model))
+    return _depth(len(_weight_sizes(model)))
+
+
+def _depth(n: int) -> float:
     return min(1.0, math.sqrt(CAP_DEPTH / n)) if n else 1.0
 
 
