@@ -6,12 +6,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from deepstart.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from deepstart.models.registry import create_model
 from deepstart.run.runner import load_run_config, train_run
-from deepstart.train.callbacks import Callback, Checkpoint, load_checkpoint, restore_checkpoint
+from deepstart.train.callbacks import Checkpoint, load_checkpoint, restore_checkpoint
 from deepstart.train.guard import DivergenceGuard
 from deepstart.train.learner import Learner
+from tests.test_precompute import KillAfter, Killed, fine_tune_config
 
 
 def _learn(data, opt, pretrained, lines, **kw):
@@ -150,18 +150,6 @@ def test_a_resumed_run_undoes_the_frozen_phases_lr_as_an_uninterrupted_one(toy_d
     assert not again_guard.events
 
 
-class Killed(Exception):
-    """Stands in for SIGKILL: leaves the run directory as a dead process would."""
-
-
-class KillAfterFrozen(Callback):
-    order = 99  # after the Checkpoint callback has saved the epoch
-
-    def after_epoch(self):
-        if self.learn.phase == 0:
-            raise Killed
-
-
 def test_a_pretrained_run_at_a_mad_lr_resumes_to_the_uninterrupted_result(tmp_path):
     """`deepstart train --pretrained FILE --fine-tune --lr 30`: the guard lowers the LR in the
     frozen phase, undoes that at the unfreeze and lowers it again for the whole net; a run
@@ -171,22 +159,7 @@ def test_a_pretrained_run_at_a_mad_lr_resumes_to_the_uninterrupted_result(tmp_pa
     save_file(net.state_dict(), str(tmp_path / "w.safetensors"))  # weights "from elsewhere"
 
     def config(out):
-        return RunConfig(
-            data=DataConfig(
-                "shapes", size=(16, 16), options={"n_train": 240, "n_test": 60}, valid_pct=0.2
-            ),
-            model=ModelConfig("vgg_small", pretrained=str(tmp_path / "w.safetensors")),
-            train=TrainConfig(
-                epochs=2,
-                lr=30.0,
-                batch_size=32,
-                seed=5,
-                out=str(out),
-                progress="none",
-                report=False,
-                fine_tune=True,
-            ),
-        )
+        return fine_tune_config(out, lr=30.0, pretrained=str(tmp_path / "w.safetensors"))
 
     ref = train_run(config(tmp_path / "ref"), quiet=True)
     rows = [json.loads(line) for line in (ref.run_dir / "metrics.jsonl").open()]
@@ -196,7 +169,8 @@ def test_a_pretrained_run_at_a_mad_lr_resumes_to_the_uninterrupted_result(tmp_pa
     phases = [r["phase"] for r in rows if r.get("event") == "divergence"]
     assert phases[0] == 0 and phases[-1] == 1, phases  # lowered in each phase
     with pytest.raises(Killed):
-        train_run(config(tmp_path / "killed"), quiet=True, callbacks=[KillAfterFrozen()])
+        # killed once the frozen phase's one epoch is saved
+        train_run(config(tmp_path / "killed"), quiet=True, callbacks=[KillAfter(0, 0)])
     (run_dir,) = (tmp_path / "killed").iterdir()
     res = train_run(load_run_config(run_dir), resume=run_dir, quiet=True)
     assert [h["train_loss"] for h in res.history] == [h["train_loss"] for h in ref.history]

@@ -149,15 +149,17 @@ class KillAfter(Callback):
             raise Killed
 
 
-def _fine_tune_config(out, precompute=False):
+def fine_tune_config(out, precompute=False, *, lr=3e-3, pretrained=None):
+    """`deepstart train --model vgg_small --fine-tune` on 240 small shapes, 2 unfrozen epochs
+    after the frozen one (also the guard's resume test, with ``pretrained`` weights)."""
     return RunConfig(
         data=DataConfig(
             "shapes", size=(16, 16), options={"n_train": 240, "n_test": 60}, valid_pct=0.2
         ),
-        model=ModelConfig("vgg_small"),
+        model=ModelConfig("vgg_small", pretrained=pretrained),
         train=TrainConfig(
             epochs=2,
-            lr=3e-3,
+            lr=lr,
             batch_size=32,
             seed=5,
             out=str(out),
@@ -175,10 +177,10 @@ def _fine_tune_config(out, precompute=False):
     ids=["after-frozen", "mid-unfrozen", "mid-unfrozen-precomputed"],
 )
 def test_fine_tune_run_resumes_to_the_uninterrupted_result(tmp_path, kill_at, precompute):
-    ref = train_run(_fine_tune_config(tmp_path / "ref", precompute), quiet=True)
+    ref = train_run(fine_tune_config(tmp_path / "ref", precompute), quiet=True)
     with pytest.raises(Killed):
         train_run(
-            _fine_tune_config(tmp_path / "killed", precompute),
+            fine_tune_config(tmp_path / "killed", precompute),
             quiet=True,
             callbacks=[KillAfter(*kill_at)],
         )
