@@ -145,11 +145,13 @@ def main() -> None:
           "at the sane LR | recovered | seconds |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
     failed = []
+    # 1x32x32, 3 classes; the photos are loaded per model: its weights switch their normalisation
+    shapes = None if a.finetune else load_dataset("shapes", n_train=a.n_train, n_test=600, seed=0)
     for name in names:
-        if a.finetune:  # loaded per model: the weights switch its normalisation
+        if shapes is None:
             data = load_dataset("folder", data_dir=CIFAR, size=a.size, train_per_class=200)
-        else:  # 1x32x32, 3 classes
-            data = load_dataset("shapes", n_train=a.n_train, n_test=600, seed=0)
+        else:
+            data = shapes
         if name == "spec":  # the layer-spec model stands for what a user writes
             name = "conv16-pool-conv32-pool-flat-dense64"
         for opt in a.opts.split(","):
