@@ -6,6 +6,10 @@ same with ``--lr auto``, which must never end below the model's own LR.
     python bench/model_defaults.py logreg mlp --seeds 5  # some of them
     python bench/model_defaults.py mnist_cnn --lr-auto   # also --lr auto, seed for seed
     python bench/model_defaults.py mnist_cnn --label ls --label-smoothing 0.1  # try a change
+    python bench/model_defaults.py vgg_small:mnist --lr-auto  # any model on any data
+
+A model of MODELS trains on its data against the notes' number; MODEL:DATA names any
+registered model on any dataset of bench/recipes.py's (no target: the table compares arms).
 
 Unknown flags go to ``deepstart train``; ``--label`` names such a variant in the state and
 table (the model's own settings are ``own``). Each run is a fresh process with
@@ -65,22 +69,26 @@ def main() -> None:
         state.unlink()
     runs = [json.loads(x) for x in state.read_text().splitlines()] if state.exists() else []
     # A run counts as done while the model's own settings are the ones it ran with.
-    own = {name: training_defaults(name) for name in MODELS}
-    runs = [r for r in runs if r.get("own") == own[r["model"]]]
-    done = {(r["model"], r["variant"], r["cpu"], r["precision"], r["seed"]) for r in runs}
+    # (model, data, target): the notes' models on their data, or MODEL:DATA without a target
+    pairs = [
+        (n.split(":")[0], n.split(":")[1], None) if ":" in n else (n, *MODELS[n][:2])
+        for n in (a.models or list(MODELS))
+    ]
+    own = {name: training_defaults(name) for name, _, _ in pairs}
+    runs = [r for r in runs if r.get("own") == own.get(r["model"], r.get("own"))]
+    done = {(r["model"], r["data"], r["variant"], r["cpu"], r["precision"], r["seed"])
+            for r in runs}  # fmt: skip
     print(f"{cpu}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; state {state}")
-    names = a.models or list(MODELS)
     variants = [(a.label, extra)] + ([("lr-auto", [*extra, "--lr", "auto"])] if a.lr_auto else [])
     if a.precision != "auto":
         variants = [(v, [*x, "--precision", a.precision]) for v, x in variants]
     shared = Path(a.data)
     with tempfile.TemporaryDirectory(prefix="deepstart-bench-") as tmp:
         for seed in range(a.seeds):
-            for name in names:
+            for name, data, _ in pairs:
                 for variant, flags in variants:
-                    if (name, variant, cpu, a.precision, seed) in done:
+                    if (name, data, variant, cpu, a.precision, seed) in done:
                         continue
-                    data = MODELS[name][0]
                     res = run(["--model", name], data, seed, shared, Path(tmp), flags)
                     one = {
                         **{"model": name, "data": data, "variant": variant, "flags": flags},
@@ -94,17 +102,17 @@ def main() -> None:
                     runs.append(one)
                     took = f"{res['seconds']:.0f} s (load {res['load']:.2f})"
                     print(
-                        f"  {name} {variant} seed {seed}: {res['accuracy']:.2%} in {took}",
+                        f"  {name}:{data} {variant} seed {seed}: {res['accuracy']:.2%} in {took}",
                         flush=True,
                     )
     print(f"\n{cpu}, precision {a.precision}, seeds 0-{a.seeds - 1}\n")
     print("| model | data | variant | target | lowest (seeds 0-4) | median time | every seed |")
     print("|---|---|---|---|---|---|---|")
-    for name in names:
-        data, target, _ = MODELS[name]
-        for variant in sorted({r["variant"] for r in runs if r["model"] == name}):
+    for name, data, target in pairs:
+        ours = [r for r in runs if (r["model"], r["data"]) == (name, data)]
+        for variant in sorted({r["variant"] for r in ours}):
             mine = sorted(
-                (r for r in runs if r["model"] == name and r["variant"] == variant
+                (r for r in ours if r["variant"] == variant
                  and r["cpu"] == cpu and r["precision"] == a.precision and r["seed"] < a.seeds),
                 key=lambda r: r["seed"],
             )  # fmt: skip
@@ -113,8 +121,10 @@ def main() -> None:
             low = min(r["accuracy"] for r in mine)
             accs = ", ".join(f"{r['accuracy']:.2%}" for r in mine)
             secs = statistics.median(r["seconds"] for r in mine)
-            met = "yes" if low >= target and len(mine) == a.seeds else "no"
-            print(f"| {name} | {data} | {variant} | {target:.2%} | **{low:.2%}** ({accs}) | "
+            met = "yes" if target is not None and low >= target and len(mine) == a.seeds else "no"
+            met = "-" if target is None else met
+            goal = "-" if target is None else f"{target:.2%}"
+            print(f"| {name} | {data} | {variant} | {goal} | **{low:.2%}** ({accs}) | "
                   f"{secs:.0f} s | {met} |")  # fmt: skip
 
 

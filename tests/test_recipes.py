@@ -297,6 +297,28 @@ def test_train_with_a_model_and_no_recipe_takes_the_models_settings(tmp_path, ca
         assert cfg["train"][key] == getattr(expected, key), key
 
 
+@pytest.mark.parametrize(
+    ("model", "recipe"),
+    [("mnist_cnn", None), ("logreg", None), ("mlp", None), ("conv8-pool-flat-dense10", None),
+     ("mnist_cnn", "mnist-fast"), ("logreg", "cifar10-fast"), ("vgg_small", "photos")],
+)  # fmt: skip
+def test_usual_lr_is_the_lr_run_config_gives_without_lr(model, recipe):
+    # what --lr auto is measured against and may keep (run/resolve.py): the recipe's LR, the
+    # model's own without a recipe, else the default, exactly as a run without --lr gets it
+    from deepstart.recipes.choose import usual_lr
+
+    r = get_recipe(recipe) if recipe else None
+    lr = run_config(DataConfig("shapes"), recipe=r, model=model).train.lr
+    got, whose = usual_lr(model, recipe)
+    assert got == lr
+    if recipe is not None and "lr" in r.train:
+        assert whose == f"recipe {recipe}'s"
+    elif recipe is None and "lr" in training_defaults(model):
+        assert whose == f"{model}'s own"
+    else:
+        assert whose == "the default"
+
+
 def test_recipes_command_lists_every_recipe(capsys):
     assert main(["recipes"]) == 0
     out = capsys.readouterr().out

@@ -163,12 +163,17 @@ def test_report_layer_option(conv_run, capsys):
     assert "no conv layer 'nosuch'" in err and "body.0" in err
 
 
-def test_lr_auto_run_report_shows_the_lr_finder(tmp_path):
+def test_lr_auto_run_report_shows_the_lr_finder(tmp_path, monkeypatch):
+    from deepstart.run import resolve
+
+    monkeypatch.setattr(resolve, "KEEP_WITHIN", 1e9)  # the valley counts as near: LR kept
     run_dir = _train(tmp_path, "vgg_small", "--lr", "auto")
     check_report(run_dir, CONV_PLOTS | {"lr_find"})
     page = (run_dir / "report.html").read_text()
-    chosen = json.loads((run_dir / "lr_find.json").read_text())["chosen"]
-    assert "LR finder" in page and f"the run used {chosen:.2e}" in page
+    rec = json.loads((run_dir / "lr_find.json").read_text())
+    assert "LR finder" in page and f"the run used {rec['chosen']:.2e}" in page
+    valley = rec["suggestions"]["valley"]
+    assert f"the default LR (the valley, {valley:.2e}, is within 1e+09x of it)" in page
 
 
 def test_report_of_a_non_run_directory_is_a_clean_error(tmp_path, capsys):

@@ -72,17 +72,56 @@ def test_lr_auto_with_fine_tune_sweeps_the_head_alone(tmp_path, monkeypatch):
     assert any(seen[0]) and not all(seen[0])  # the head trains, the body does not
 
 
-def test_lr_auto_runs_the_finder_and_records_it(tmp_path, capsys):
+def test_lr_auto_runs_the_finder_and_records_it(tmp_path, capsys, monkeypatch):
+    from deepstart.run import resolve
+
+    monkeypatch.setattr(resolve, "KEEP_WITHIN", 1.0)  # the valley, wherever it lands
     code, (run_dir,) = _run(tmp_path, "--epochs", "2", "--lr", "auto")
     assert code == 0
     rec = json.loads((run_dir / "lr_find.json").read_text())
     assert rec["rule"] == "valley" and rec["chosen"] == rec["suggestions"]["valley"]
+    assert rec["usual_lr"] == 1e-3 and rec["usual_lr_from"] == "the default"  # vgg_small's
     with Image.open(run_dir / "lr_find.png") as im:
         assert im.size[0] > 300
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in rows if "event" not in r]  # guard events may sit between them
     assert [r["epoch"] for r in epochs] == [1, 2]  # the sweep adds no epoch rows
     assert f"using valley {rec['chosen']:.2e}" in capsys.readouterr().out
+
+
+def test_lr_auto_near_the_usual_lr_keeps_it_and_trains_exactly_as_without_auto(
+    tmp_path, capsys, monkeypatch
+):
+    # The guarantee behind keeping it: the sweep leaves no trace (weights, optimizer, random
+    # state), so the run is the very run `--lr <usual>` makes and cannot end below it.
+    from deepstart.run import resolve
+
+    monkeypatch.setattr(resolve, "KEEP_WITHIN", 1e9)  # every valley counts as near
+    code, (auto_dir,) = _run(tmp_path / "auto", "--epochs", "2", "--lr", "auto")
+    assert code == 0
+    rec = json.loads((auto_dir / "lr_find.json").read_text())
+    assert rec["rule"] == "usual" and rec["chosen"] == 1e-3 != rec["suggestions"]["valley"]
+    assert "keeping 1.00e-03, the default LR: the valley is within" in capsys.readouterr().out
+    code, (plain_dir,) = _run(tmp_path / "plain", "--epochs", "2")
+    assert code == 0
+
+    def scores(run_dir):
+        rows = (json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines())
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows if "event" not in r]
+
+    assert scores(auto_dir) == scores(plain_dir)
+    config = json.loads((auto_dir / "config.json").read_text())
+    assert config["train"]["lr"] == 1e-3
+
+
+@pytest.mark.parametrize(
+    ("valley", "kept"),
+    [(2e-3, True), (4e-3, True), (4.1e-3, False), (1e-3, True), (0.99e-3, False), (3e-2, False)],
+)
+def test_lr_auto_keeps_the_usual_lr_within_a_factor_of_two(valley, kept):
+    from deepstart.run.resolve import near
+
+    assert near(valley, 2e-3) is kept
 
 
 def test_lr_find_command(tmp_path, capsys):

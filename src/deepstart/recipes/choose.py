@@ -134,6 +134,29 @@ def run_config(
     )
 
 
+def usual_lr(model: str | None, recipe: str | None) -> tuple[float, str]:
+    """The LR a run of ``model`` (under ``recipe``, if any) trains with when ``--lr`` is not
+    typed, and whose it is: what ``--lr auto`` is measured against and may keep.
+
+    The layering is :func:`run_config`'s: a recipe's LR, else the model's own when it runs
+    without a recipe, else TrainConfig's default.
+
+    Example:
+        >>> usual_lr("mnist_cnn", None)
+        (0.002, "mnist_cnn's own")
+        >>> usual_lr("mnist_cnn", "mnist-fast")
+        (0.006, "recipe mnist-fast's")
+    """
+    lr, whose = None, "the default"
+    if recipe is not None:
+        lr, whose = get_recipe(recipe).train.get("lr"), f"recipe {recipe}'s"
+    elif model is not None:
+        from deepstart.models.registry import training_defaults  # imports torch
+
+        lr, whose = training_defaults(model).get("lr"), f"{model}'s own"
+    return (float(TrainConfig().lr), "the default") if lr is None else (float(lr), whose)
+
+
 def faster_recipe(data: str, current: str | None, seconds: float) -> str | None:
     """A phrase naming a recipe of ``data`` that reached, when measured, at least the accuracy
     of the ``current`` recipe (any accuracy when the run is on none) in under half of

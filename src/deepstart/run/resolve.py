@@ -5,6 +5,13 @@ the LR finder's valley, each found on a probe Learner over the run's own model a
 searches restore the model exactly). The Learner that trains is then built from the resolved
 config, and that config is what config.json records, so a resumed or repeated run uses the
 very values this one did.
+
+``lr="auto"`` keeps the run's usual LR (a recipe's or the model's own, tuned by full runs on
+five seeds, else the default) when the valley lands within a factor of :data:`KEEP_WITHIN`
+of it: the valley of one sweep moves by about that much from seed to seed on the same model
+and data (docs/benchmarks.md, session 21), so it is no evidence against that LR there, and
+keeping it means ``--lr auto`` never ends below it. Further away (another batch size,
+optimizer, dataset, or a model without a tuned LR) the valley is used.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from collections.abc import Callable
 
 from deepstart.config import TrainConfig
 from deepstart.errors import ConfigError
+from deepstart.recipes.choose import usual_lr
 from deepstart.run.rundir import LR_FIND, RunDir
 from deepstart.train.learner import Learner
 from deepstart.train.lr_finder import lr_find
@@ -22,6 +30,9 @@ from deepstart.train.memory import find_batch_size
 # What a probe Learner uses while a value it does not need is still "auto".
 PROBE_LR = 1e-3
 PROBE_BATCH = 128
+
+# --lr auto keeps the usual LR when the valley is within this factor of it, either way.
+KEEP_WITHIN = 2.0
 
 
 def resolve_train(
@@ -33,11 +44,14 @@ def resolve_train(
     distributed: bool = False,
     main: bool = True,
     log: Callable[[str], None] = lambda m: None,
+    model: str | None = None,
 ) -> TrainConfig:
     """``tc`` with every "auto" replaced by a value.
 
     ``make_learner(tc)`` builds a Learner set up as the run will train (frozen layers
     included) from a config with concrete values; probes are built with it and thrown away.
+    ``model`` (the registry name or layer spec) says whose own LR ``lr="auto"`` may keep;
+    without it only ``tc.recipe``'s or the default is.
     """
     if tc.batch_size == "auto":
         if distributed:
@@ -45,8 +59,15 @@ def resolve_train(
         probe = make_learner(dataclasses.replace(tc, batch_size=PROBE_BATCH, lr=PROBE_LR))
         tc = dataclasses.replace(tc, batch_size=find_batch_size(probe))
     if tc.lr == "auto":
-        tc = dataclasses.replace(tc, lr=_find_lr(tc, make_learner, run, resuming, log, main))
+        lr = _find_lr(tc, make_learner, run, resuming, log, main, model)
+        tc = dataclasses.replace(tc, lr=lr)
     return tc
+
+
+def near(valley: float, usual: float) -> bool:
+    """Whether ``--lr auto`` keeps ``usual``: the valley is within :data:`KEEP_WITHIN` of it,
+    either way (``near(4e-3, 2e-3)`` and ``near(1e-3, 2e-3)`` are; 4.1e-3 is not)."""
+    return 1 / KEEP_WITHIN <= valley / usual <= KEEP_WITHIN
 
 
 def _find_lr(
@@ -56,9 +77,11 @@ def _find_lr(
     resuming: bool,
     log: Callable[[str], None],
     main: bool,
+    model: str | None,
 ) -> float:
-    """The LR finder's valley (recorded in lr_find.json and lr_find.png; a resumed run of an
-    older deepstart, whose config still says "auto", reuses the recorded value)."""
+    """The LR finder's valley, or the usual LR when the valley is near it (recorded in
+    lr_find.json and lr_find.png; a resumed run of an older deepstart, whose config still
+    says "auto", reuses the recorded value)."""
     record = run.file(LR_FIND)
     if resuming and record.is_file():
         return float(run.read_json(LR_FIND)["chosen"])  # one line if the file is damaged
@@ -66,9 +89,23 @@ def _find_lr(
     probe = make_learner(dataclasses.replace(tc, lr=PROBE_LR))
     plot = run.file("lr_find.png")
     res = lr_find(probe, plot=plot if main else None)
-    lr = float(res.suggestions["valley"])
+    valley = float(res.suggestions["valley"])
+    usual, whose = usual_lr(model, tc.recipe)
+    kept = near(valley, usual)
+    lr, rule = (usual, "usual") if kept else (valley, "valley")
     if main:
-        run.write_json(LR_FIND, {"chosen": lr, "rule": "valley", **res.to_dict()})
+        run.write_json(
+            LR_FIND,
+            {"chosen": lr, "rule": rule, "usual_lr": usual, "usual_lr_from": whose,
+             "keep_within": KEEP_WITHIN, **res.to_dict()},
+        )  # fmt: skip
     shown = ", ".join(f"{k} {v:.1e}" for k, v in res.suggestions.items())
-    log(f"lr auto: LR finder suggests {shown}; using valley {lr:.2e} (plot {plot})")
+    if kept:
+        how = (
+            f"keeping {lr:.2e}, {whose} LR: the valley is within {KEEP_WITHIN:g}x of it, "
+            "about as far as the valley moves from seed to seed"
+        )
+    else:
+        how = f"using valley {lr:.2e} ({whose} LR {usual:.1e} is more than {KEEP_WITHIN:g}x away)"
+    log(f"lr auto: LR finder suggests {shown}; {how} (plot {plot})")
     return lr

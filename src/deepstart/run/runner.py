@@ -268,6 +268,7 @@ class _Run:
             distributed=self.dist is not None,
             main=self.main,
             log=self.log,
+            model=self.cfg.model.name,
         )
         self.tc = tc
         if self.main and not resuming:
