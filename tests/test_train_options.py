@@ -1,6 +1,7 @@
 """The training options as a user reaches them: flags of `deepstart train` and `lr-find`."""
 
 import json
+import re
 
 import pytest
 from PIL import Image
@@ -149,7 +150,15 @@ def test_lr_find_command(tmp_path, capsys):
     out = capsys.readouterr().out
     for rule in ("valley", "steep", "minimum", "slide"):
         assert rule in out
-    assert "<- used by --lr auto" in out and png.is_file()
+    assert "<- read by --lr auto" in out and png.is_file()
+    # no --model: the shapes recipe's model, so its LR (5e-3) is the one --lr auto may keep
+    from deepstart.run.resolve import near
+
+    valley = float(re.search(r"valley +(\S+)  <- read by --lr auto", out).group(1))
+    if near(valley, 5e-3):
+        assert "--lr auto would keep 5.00e-03, recipe shapes-fast's LR: the valley is" in out
+    else:
+        assert "--lr auto would use the valley: recipe shapes-fast's LR, 5.0e-03, is" in out
 
 
 def test_options_reach_the_run(tmp_path, capsys):

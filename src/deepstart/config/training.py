@@ -64,7 +64,8 @@ class OptimConfig:
     lr: float | str = option(
         1e-3,
         help="peak LR: one_cycle's lr_max, the constant LR otherwise; 'auto' runs the LR "
-        "finder first and uses its valley",
+        "finder first and uses its valley, or keeps the usual LR (the recipe's or model's) "
+        "when the valley is within 2x of it",
         metavar="auto|LR",
         parse=parse_lr,
     )
