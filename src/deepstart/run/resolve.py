@@ -8,10 +8,12 @@ very values this one did.
 
 ``lr="auto"`` keeps the run's usual LR (a recipe's or the model's own, tuned by full runs on
 five seeds, else the default) when the valley lands within a factor of :data:`KEEP_WITHIN`
-of it: the valley of one sweep moves by about that much from seed to seed on the same model
-and data (docs/benchmarks.md, session 21), so it is no evidence against that LR there, and
-keeping it means ``--lr auto`` never ends below it. Further away (another batch size,
-optimizer, dataset, or a model without a tuned LR) the valley is used.
+of it, and keeping it means ``--lr auto`` cannot end below it. Why 3 (docs/benchmarks.md,
+session 21): one sweep's valley moves from seed to seed by up to 2.5x on three pairs of
+model and data in four, so it is weak evidence against an LR that close; and where the
+valley was 2-3x from the usual LR, full runs at it ended above on two seeds and below on
+two. Further away (another batch size, optimizer, dataset, or a model without a tuned LR
+such as vgg_small at the default 1e-3) the valley is used: 6-45x above, it won every seed.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ PROBE_LR = 1e-3
 PROBE_BATCH = 128
 
 # --lr auto keeps the usual LR when the valley is within this factor of it, either way.
-KEEP_WITHIN = 2.0
+KEEP_WITHIN = 3.0
 
 
 def resolve_train(
@@ -66,7 +68,7 @@ def resolve_train(
 
 def near(valley: float, usual: float) -> bool:
     """Whether ``--lr auto`` keeps ``usual``: the valley is within :data:`KEEP_WITHIN` of it,
-    either way (``near(4e-3, 2e-3)`` and ``near(1e-3, 2e-3)`` are; 4.1e-3 is not)."""
+    either way (``near(6e-3, 2e-3)`` and ``near(7e-4, 2e-3)`` are; 6.1e-3 is not)."""
     return 1 / KEEP_WITHIN <= valley / usual <= KEEP_WITHIN
 
 
