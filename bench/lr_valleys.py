@@ -86,9 +86,8 @@ def main() -> None:
     extra = [x for x in extra if x != "--"]
 
     sys.path.insert(0, str(ROOT / "src"))
-    from deepstart.config import DataConfig
     from deepstart.models.registry import training_defaults
-    from deepstart.recipes.choose import run_config
+    from deepstart.recipes.choose import usual_lr
     from deepstart.recipes.results import cpu_model
 
     cpu = cpu_model()
@@ -128,7 +127,7 @@ def main() -> None:
         )  # fmt: skip
         if not mine:
             continue
-        base = run_config(DataConfig(data), model=model, train={}).train.lr
+        base, _ = usual_lr(model, None)  # what run/resolve.py compares the valley with
         valleys = [r["suggestions"]["valley"] for r in mine]
         factors = [v / base for v in valleys]
         spread = max(valleys) / min(valleys)

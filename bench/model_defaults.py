@@ -121,8 +121,8 @@ def main() -> None:
             low = min(r["accuracy"] for r in mine)
             accs = ", ".join(f"{r['accuracy']:.2%}" for r in mine)
             secs = statistics.median(r["seconds"] for r in mine)
-            met = "yes" if target is not None and low >= target and len(mine) == a.seeds else "no"
-            met = "-" if target is None else met
+            full = len(mine) == a.seeds
+            met = "-" if target is None else "yes" if low >= target and full else "no"
             goal = "-" if target is None else f"{target:.2%}"
             print(f"| {name} | {data} | {variant} | {goal} | **{low:.2%}** ({accs}) | "
                   f"{secs:.0f} s | {met} |")  # fmt: skip
