@@ -1,3 +1,4 @@
+import dataclasses
 import io
 import json
 import math
@@ -183,6 +184,9 @@ def test_stops_when_the_smoothed_loss_passes_4x_its_best(toy_data):
     assert all(s[i] <= 4 * min(s[: i + 1]) for i in range(len(s) - 1))  # ...and not before
     assert all(math.isfinite(v) for v in r.suggestions.values())
     assert max(r.indices.values()) < len(s) - 5  # the diverging tail is not suggested
+    # the LR of the lowest smoothed loss, of the points the rules read (not the first tenth)
+    i = min(range(60 // 10, len(s) - 5), key=lambda k: s[k])
+    assert r.lowest == r.lrs[i] == pytest.approx(10 * r.suggestions["minimum"])
 
 
 def test_stops_on_a_nan_loss(toy_data):
@@ -303,7 +307,8 @@ def test_to_dict_is_strict_json_and_round_trips():
     assert math.isnan(back.smoothed[2])  # inf and NaN both come back as NaN
     assert back.indices == r.indices and back.stop_reason == "non-finite"
     assert back.to_dict() == r.to_dict()
-    assert back.valley == 1e-3
+    assert back.valley == 1e-3 and back.lowest == 1e-2
+    assert math.isnan(dataclasses.replace(back, indices={"valley": 0}).lowest)  # no minimum
 
 
 def test_valley_on_toy_data_trains_well(toy_data):

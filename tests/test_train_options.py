@@ -1,6 +1,7 @@
 """The training options as a user reaches them: flags of `deepstart train` and `lr-find`."""
 
 import json
+import math
 import re
 
 import pytest
@@ -76,7 +77,7 @@ def test_lr_auto_with_fine_tune_sweeps_the_head_alone(tmp_path, monkeypatch):
 def test_lr_auto_runs_the_finder_and_records_it(tmp_path, capsys, monkeypatch):
     from deepstart.run import resolve
 
-    monkeypatch.setattr(resolve, "KEEP_WITHIN", 1.0)  # the valley, wherever it lands
+    monkeypatch.setattr(resolve, "choose", lambda *a: resolve.AutoLR(False, "is forced off"))
     code, (run_dir,) = _run(tmp_path, "--epochs", "2", "--lr", "auto")
     assert code == 0
     rec = json.loads((run_dir / "lr_find.json").read_text())
@@ -87,7 +88,9 @@ def test_lr_auto_runs_the_finder_and_records_it(tmp_path, capsys, monkeypatch):
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in rows if "event" not in r]  # guard events may sit between them
     assert [r["epoch"] for r in epochs] == [1, 2]  # the sweep adds no epoch rows
-    assert f"using valley {rec['chosen']:.2e}" in capsys.readouterr().out
+    assert rec["why"] == "is forced off" and math.isfinite(rec["chosen"])
+    out = capsys.readouterr().out
+    assert f"using valley {rec['chosen']:.2e}: the default LR, 1.0e-03, is forced off" in out
 
 
 def test_lr_auto_near_the_usual_lr_keeps_it_and_trains_exactly_as_without_auto(
@@ -120,9 +123,25 @@ def test_lr_auto_near_the_usual_lr_keeps_it_and_trains_exactly_as_without_auto(
     [(2e-3, True), (6e-3, True), (6.1e-3, False), (7e-4, True), (6.6e-4, False), (3e-2, False)],
 )
 def test_lr_auto_keeps_the_usual_lr_within_a_factor_of_three(valley, kept):
-    from deepstart.run.resolve import near
+    from deepstart.run.resolve import choose, near
 
     assert near(valley, 2e-3) is kept
+    # the lowest loss only matters below: a valley 3x above moves whatever it is
+    assert choose(valley, 0.1, 2e-3).keep is (kept or valley < 2e-3)
+    assert choose(valley, 1e-4, 2e-3).keep is kept
+
+
+@pytest.mark.parametrize(
+    ("lowest", "kept"),
+    [(6e-2, True), (1.01e-2, True), (1e-2, False), (6e-3, False), (math.nan, False)],
+)
+def test_lr_auto_goes_below_the_usual_lr_only_past_the_lowest_loss(lowest, kept):
+    # logreg on Fashion-MNIST: valley 2.3e-3, its own 1e-2, the loss lowest at 5.5-9.5e-2
+    from deepstart.run.resolve import choose
+
+    pick = choose(2.3e-3, lowest, 1e-2)
+    assert pick.keep is kept
+    assert ("kept falling" in pick.why) is kept and ("too high" in pick.why) is not kept
 
 
 def test_lr_find_command(tmp_path, capsys):
@@ -152,13 +171,15 @@ def test_lr_find_command(tmp_path, capsys):
         assert rule in out
     assert "<- read by --lr auto" in out and png.is_file()
     # no --model: the shapes recipe's model, so its LR (5e-3) is the one --lr auto may keep
-    from deepstart.run.resolve import near
+    from deepstart.run.resolve import choose
 
     valley = float(re.search(r"valley +(\S+)  <- read by --lr auto", out).group(1))
-    if near(valley, 5e-3):
+    minimum = float(re.search(r"minimum +(\S+)", out).group(1))
+    # the printed minimum is a tenth of the lowest loss's LR, rounded to 3 digits
+    if choose(valley, 10 * minimum, 5e-3).keep:
         assert "--lr auto would keep 5.00e-03, recipe shapes-fast's LR: the valley is" in out
     else:
-        assert "--lr auto would use the valley: recipe shapes-fast's LR, 5.0e-03, is" in out
+        assert "--lr auto would use the valley: recipe shapes-fast's LR, 5.0e-03, is more" in out
 
 
 def test_options_reach_the_run(tmp_path, capsys):

@@ -220,7 +220,7 @@ def _typed_model(a: argparse.Namespace) -> tuple[str | None, dict[str, Any]]:
 
 def cmd_lr_find(a: argparse.Namespace) -> int:
     from deepstart.recipes.choose import default_recipe, run_config, usual_lr
-    from deepstart.run.resolve import KEEP_WITHIN, near
+    from deepstart.run.resolve import choose
     from deepstart.run.runner import lr_find_run
 
     data = _data_config(a)
@@ -255,12 +255,11 @@ def cmd_lr_find(a: argparse.Namespace) -> int:
     # What train --lr auto does with such a valley (its own sweep adds the run's loss options
     # and augmentation, so its valley may differ a little): run/resolve.py.
     usual, whose = usual_lr(model.name, recipe.name if recipe is not None else None)
-    if near(res.suggestions["valley"], usual):
-        print(f"  --lr auto would keep {usual:.2e}, {whose} LR: the valley is within "
-              f"{KEEP_WITHIN:g}x of it")  # fmt: skip
+    pick = choose(res.suggestions["valley"], res.lowest, usual)
+    if pick.keep:
+        print(f"  --lr auto would keep {usual:.2e}, {whose} LR: {pick.why}")
     else:
-        print(f"  --lr auto would use the valley: {whose} LR, {usual:.1e}, is more than "
-              f"{KEEP_WITHIN:g}x away")  # fmt: skip
+        print(f"  --lr auto would use the valley: {whose} LR, {usual:.1e}, {pick.why}")
     if tc.freeze or tc.fine_tune:
         print("  (the head's LR: the body was frozen, as in fine_tune's first phase)")
     print(f"plot: {a.out}")

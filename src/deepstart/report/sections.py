@@ -200,9 +200,10 @@ def training(run: dict[str, Any], interp: Interpretation, run_dir: Path) -> str:
             caption += f"; the run used {float(chosen):.2e}"
         rec = run["lr_find"]
         if rec.get("rule") == "usual":  # --lr auto kept the LR the run has without it
-            valley, near = rec["suggestions"]["valley"], rec["keep_within"]
-            caption += f", {rec['usual_lr_from']} LR (the valley, {valley:.2e}, is within"
-            caption += f" {near:g}x of it)"
+            valley = rec["suggestions"]["valley"]
+            # runs of session 21 recorded no reason: the valley was within keep_within
+            why = rec.get("why") or f"the valley is within {rec['keep_within']:g}x of it"
+            caption += f", {rec['usual_lr_from']} LR (valley {valley:.2e}; {why})"
         body += "<h3>LR finder</h3>" + img(lr_png, caption, name=lr_png.name)
     return section("training", "Training", body)
 

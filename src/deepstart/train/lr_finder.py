@@ -174,6 +174,13 @@ class LRFindResult:
     def valley(self) -> float:
         return self.suggestions["valley"]
 
+    @property
+    def lowest(self) -> float:
+        """The LR at the lowest smoothed loss (``minimum`` suggests a tenth of it); NaN when
+        the sweep had too few points or ran without the ``minimum`` rule."""
+        i = self.indices.get("minimum", -1)
+        return self.lrs[i] if i >= 0 else math.nan
+
     def __repr__(self) -> str:
         """One line: ``LRFindResult(suggestion=3.0e-03 (valley), 100 points from 1e-07 to
         10)``; the first marked rule is the suggestion (a notebook shows the plot instead)."""
