@@ -65,7 +65,8 @@ class OptimConfig:
         1e-3,
         help="peak LR: one_cycle's lr_max, the constant LR otherwise; 'auto' runs the LR "
         "finder first and uses its valley, or keeps the usual LR (the recipe's or model's) "
-        "when the valley is within 3x of it",
+        "when the valley is within 3x of it, or lower while the sweep's loss still fell "
+        "past the usual LR",
         metavar="auto|LR",
         parse=parse_lr,
     )
