@@ -54,6 +54,8 @@ def data_args(dataset: str, shared: Path) -> list[str]:
     if dataset == "cifar10":  # the JPEG copy, through folder (its default recipe is CIFAR's)
         archive = shared / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"
         return ["--data", "folder", "--data-dir", str(archive)]
+    if Path(dataset).expanduser().is_dir():  # a user's folder (train/ and valid/ inside)
+        return ["--data", "folder", "--data-dir", str(Path(dataset).expanduser())]
     raise SystemExit(f"no data arguments for {dataset}")
 
 

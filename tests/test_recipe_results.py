@@ -177,3 +177,15 @@ def test_a_changed_recipe_is_run_again_and_its_old_runs_are_not_shown(tmp_path, 
     assert shown.seeds == 2 and shown.lowest == 1.0  # the 99.83% of the old version is gone
     assert summarise(stale[:1], "shapes-fast", now) == []
     assert summarise([dataclasses.replace(old, settings="")], "shapes-fast", now)  # unknown
+
+
+def test_the_benches_take_a_folder_of_ones_own_as_data(tmp_path):
+    bench = _bench()
+    (tmp_path / "pets" / "train").mkdir(parents=True)
+    shared = tmp_path / "shared"
+    assert bench.data_args(str(tmp_path / "pets"), shared) == [
+        "--data", "folder", "--data-dir", str(tmp_path / "pets")
+    ]  # fmt: skip
+    assert bench.data_args("mnist", shared) == ["--data", "mnist", "--data-dir", str(shared)]
+    with pytest.raises(SystemExit, match="no data arguments for .*nowhere"):
+        bench.data_args(str(tmp_path / "nowhere"), shared)
