@@ -117,8 +117,10 @@ def main() -> None:
                 took = f"({res['seconds']} s)"
                 print(f"  {model}:{data} seed {seed}: {res['line']} {took}", flush=True)
     print(f"\n{cpu}; extra flags: {' '.join(extra) or 'none'}\n")
-    print("| model | data | LR without auto | valley, seeds 0-4 | spread | valley / that LR |")
-    print("|---|---|---|---|---|---|")
+    print("| model | data | LR without auto | valley, seeds 0-4 | spread | valley / that LR | "
+          "--lr auto kept it |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    recipe = extra[extra.index("--recipe") + 1] if "--recipe" in extra else None
     for model, data in pairs:
         mine = sorted(
             (r for r in rows if (r["model"], r["data"]) == (model, data)
@@ -127,14 +129,15 @@ def main() -> None:
         )  # fmt: skip
         if not mine:
             continue
-        base, _ = usual_lr(model, None)  # what run/resolve.py compares the valley with
+        base, _ = usual_lr(model, recipe)  # what run/resolve.py compares the valley with
         valleys = [r["suggestions"]["valley"] for r in mine]
         factors = [v / base for v in valleys]
         spread = max(valleys) / min(valleys)
         print(
             f"| {model} | {data} | {base:.1e} | {', '.join(f'{v:.1e}' for v in valleys)} | "
             f"{spread:.2f}x | {min(factors):.2f}-{max(factors):.2f} (log2 median "
-            f"{statistics.median(math.log2(f) for f in factors):+.2f}) |"
+            f"{statistics.median(math.log2(f) for f in factors):+.2f}) | "
+            f"{sum('; keeping ' in r['line'] for r in mine)} of {len(mine)} |"
         )
 
 
