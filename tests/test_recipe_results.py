@@ -187,5 +187,5 @@ def test_the_benches_take_a_folder_of_ones_own_as_data(tmp_path):
         "--data", "folder", "--data-dir", str(tmp_path / "pets")
     ]  # fmt: skip
     assert bench.data_args("mnist", shared) == ["--data", "mnist", "--data-dir", str(shared)]
-    with pytest.raises(SystemExit, match="no data arguments for .*nowhere"):
+    with pytest.raises(SystemExit, match=r"no data arguments for .*nowhere"):
         bench.data_args(str(tmp_path / "nowhere"), shared)

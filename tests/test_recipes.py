@@ -190,11 +190,11 @@ def test_another_model_drops_the_recipes_model_options():
     assert cfg.train.epochs == recipe.train["epochs"]  # the training settings still apply
 
 
-def test_no_recipe_and_no_model_means_the_plain_defaults():
+def test_no_recipe_and_no_model_means_the_fallback_models_own_settings():
     cfg = run_config(DataConfig("shapes"), train={"epochs": 3})
     assert cfg.model.name == "vgg_small" and cfg.model.options == {}
     assert cfg.train.recipe is None
-    assert cfg.train == TrainConfig(epochs=3)
+    assert cfg.train == TrainConfig(epochs=3, lr=2e-2)  # vgg_small's own LR, the rest plain
 
 
 def test_a_recipe_with_an_unknown_setting_fails_when_defined():
@@ -300,7 +300,8 @@ def test_train_with_a_model_and_no_recipe_takes_the_models_settings(tmp_path, ca
 @pytest.mark.parametrize(
     ("model", "recipe"),
     [("mnist_cnn", None), ("logreg", None), ("mlp", None), ("conv8-pool-flat-dense10", None),
-     ("mnist_cnn", "mnist-fast"), ("logreg", "cifar10-fast"), ("vgg_small", "photos")],
+     ("mnist_cnn", "mnist-fast"), ("logreg", "cifar10-fast"), ("vgg_small", "photos"),
+     ("vgg_small", None), (None, None)],
 )  # fmt: skip
 def test_usual_lr_is_the_lr_run_config_gives_without_lr(model, recipe):
     # what --lr auto is measured against and may keep (run/resolve.py): the recipe's LR, the
@@ -313,8 +314,8 @@ def test_usual_lr_is_the_lr_run_config_gives_without_lr(model, recipe):
     assert got == lr
     if recipe is not None and "lr" in r.train:
         assert whose == f"recipe {recipe}'s"
-    elif recipe is None and "lr" in training_defaults(model):
-        assert whose == f"{model}'s own"
+    elif recipe is None and "lr" in training_defaults(model or "vgg_small"):
+        assert whose == f"{model or 'vgg_small'}'s own"  # no model: the fallback's
     else:
         assert whose == "the default"
 

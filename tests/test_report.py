@@ -173,7 +173,7 @@ def test_lr_auto_run_report_shows_the_lr_finder(tmp_path, monkeypatch):
     rec = json.loads((run_dir / "lr_find.json").read_text())
     assert "LR finder" in page and f"the run used {rec['chosen']:.2e}" in page
     valley = rec["suggestions"]["valley"]
-    assert f"the default LR (valley {valley:.2e}; the valley is within 1e+09x of it" in page
+    assert f"vgg_small&#x27;s own LR (valley {valley:.2e}; the valley is within 1e+09x" in page
 
 
 def test_report_of_a_non_run_directory_is_a_clean_error(tmp_path, capsys):

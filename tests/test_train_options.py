@@ -82,7 +82,7 @@ def test_lr_auto_runs_the_finder_and_records_it(tmp_path, capsys, monkeypatch):
     assert code == 0
     rec = json.loads((run_dir / "lr_find.json").read_text())
     assert rec["rule"] == "valley" and rec["chosen"] == rec["suggestions"]["valley"]
-    assert rec["usual_lr"] == 1e-3 and rec["usual_lr_from"] == "the default"  # vgg_small's
+    assert rec["usual_lr"] == 2e-2 and rec["usual_lr_from"] == "vgg_small's own"
     with Image.open(run_dir / "lr_find.png") as im:
         assert im.size[0] > 300
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -90,7 +90,7 @@ def test_lr_auto_runs_the_finder_and_records_it(tmp_path, capsys, monkeypatch):
     assert [r["epoch"] for r in epochs] == [1, 2]  # the sweep adds no epoch rows
     assert rec["why"] == "is forced off" and math.isfinite(rec["chosen"])
     out = capsys.readouterr().out
-    assert f"using valley {rec['chosen']:.2e}: the default LR, 1.0e-03, is forced off" in out
+    assert f"using valley {rec['chosen']:.2e}: vgg_small's own LR, 2.0e-02, is forced off" in out
 
 
 def test_lr_auto_near_the_usual_lr_keeps_it_and_trains_exactly_as_without_auto(
@@ -104,8 +104,8 @@ def test_lr_auto_near_the_usual_lr_keeps_it_and_trains_exactly_as_without_auto(
     code, (auto_dir,) = _run(tmp_path / "auto", "--epochs", "2", "--lr", "auto")
     assert code == 0
     rec = json.loads((auto_dir / "lr_find.json").read_text())
-    assert rec["rule"] == "usual" and rec["chosen"] == 1e-3 != rec["suggestions"]["valley"]
-    assert "keeping 1.00e-03, the default LR: the valley is within" in capsys.readouterr().out
+    assert rec["rule"] == "usual" and rec["chosen"] == 2e-2 != rec["suggestions"]["valley"]
+    assert "keeping 2.00e-02, vgg_small's own LR: the valley is within" in capsys.readouterr().out
     code, (plain_dir,) = _run(tmp_path / "plain", "--epochs", "2")
     assert code == 0
 
@@ -115,7 +115,7 @@ def test_lr_auto_near_the_usual_lr_keeps_it_and_trains_exactly_as_without_auto(
 
     assert scores(auto_dir) == scores(plain_dir)
     config = json.loads((auto_dir / "config.json").read_text())
-    assert config["train"]["lr"] == 1e-3
+    assert config["train"]["lr"] == 2e-2
 
 
 @pytest.mark.parametrize(

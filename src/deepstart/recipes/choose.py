@@ -150,9 +150,10 @@ def usual_lr(model: str | None, recipe: str | None) -> tuple[float, str]:
     lr, whose = None, "the default"
     if recipe is not None:
         lr, whose = get_recipe(recipe).train.get("lr"), f"recipe {recipe}'s"
-    elif model is not None:
+    else:  # run_config's model: the named one, else the fallback
         from deepstart.models.registry import training_defaults  # imports torch
 
+        model = model or FALLBACK_MODEL
         lr, whose = training_defaults(model).get("lr"), f"{model}'s own"
     return (float(TrainConfig().lr), "the default") if lr is None else (float(lr), whose)
 
