@@ -57,7 +57,7 @@ def recipe_for(data: str, data_dir: str | None = None) -> tuple[Recipe | None, s
         return RECIPES[DEFAULTS["cifar10"]], (
             f"small colour pictures ({seen}), like CIFAR-10: trained from scratch"
         )
-    return None, f"small grey pictures ({seen}): the plain defaults ({FALLBACK_MODEL})"
+    return None, f"small grey pictures ({seen}): {FALLBACK_MODEL} with its own settings"
 
 
 def choose_recipe(
