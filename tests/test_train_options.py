@@ -131,6 +131,13 @@ def test_lr_auto_keeps_the_usual_lr_within_a_factor_of_three(valley, kept):
     assert choose(valley, 1e-4, 2e-3).keep is kept
 
 
+def test_lr_auto_keeps_the_usual_lr_when_the_sweep_suggests_none():
+    from deepstart.run.resolve import choose
+
+    pick = choose(math.nan, math.nan, 1e-2)  # too few points: every rule gives NaN
+    assert pick.keep and "too short" in pick.why
+
+
 @pytest.mark.parametrize(
     ("lowest", "kept"),
     [(6e-2, True), (1.01e-2, True), (1e-2, False), (6e-3, False), (math.nan, False)],

@@ -28,6 +28,7 @@ five seeds, else the default) unless the sweep gives a clear sign it is wrong, s
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 from deepstart.config import TrainConfig
@@ -101,6 +102,8 @@ def choose(valley: float, lowest: float, usual: float) -> AutoLR:
         (True, False)
     """
     far = f"more than {KEEP_WITHIN:g}x"
+    if not math.isfinite(valley):  # a sweep cut short (too few points) has no valley
+        return AutoLR(True, "the sweep was too short to suggest an LR")
     if near(valley, usual):
         return AutoLR(True, f"the valley is within {KEEP_WITHIN:g}x of it, about as far as the "
                             "valley moves from seed to seed")  # fmt: skip
