@@ -52,16 +52,17 @@ def test_typed_values_win_and_a_recipe_replaces_the_models_own():
 
 
 def test_a_model_without_settings_gets_the_plain_defaults():
-    assert training_defaults("resnet20") == {}
-    assert run_config(DataConfig("shapes"), model="resnet20").train == TrainConfig()
+    assert training_defaults("resnet56") == {}
+    assert run_config(DataConfig("shapes"), model="resnet56").train == TrainConfig()
     assert training_defaults("conv8-pool-flat-dense10") == {}  # a layer spec
 
 
 def test_the_models_tuned_only_for_their_lr_keep_the_other_defaults():
-    # vgg_small (trained when nothing is named) and fast_mnist: AdamW's 1e-3 was far too low
+    # vgg_small (trained when nothing is named), fast_mnist, resnet20: AdamW's 1e-3 was far too low
     assert training_defaults("vgg_small") == {"lr": 2e-2}
     assert run_config(DataConfig("shapes")).train == TrainConfig(lr=2e-2)
     assert training_defaults("fast_mnist") == {"lr": 6e-3}
+    assert training_defaults("resnet20") == {"lr": 2e-2}
 
 
 def test_a_bad_setting_fails_at_registration(monkeypatch):

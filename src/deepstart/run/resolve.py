@@ -16,7 +16,7 @@ five seeds, else the default) unless the sweep gives a clear sign it is wrong, s
   where the valley was 2-3x from the usual LR, full runs at it ended above on two seeds and
   below on three.
 - The valley more than 3x above it (another batch size, optimizer or dataset, or a model
-  without a tuned LR such as resnet20 at the default 1e-3): the valley. 3.4-45x above that
+  without a tuned LR such as resnet56 at the default 1e-3): the valley. 3.4-45x above that
   default, it ended above on 30 seeds of 31 and tied the last.
 - The valley more than 3x below it: the valley only when the usual LR is at or past the
   sweep's lowest loss, where the loss had stopped falling. Below that point the usual LR
