@@ -147,7 +147,6 @@ def usual_lr(model: str | None, recipe: str | None) -> tuple[float, str]:
         >>> usual_lr("mnist_cnn", "mnist-fast")
         (0.006, "recipe mnist-fast's")
     """
-    lr, whose = None, "the default"
     if recipe is not None:
         lr, whose = get_recipe(recipe).train.get("lr"), f"recipe {recipe}'s"
     else:  # run_config's model: the named one, else the fallback
