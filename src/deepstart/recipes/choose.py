@@ -108,7 +108,7 @@ def run_config(
         >>> cfg = run_config(DataConfig("mnist"), recipe=get_recipe("mnist-fast"),
         ...                  train={"epochs": 2})
         >>> cfg.train.epochs, cfg.train.lr
-        (2, 0.004)
+        (2, 0.006)
     """
     given = dict(train or {})
     options = dict(model_options or {})
