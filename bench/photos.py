@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -39,10 +38,9 @@ CIFAR = ROOT.parent / "shared/data/cifar10-jpeg/cifar10-jpeg.tar.gz"
 
 
 def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+    from deepstart.recipes.results import cpu_model as named  # one naming of CPUs
+
+    return named()
 
 
 def make_folder(args: argparse.Namespace) -> None:

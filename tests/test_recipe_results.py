@@ -36,6 +36,15 @@ def test_the_cpu_model_is_named_short(monkeypatch, tmp_path):
     assert cpu_model() == "Intel Xeon (AMX)"
     info.write_text("model name\t: AMD EPYC 9R14 96-Core Processor\nflags\t: avx512_bf16\n")
     assert cpu_model() == "AMD EPYC 9R14"
+    # a cloud VM's bare name: the family and model numbers say which core it is
+    for family, model, core in ((25, 17, "Zen 4"), (26, 2, "Zen 5"), (25, 1, "Zen 3")):
+        info.write_text(
+            f"vendor_id\t: AuthenticAMD\ncpu family\t: {family}\nmodel\t\t: {model}\n"
+            "model name\t: AMD EPYC\nflags\t\t: avx512_bf16\n"
+        )
+        assert cpu_model() == f"AMD EPYC ({core})"
+    info.write_text("cpu family\t: 6\nmodel\t\t: 143\nmodel name\t: Intel Xeon\nflags\t: x\n")
+    assert cpu_model() == "Intel Xeon"
     monkeypatch.undo()
     assert cpu_model()  # this machine's, whatever it is
 
@@ -163,7 +172,8 @@ def test_a_changed_recipe_is_run_again_and_its_old_runs_are_not_shown(tmp_path, 
     monkeypatch.setattr(bench, "run", fake_run)
     now = get_recipe("shapes-fast").fingerprint()
     state = tmp_path / "state.jsonl"
-    old = _run(0, 0.9983, 6, recipe="shapes-fast")  # an older version of it, seed 0
+    # an older version of it, seed 0, on this machine (a run on another CPU is not done here)
+    old = _run(0, 0.9983, 6, recipe="shapes-fast", cpu=cpu_model())
     append_run(state, dataclasses.replace(old, settings="0123456789ab"))
     append_run(state, dataclasses.replace(old, seed=1, accuracy=1.0, settings=now))
     monkeypatch.setattr("sys.argv", ["recipes.py", "shapes-fast", "--seeds", "2",

@@ -14,7 +14,7 @@ readable, and a resumed check appends where it stopped.
 Example:
     >>> rows = summarise(read_runs(RESULTS), "mnist-fast")
     >>> rows[0].cpu, rows[0].seeds, f"{rows[0].lowest:.2%}"
-    ('Intel Xeon (AMX)', 5, '99.26%')
+    ('Intel Xeon (AMX)', 5, '99.45%')
 """
 
 from __future__ import annotations
@@ -70,14 +70,22 @@ class Summary:
 def cpu_model() -> str:
     """This machine's CPU, as /proc/cpuinfo names it, shortened ("Intel Xeon (AMX)").
 
-    AMX is named because it changes the bf16 matmul rate by ~6x on the same model name."""
-    name, flags = platform.processor() or "unknown CPU", ""
+    AMX is named because it changes the bf16 matmul rate by ~6x on the same model name. A
+    cloud VM may call its AMD CPU just "AMD EPYC"; the family and model numbers then name
+    the core ("AMD EPYC (Zen 4)"), because Zen 4 runs bf16 matmuls at half Zen 5's rate."""
+    name, flags, family, model = platform.processor() or "unknown CPU", "", -1, -1
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1]
-            elif line.startswith("flags"):
-                flags = line
+            key, _, value = line.partition(":")
+            key, value = key.strip(), value.strip()
+            if key == "model name":
+                name = value
+            elif key == "cpu family" and value.isdigit():
+                family = int(value)
+            elif key == "model" and value.isdigit():
+                model = int(value)
+            elif key == "flags":
+                flags = " " + value
                 break
     except OSError:
         pass
@@ -85,7 +93,23 @@ def cpu_model() -> str:
     short = " ".join(short.split()) or "unknown CPU"
     if " amx_bf16" in flags and "AMX" not in short:
         short += " (AMX)"
+    core = amd_core(family, model) if short.startswith("AMD") else None
+    if core and not re.search(r"\d", short):  # "AMD EPYC 9R14" already says which
+        short += f" ({core})"
     return short
+
+
+def amd_core(family: int, model: int) -> str | None:
+    """The Zen generation of an AMD CPU family/model pair, as AMD's manuals number them
+    (None when unknown). Family 25 (0x19) holds both Zen 3 and Zen 4."""
+    if family == 26:
+        return "Zen 5"
+    if family == 25:
+        zen4 = 0x10 <= model <= 0x1F or 0x60 <= model <= 0x7F or 0xA0 <= model <= 0xAF
+        return "Zen 4" if zen4 else "Zen 3"
+    if family == 23:
+        return "Zen 2" if model >= 0x30 else "Zen"
+    return None
 
 
 def read_runs(path: str | os.PathLike[str]) -> list[Run]:
