@@ -152,24 +152,27 @@ def cmd_recipes(a: argparse.Namespace) -> int:
 
 def _results_table(rows: list[dict[str, Any]]) -> Any:
     """Per recipe, CPU type and precision: every seed run, the lowest accuracy (a target
-    holds on every seed) and the median and slowest time (it holds on every CPU type)."""
+    holds on every seed), the median and slowest time (it holds on every CPU type) and what
+    the slowest left of the time target (issue 20 asks for 20% on the slowest CPU)."""
     from rich.table import Table
 
     table = Table(
         title="results per CPU: every seed (python bench/recipes.py --record)",
-        caption="on target: the lowest accuracy and the slowest time both meet the recipe's",
+        caption="on target: the lowest accuracy and the slowest time both meet the recipe's; "
+        "spare: the share of the time target the slowest seed left",
     )
-    for col in ("recipe", "CPU", "precision", "seeds", "lowest", "time", "on target"):
-        right = col in ("seeds", "lowest", "time")
+    for col in ("recipe", "CPU", "precision", "seeds", "lowest", "time", "spare", "on target"):
+        right = col in ("seeds", "lowest", "time", "spare")
         table.add_column(col, justify="right" if right else "left", no_wrap=col == "recipe")
     for r in rows:
         for x in r["results"]:
             time = f"{x['median_seconds']:.0f} s / {x['slowest_seconds']:.0f} s"
             cells = (r["name"], x["cpu"], x["precision"], str(x["seeds"]))
             met = {None: "-", True: "yes", False: "no"}[x["on_target"]]
-            table.add_row(*cells, f"{x['lowest']:.2%}", time, met)
+            spare = f"{x['spare']:.0%}" if x["spare"] is not None else "-"
+            table.add_row(*cells, f"{x['lowest']:.2%}", time, spare, met)
     if not table.rows:
-        table.add_row("(none recorded yet)", "", "", "", "", "", "")
+        table.add_row("(none recorded yet)", "", "", "", "", "", "", "")
     return table
 
 

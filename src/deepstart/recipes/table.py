@@ -230,7 +230,8 @@ def recipe_rows() -> list[dict[str, Any]]:
     """The table ``deepstart recipes`` prints, as dicts (name, dataset, default, model,
     epochs, target, target_seconds, accuracy, seconds, date, machine, cpu (its type),
     description, summary, results: one dict per CPU and precision measured, a
-    :class:`results.Summary` and ``on_target``)."""
+    :class:`results.Summary`, ``on_target`` and ``spare``: the share of the time target
+    the slowest seed left unused, negative when over it, None without a time target)."""
     defaults = {v: k for k, v in DEFAULTS.items()}
     runs = read_runs(RESULTS)
     rows = []
@@ -254,7 +255,13 @@ def recipe_rows() -> list[dict[str, Any]]:
                 "description": r.description,
                 "summary": r.summary(),
                 "results": [
-                    {**asdict(x), "on_target": on_target(x, r.target, r.target_seconds)}
+                    {
+                        **asdict(x),
+                        "on_target": on_target(x, r.target, r.target_seconds),
+                        "spare": 1 - x.slowest_seconds / r.target_seconds
+                        if r.target_seconds
+                        else None,
+                    }
                     for x in summarise(runs, r.name, r.fingerprint())
                 ],
             }
