@@ -14,7 +14,7 @@ readable, and a resumed check appends where it stopped.
 Example:
     >>> rows = summarise(read_runs(RESULTS), "mnist-fast")
     >>> rows[0].cpu, rows[0].seeds, f"{rows[0].lowest:.2%}"
-    ('Intel Xeon (AMX)', 5, '99.45%')
+    ('AMD EPYC (Zen 4)', 5, '99.41%')
 """
 
 from __future__ import annotations

@@ -161,7 +161,7 @@ RECIPES: dict[str, Recipe] = {
             target_seconds=1200,
             # Seeds 0-2: 90.47%, 90.37%, 90.53% in 1,169, 1,116, 1,231 s (the VM drifted:
             # epochs of 108-136 s). The AdamW recipe before it: 16 epochs, ~33 min here.
-            # Seed 0 again on 2026-12-07: 90.47% in 969 s (fused optimizer steps since).
+            # Seed 0 again on 2026-12-07: 90.47% in 969 s (fused steps since, or a quieter host).
             measured=Measured(0.9047, 1169.0, "2026-11-24", ZEN4 + ", 3 seeds, quiet"),
             # 1,000 images to watch the fit: scoring them after each epoch took 0.4 s on
             # Zen 5, where the 10,000 test images (valid_pct 0) took ~4 s.
