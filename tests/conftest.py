@@ -6,6 +6,7 @@ import torch
 from deepstart.data.dataset import ImageSet, make_dataset
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CIFAR_ARCHIVE = SHARED_DATA / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"
 
 
 @pytest.fixture(autouse=True)
@@ -14,6 +15,25 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("DEEPSTART_CACHE", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.delenv("DEEPSTART_DATA", raising=False)
     torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def cifar_cache(tmp_path_factory):
+    """(cache dir, first load): the shared CIFAR-10 JPEG archive extracted and decoded once.
+
+    Each test's own empty cache would make every test that reads the archive extract and
+    decode all 60,000 JPEGs again (16 s on 2 cores); these tests read it, so they share one
+    cache. The first load is returned too: it is the one that really decoded.
+    """
+    from deepstart.data.folder import load_folder
+
+    if not CIFAR_ARCHIVE.is_file():
+        pytest.skip(f"{CIFAR_ARCHIVE} not found (the shared CIFAR-10 JPEG copy)")
+    cache = tmp_path_factory.mktemp("cifar-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DEEPSTART_CACHE", str(cache))
+        first = load_folder(CIFAR_ARCHIVE, quiet=True)
+    return cache, first
 
 
 def bars(n: int, seed: int = 0, size: int = 16, k: int = 3) -> ImageSet:

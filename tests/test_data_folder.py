@@ -21,7 +21,7 @@ from deepstart.data import folder
 from deepstart.data.dataset import DataError
 from deepstart.data.folder import load_folder
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from .conftest import CIFAR_ARCHIVE
 
 
 @pytest.fixture(autouse=True)
@@ -348,11 +348,8 @@ def test_threaded_decoding_matches_sequential(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_cifar10_jpeg_archive(monkeypatch):
-    archive = SHARED_DATA / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"
-    if not archive.is_file():
-        pytest.skip(f"{archive} not found (the shared CIFAR-10 JPEG copy)")
-    data = load_folder(archive, quiet=True)
+def test_cifar10_jpeg_archive(monkeypatch, cifar_cache):
+    cache, data = cifar_cache  # the archive's first load: extracted and decoded
     assert data.classes == [
         "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"
     ]  # fmt: skip
@@ -361,7 +358,8 @@ def test_cifar10_jpeg_archive(monkeypatch):
     assert data.train.class_counts() == [5000] * 10 and data.test.class_counts() == [1000] * 10
     assert data.skipped == [] and not data.from_cache
 
+    monkeypatch.setenv("DEEPSTART_CACHE", str(cache))
     calls = _counting(monkeypatch)
-    again = load_folder(archive, quiet=True)
+    again = load_folder(CIFAR_ARCHIVE, quiet=True)
     assert again.from_cache and calls == []
     assert torch.equal(again.test.images, data.test.images)

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import CIFAR_ARCHIVE, SHARED_DATA
 from tests.nbkernel import execute_notebook, mime_types
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-CIFAR = SHARED_DATA / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"
+CIFAR = CIFAR_ARCHIVE
 
 # notebook -> (needs, {printed name: (low, high)} accuracy ranges of the small run,
 #              fewest inline pictures, fits that show progress)
@@ -41,10 +41,12 @@ def _accuracies(text: str) -> dict[str, float]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_example_notebook_runs_and_shows_its_results(name, tmp_path, monkeypatch):
+def test_example_notebook_runs_and_shows_its_results(name, tmp_path, monkeypatch, request):
     needs, ranges, pictures, fits = CASES[name]
     if needs is not None and not needs.exists():
         pytest.skip(f"needs {needs}")
+    if needs == CIFAR:  # decoded once for every test that reads it (the kernel inherits env)
+        monkeypatch.setenv("DEEPSTART_CACHE", str(request.getfixturevalue("cifar_cache")[0]))
     book = tmp_path / f"{name}.ipynb"
     shutil.copy(EXAMPLES / book.name, book)  # it writes beside itself (catdog/, a bundle)
     monkeypatch.setenv("DEEPSTART_QUICK", "1")
