@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from deepstart.recipes import RECIPES
+from deepstart.recipes import measured
 from deepstart.recipes.choose import faster_recipe
 from deepstart.train import notebook
 from deepstart.train.callbacks import Callback
@@ -212,13 +212,14 @@ def test_auto_mode_picks_the_notebook_only_in_a_kernel(monkeypatch):
 
 def test_faster_recipe_names_one_only_when_much_faster():
     # Against the recipes' measured figures, read here so a re-measurement needs no edit.
-    fast, best = RECIPES["mnist-fast"].measured, RECIPES["mnist-995"].measured
-    assert fast.seconds < best.seconds and fast.accuracy < best.accuracy
-    hint = faster_recipe("mnist", None, 2 * best.seconds + 1)
+    fast, best = measured("mnist-fast"), measured("mnist-995")
+    assert fast.median_seconds < best.median_seconds and fast.median < best.median
+    hint = faster_recipe("mnist", None, 2 * best.median_seconds + 1)
     assert hint is not None and "--recipe mnist-995" in hint
-    assert f"{best.accuracy:.2%} test accuracy (median of its seeds)" in hint
-    assert "mnist-fast" in faster_recipe("mnist", None, 2 * best.seconds - 1)
-    assert faster_recipe("mnist", None, 2 * fast.seconds - 1) is None  # none under half
+    assert f"{best.median:.2%} test accuracy (median of its seeds)" in hint
+    assert f"when measured on {best.cpu}" in hint  # the slowest CPU's figures, named
+    assert "mnist-fast" in faster_recipe("mnist", None, 2 * best.median_seconds - 1)
+    assert faster_recipe("mnist", None, 2 * fast.median_seconds - 1) is None  # none under half
     assert faster_recipe("mnist", "mnist-995", 600) is None  # mnist-fast is less accurate
     assert faster_recipe("folder", None, 6000) is None  # photos: never measured as a time
 

@@ -12,7 +12,15 @@ import pytest
 from deepstart.cli import main
 from deepstart.errors import ConfigError
 from deepstart.recipes import results
-from deepstart.recipes.results import Run, append_run, cpu_model, merge_into, read_runs, summarise
+from deepstart.recipes.results import (
+    Run,
+    append_run,
+    cpu_model,
+    merge_into,
+    quoted,
+    read_runs,
+    summarise,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,6 +91,34 @@ def test_summary_is_the_lowest_accuracy_and_the_slowest_time_per_cpu():
     assert (intel.lowest, intel.median_seconds, intel.slowest_seconds) == (0.993, 41, 55)
 
 
+def test_quoted_takes_the_slowest_cpu_in_the_precision_asked():
+    def run(cpu, precision, seed, accuracy, seconds):
+        return Run("r", cpu, precision, seed, accuracy, seconds, f"2026-12-0{seed + 1}")
+
+    runs = [
+        run("Fast", "auto", 0, 0.91, 10.0),
+        run("Fast", "auto", 1, 0.95, 12.0),
+        run("Slow", "auto", 0, 0.93, 30.0),
+        run("Slow", "auto", 1, 0.90, 20.0),
+        run("Slow", "auto", 2, 0.92, 50.0),
+        run("Slowest", "fp32", 0, 0.99, 99.0),
+    ]
+    s = quoted(summarise(runs, "r"))
+    assert (s.cpu, s.seeds, s.median, s.median_seconds, s.slowest_seconds, s.lowest) == (
+        "Slow",
+        3,
+        0.92,
+        30.0,
+        50.0,
+        0.90,
+    )
+    assert s.date == "2026-12-03"
+    even = quoted(summarise(runs[:2], "r"))
+    assert even.median == 0.91 and even.median_seconds == 11.0  # a seed's accuracy, mean time
+    assert quoted(summarise(runs, "r"), "fp32").cpu == "Slowest"
+    assert quoted(summarise(runs, "other")) is None
+
+
 def test_merge_keeps_both_sides_and_the_newer_run(tmp_path):
     path = tmp_path / "results.jsonl"
     assert merge_into(path, [_run(0, 0.99, 40), _run(1, 0.99, 40)]) == 2
@@ -105,7 +141,7 @@ def test_recipes_command_shows_every_cpu_measured(tmp_path, monkeypatch, capsys)
 
     path = tmp_path / "results.jsonl"
     merge_into(path, [_run(s, 0.9945 + s / 1e4, 40 + s) for s in range(5)])
-    merge_into(path, [_run(0, 0.9921, 75, cpu="AMD EPYC Zen 4")])
+    merge_into(path, [_run(0, 0.9921, 75, cpu="AMD EPYC (Zen 4)")])
     monkeypatch.setattr(table, "RESULTS", path)
     assert main(["recipes"]) == 0
     out = capsys.readouterr().out
@@ -117,7 +153,12 @@ def test_recipes_command_shows_every_cpu_measured(tmp_path, monkeypatch, capsys)
     }
     # mnist-fast: >= 99.4% in <= 60 s on every seed; spare: 1 - 44/60, 1 - 75/60
     assert cells["Intel Xeon (AMX)"] == ["auto", "5", "99.45%", "42 s / 44 s", "27%", "yes"]
-    assert cells["AMD EPYC Zen 4"] == ["auto", "1", "99.21%", "75 s / 75 s", "-25%", "no"]
+    assert cells["AMD EPYC (Zen 4)"] == ["auto", "1", "99.21%", "75 s / 75 s", "-25%", "no"]
+    # the recipes table quotes the slowest CPU's runs: a time a faster one made is no promise
+    line = next(x for x in out.splitlines() if x.startswith("│ mnist-fast "))
+    cells = [c.strip() for c in line.split("│")[1:-1]]
+    assert cells[5:] == ["99.21%", "75 s", "2026-12-05, Zen 4"]
+    assert "[measured on 2-core AMD EPYC (Zen 4), 1 seed]" in " ".join(out.split())
 
 
 def _bench():

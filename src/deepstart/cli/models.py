@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any
 
 from deepstart.cli.args import _pairs
@@ -121,7 +122,7 @@ def cmd_recipes(a: argparse.Namespace) -> int:
     table = Table(title="recipes: deepstart train --recipe NAME")
     for col in ("recipe", "data", "model", "epochs", "target", "reached", "time", "measured"):
         right = col in ("epochs", "target", "reached", "time")
-        keep = col in ("recipe", "data", "model")  # names stay whole; the rest may wrap
+        keep = col in ("recipe", "data", "model", "measured")  # names and dates stay whole
         table.add_column(col, justify="right" if right else "left", no_wrap=keep)
     for r in rows:
         data = r["dataset"] + (" *" if r["default"] else "")
@@ -129,17 +130,18 @@ def cmd_recipes(a: argparse.Namespace) -> int:
         reached = f"{r['accuracy']:.2%}" if r["accuracy"] is not None else "-"
         seconds = f"{r['seconds']:.0f} s" if r["seconds"] is not None else "-"
         cells = (r["name"], data, r["model"], str(r["epochs"]), target, reached, seconds)
-        # "2026-11-23, Zen 4": the date and the CPU type, where they are known
-        when = (r["date"] or "not yet") + (f", {r['cpu']}" if r["cpu"] and r["date"] else "")
+        # "2026-11-23, Zen 4": the date and the CPU type (what "AMD EPYC (Zen 4)" brackets)
+        cpu = re.sub(r".*\((.+)\)$", r"\1", r["cpu"] or "")
+        when = (r["date"] or "not yet") + (f", {cpu}" if cpu and r["date"] else "")
         table.add_row(*cells, when)
     console = Console()
     if not console.is_terminal:  # piped or captured: rich would squeeze it into 80 columns
-        console = Console(width=110)
+        console = Console(width=120)
     console.print(table)
     lines = [
         "* the dataset's default: what deepstart train --data NAME trains without --model",
-        "reached: median test accuracy over seeds; time: from process start to it "
-        "(python bench/recipes.py, docs/benchmarks.md)",
+        "reached: median test accuracy over seeds; time: from process start to it; both on "
+        "the slowest CPU type measured (python bench/recipes.py, docs/benchmarks.md)",
     ]
     for r in rows:
         where = f" [measured on {r['machine']}]" if r["machine"] else ""

@@ -2,8 +2,9 @@
 
 A recipe is a model with its options and the training settings that go with it (epochs,
 peak LR, batch size, optimizer, schedule, augmentation, label smoothing, EMA, TTA). Each one
-was chosen by measuring on a 2-core CPU (bench/recipes.py, bench/ablations.py) and carries
-what it reached there, so ``deepstart recipes`` can say what to expect.
+was chosen by measuring on a 2-core CPU (bench/recipes.py, bench/ablations.py); what it
+reached, on every seed and CPU type measured, ships in results.jsonl, so ``deepstart
+recipes`` can say what to expect.
 
 ``deepstart train --data mnist`` with no ``--model`` trains the dataset's default recipe;
 ``--recipe NAME`` picks one by name; any flag given on the command line wins over the
@@ -17,8 +18,10 @@ Example:
     ('fast_mnist', 3, 'mnist-fast')
     >>> train_run(cfg).test["accuracy"]
 
-- :mod:`~deepstart.recipes.recipe`: what a recipe is (:class:`Recipe`, :class:`Measured`);
-- :mod:`~deepstart.recipes.table`: the measured recipes, each dataset's default, the table;
+- :mod:`~deepstart.recipes.recipe`: what a recipe is (:class:`Recipe`);
+- :mod:`~deepstart.recipes.table`: the recipes, each dataset's default, the table, and
+  :func:`measured`, what a recipe is quoted as reaching (from
+  :mod:`~deepstart.recipes.results`, every seed on every CPU type);
 - :mod:`~deepstart.recipes.choose`: which recipe a command line or folder gets, and
   :func:`run_config`, which makes the run's config from it and the values given.
 """
@@ -32,32 +35,29 @@ from deepstart.recipes.choose import (
     recipe_for,
     run_config,
 )
-from deepstart.recipes.recipe import TRAIN_DEFAULTS, Measured, Recipe
+from deepstart.recipes.recipe import TRAIN_DEFAULTS, Recipe
 from deepstart.recipes.table import (
     DEFAULTS,
-    MACHINE,
     RECIPES,
-    ZEN4,
     get_recipe,
     list_recipes,
+    measured,
     recipe_rows,
 )
 
 __all__ = [
     "DEFAULTS",
     "FALLBACK_MODEL",
-    "MACHINE",
     "PHOTO_MIN_SIDE",
     "RECIPES",
     "TRAIN_DEFAULTS",
-    "ZEN4",
-    "Measured",
     "Recipe",
     "choose_recipe",
     "choose_recipe_why",
     "default_recipe",
     "get_recipe",
     "list_recipes",
+    "measured",
     "recipe_for",
     "recipe_rows",
     "run_config",

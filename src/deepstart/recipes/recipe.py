@@ -1,11 +1,11 @@
-"""What a recipe is: a model and the training settings that go with it, and what it reached."""
+"""What a recipe is: a model and the training settings that go with it (what it reached, run
+by run on each CPU, is in :mod:`deepstart.recipes.results`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,34 +15,6 @@ from deepstart.errors import ConfigError
 
 # Every TrainConfig field and its default, for the settings a recipe does not name.
 TRAIN_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-
-
-@dataclass(frozen=True)
-class Measured:
-    """What a recipe reached when it was measured (``python bench/recipes.py``).
-
-    Attributes:
-        accuracy: median test accuracy over the seeds, in [0, 1].
-        seconds: median wall time from process start to the final test accuracy.
-        date: when it was measured (YYYY-MM-DD).
-        machine: where (and how busy it was).
-    """
-
-    accuracy: float
-    seconds: float
-    date: str
-    machine: str = "2-core AMD EPYC (Zen 5), avx512_bf16, torch 2.13 CPU"
-
-    @property
-    def cpu(self) -> str | None:
-        """The CPU type: what ``machine`` names in brackets, or None.
-
-        Example:
-            >>> Measured(0.99, 50.0, "2026-11-24").cpu
-            'Zen 5'
-        """
-        found = re.search(r"\(([^)]+)\)", self.machine)
-        return found.group(1) if found else None
 
 
 @dataclass(frozen=True)
@@ -59,8 +31,6 @@ class Recipe:
         target: the accuracy it aims at, in [0, 1], on every seed (issue 7's targets).
         target_seconds: the wall time it aims at, from process start to the last test
             accuracy, on every CPU type (None: no time target).
-        measured: what it reached on the reference machine (None: not measured yet); the
-            per-run results on every CPU are in :mod:`deepstart.recipes.results`.
         valid_pct: the share of train held out for validation (None: the data's default,
             0.1). 0 trains on every training image, as the speed runs do, and validates on
             the test split (so the per-epoch scores are not a clean test; the final test
@@ -80,7 +50,6 @@ class Recipe:
     train: Mapping[str, Any] = field(default_factory=dict)
     target: float | None = None
     target_seconds: float | None = None
-    measured: Measured | None = None
     valid_pct: float | None = None
     size: int | None = None
     resize: str | None = None

@@ -56,12 +56,15 @@ class Run:
 @dataclass(frozen=True)
 class Summary:
     """A recipe on one CPU type in one precision: the seeds run, the lowest accuracy over
-    them (the number a target is held to), the median and the slowest time."""
+    them (the number a target is held to), the median accuracy (of an even count, the lower
+    middle one: a seed reached it), the median and the slowest time, and the date of the
+    latest run."""
 
     cpu: str
     precision: str
     seeds: int
     lowest: float
+    median: float
     median_seconds: float
     slowest_seconds: float
     date: str
@@ -181,9 +184,25 @@ def summarise(runs: Iterable[Run], recipe: str, settings: str | None = None) -> 
                 precision=precision,
                 seeds=len(rs),
                 lowest=min(r.accuracy for r in rs),
+                median=statistics.median_low(r.accuracy for r in rs),  # one a seed reached
                 median_seconds=statistics.median(secs),
                 slowest_seconds=max(secs),
                 date=max(r.date for r in rs),
             )
         )
     return out
+
+
+def quoted(summaries: Iterable[Summary], precision: str = "auto") -> Summary | None:
+    """The one summary a recipe is quoted by (``deepstart recipes``, the hints that name a
+    faster recipe): its runs in ``precision`` on the slowest CPU type measured, the one with
+    the highest median time. A time quoted from a fast CPU would be a promise that the
+    slowest one breaks; its accuracy is that CPU's too. None when it has no such runs.
+
+    Example:
+        >>> s = quoted(summarise(read_runs(RESULTS), "mnist-fast"))
+        >>> s.cpu, f"{s.median:.2%}", s.median_seconds
+        ('AMD EPYC (Zen 4)', '99.46%', 52.2)
+    """
+    found = [s for s in summaries if s.precision == precision]
+    return max(found, key=lambda s: (s.median_seconds, s.cpu)) if found else None

@@ -7,17 +7,20 @@ from dataclasses import asdict
 from typing import Any
 
 from deepstart.errors import ConfigError
-from deepstart.recipes.recipe import TRAIN_DEFAULTS, Measured, Recipe
-from deepstart.recipes.results import RESULTS, on_target, read_runs, summarise
+from deepstart.recipes.recipe import TRAIN_DEFAULTS, Recipe
+from deepstart.recipes.results import (
+    RESULTS,
+    Run,
+    Summary,
+    on_target,
+    quoted,
+    read_runs,
+    summarise,
+)
 
-# Measured with `python bench/recipes.py` (docs/benchmarks.md, "Speed recipes"): median test
-# accuracy over the seeds (a seed's accuracy repeats exactly), and the time of a run on the
-# quietest machine we had (other developers' jobs share the 2 cores; see the load).
-MACHINE = "2-core AMD EPYC (Zen 5), avx512_bf16, torch 2.13 CPU"
-# The slower VM of a later session: AVX-512 in 256-bit halves, half the bf16 matmul rate.
-ZEN4 = "2-core AMD EPYC (Zen 4), avx512_bf16, torch 2.13 CPU"
-# (The CPU type in brackets is Measured.cpu, what `deepstart recipes` shows.) The recipes are
-# quoted on Zen 4, the slowest CPU so far; every CPU's runs are in results.jsonl.
+# What each recipe reached is measured with `python bench/recipes.py --record` and kept run by
+# run in results.jsonl (every seed, every CPU type); `deepstart recipes` quotes the slowest
+# CPU type's figures (results.quoted). The comments below keep the history behind each choice.
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in [
@@ -41,7 +44,6 @@ RECIPES: dict[str, Recipe] = {
             target=0.999,
             target_seconds=10,
             # 5.4 s on Zen 5 (2026-11-23, 4 epochs); 4-5 s on the Intel Xeon (5 seeds).
-            measured=Measured(1.0, 7.6, "2026-12-07", ZEN4 + ", 5 seeds, quiet"),
         ),
         Recipe(
             "mnist-fast",
@@ -59,7 +61,6 @@ RECIPES: dict[str, Recipe] = {
             target_seconds=60,
             # 99.47% in 34 s on the Intel Xeon (2026-12-06, 5 seeds). On Zen 4 the slowest
             # seed took 55 s: inside the minute, not with the issue's 20% to spare (48 s).
-            measured=Measured(0.9946, 52.2, "2026-12-07", ZEN4 + ", 5 seeds, quiet"),
         ),
         Recipe(
             "mnist-995",
@@ -78,7 +79,6 @@ RECIPES: dict[str, Recipe] = {
             target_seconds=240,
             # 99.59% in 99 s on Zen 5 (2026-11-23, 3 seeds); 99.65% in 96 s on the Intel Xeon
             # (2026-12-06, 5 seeds).
-            measured=Measured(0.9961, 164.2, "2026-12-07", ZEN4 + ", 5 seeds, quiet"),
         ),
         Recipe(
             "fashion-fast",
@@ -100,7 +100,6 @@ RECIPES: dict[str, Recipe] = {
             target_seconds=180,
             # 93.53% in 85 s on the Intel Xeon (2026-12-06, 5 seeds); 93.10% in 80 s on Zen 5
             # at lr 4e-3 with random-flip TTA.
-            measured=Measured(0.9351, 121.5, "2026-12-07", ZEN4 + ", 5 seeds, quiet"),
         ),
         Recipe(
             "cifar10-fast",
@@ -120,7 +119,6 @@ RECIPES: dict[str, Recipe] = {
             target_seconds=180,
             # 7 epochs since Zen 4 (10 took 209 s there, 125 s on Zen 5). 5 seeds on Zen 4:
             # 138-168 s (the VM's speed drifts by up to 20% within an hour).
-            measured=Measured(0.807, 141.8, "2026-12-07", ZEN4 + ", 5 seeds, quiet"),
         ),
         Recipe(
             "cifar10-90",
@@ -162,7 +160,6 @@ RECIPES: dict[str, Recipe] = {
             # Seeds 0-2: 90.47%, 90.37%, 90.53% in 1,169, 1,116, 1,231 s (the VM drifted:
             # epochs of 108-136 s). The AdamW recipe before it: 16 epochs, ~33 min here.
             # Seed 0 again on 2026-12-07: 90.47% in 969 s (fused steps since, or a quieter host).
-            measured=Measured(0.9047, 1169.0, "2026-11-24", ZEN4 + ", 3 seeds, quiet"),
             # 1,000 images to watch the fit: scoring them after each epoch took 0.4 s on
             # Zen 5, where the 10,000 test images (valid_pct 0) took ~4 s.
             valid_pct=0.02,
@@ -227,9 +224,24 @@ def get_recipe(name: str) -> Recipe:
         ) from None
 
 
+def measured(recipe: Recipe | str, runs: list[Run] | None = None) -> Summary | None:
+    """What ``recipe`` is quoted as reaching: its current version's runs in the default
+    precision on the slowest CPU type measured (:func:`results.quoted`; ``runs`` default to
+    the package's results.jsonl), or None when it has none.
+
+    Example:
+        >>> s = measured("mnist-995")
+        >>> s.cpu, s.seeds, f"{s.median:.2%}"
+        ('AMD EPYC (Zen 4)', 5, '99.61%')
+    """
+    r = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    return quoted(summarise(read_runs(RESULTS) if runs is None else runs, r.name, r.fingerprint()))
+
+
 def recipe_rows() -> list[dict[str, Any]]:
     """The table ``deepstart recipes`` prints, as dicts (name, dataset, default, model,
-    epochs, target, target_seconds, accuracy, seconds, date, machine, cpu (its type),
+    epochs, target, target_seconds; accuracy (the median), seconds (the median), date,
+    machine, cpu, seeds: what :func:`measured` quotes, None when never measured;
     description, summary, results: one dict per CPU and precision measured, a
     :class:`results.Summary`, ``on_target`` and ``spare``: the share of the time target
     the slowest seed left unused, negative when over it, None without a time target)."""
@@ -238,7 +250,7 @@ def recipe_rows() -> list[dict[str, Any]]:
     rows = []
     for r in list_recipes():
         t = {**TRAIN_DEFAULTS, **r.train}
-        m = r.measured
+        m = measured(r, runs)
         rows.append(
             {
                 "name": r.name,
@@ -248,11 +260,12 @@ def recipe_rows() -> list[dict[str, Any]]:
                 "epochs": t["epochs"],
                 "target": r.target,
                 "target_seconds": r.target_seconds,
-                "accuracy": m.accuracy if m else None,
-                "seconds": m.seconds if m else None,
+                "accuracy": m.median if m else None,
+                "seconds": m.median_seconds if m else None,
                 "date": m.date if m else None,
-                "machine": m.machine if m else None,
+                "machine": f"2-core {m.cpu}, {m.seeds} seed{'s' * (m.seeds != 1)}" if m else None,
                 "cpu": m.cpu if m else None,
+                "seeds": m.seeds if m else None,
                 "description": r.description,
                 "summary": r.summary(),
                 "results": [
