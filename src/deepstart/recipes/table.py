@@ -160,7 +160,7 @@ RECIPES: dict[str, Recipe] = {
             # Seeds 0-2: 90.47%, 90.37%, 90.53% in 1,169, 1,116, 1,231 s (the VM drifted:
             # epochs of 108-136 s). The AdamW recipe before it: 16 epochs, ~33 min here.
             # Seeds 0-4 on 2026-12-07: 90.11-90.53% in 969-1,119 s (seeds 0 and 2 as before;
-            # epochs of 104-141 s as the VM drifted), 7% of the 20 minutes to spare.
+            # epochs of 104-129 s as the VM drifted), 7% of the 20 minutes to spare.
             # 1,000 images to watch the fit: scoring them after each epoch took 0.4 s on
             # Zen 5, where the 10,000 test images (valid_pct 0) took ~4 s.
             valid_pct=0.02,
