@@ -142,6 +142,7 @@ def test_recipes_command_shows_every_cpu_measured(tmp_path, monkeypatch, capsys)
     path = tmp_path / "results.jsonl"
     merge_into(path, [_run(s, 0.9945 + s / 1e4, 40 + s) for s in range(5)])
     merge_into(path, [_run(0, 0.9921, 75, cpu="AMD EPYC (Zen 4)")])
+    merge_into(path, [_run(0, 1.0, 4.2, recipe="shapes-fast")])  # measured on Intel only
     monkeypatch.setattr(table, "RESULTS", path)
     assert main(["recipes"]) == 0
     out = capsys.readouterr().out
@@ -158,6 +159,8 @@ def test_recipes_command_shows_every_cpu_measured(tmp_path, monkeypatch, capsys)
     line = next(x for x in out.splitlines() if x.startswith("│ mnist-fast "))
     cells = [c.strip() for c in line.split("│")[1:-1]]
     assert cells[5:] == ["99.21%", "75 s", "2026-12-05, Zen 4"]
+    line = next(x for x in out.splitlines() if x.startswith("│ shapes-fast "))
+    assert line.split("│")[-2].strip() == "2026-12-05, Intel Xeon (AMX)"  # no core: its name
     assert "[measured on 2-core AMD EPYC (Zen 4), 1 seed]" in " ".join(out.split())
 
 

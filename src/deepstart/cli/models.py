@@ -130,8 +130,9 @@ def cmd_recipes(a: argparse.Namespace) -> int:
         reached = f"{r['accuracy']:.2%}" if r["accuracy"] is not None else "-"
         seconds = f"{r['seconds']:.0f} s" if r["seconds"] is not None else "-"
         cells = (r["name"], data, r["model"], str(r["epochs"]), target, reached, seconds)
-        # "2026-11-23, Zen 4": the date and the CPU type (what "AMD EPYC (Zen 4)" brackets)
-        cpu = re.sub(r".*\((.+)\)$", r"\1", r["cpu"] or "")
+        # "2026-11-23, Zen 4": the date and the CPU: an AMD EPYC's core, else its whole name
+        zen = re.search(r"\((Zen [^)]+)\)", r["cpu"] or "")
+        cpu = zen.group(1) if zen else r["cpu"]
         when = (r["date"] or "not yet") + (f", {cpu}" if cpu and r["date"] else "")
         table.add_row(*cells, when)
     console = Console()
