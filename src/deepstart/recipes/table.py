@@ -10,7 +10,6 @@ from deepstart.errors import ConfigError
 from deepstart.recipes.recipe import TRAIN_DEFAULTS, Recipe
 from deepstart.recipes.results import (
     RESULTS,
-    Run,
     Summary,
     on_target,
     quoted,
@@ -225,10 +224,10 @@ def get_recipe(name: str) -> Recipe:
         ) from None
 
 
-def measured(recipe: Recipe | str, runs: list[Run] | None = None) -> Summary | None:
-    """What ``recipe`` is quoted as reaching: its current version's runs in the default
-    precision on the slowest CPU type measured (:func:`results.quoted`; ``runs`` default to
-    the package's results.jsonl), or None when it has none.
+def measured(recipe: Recipe | str) -> Summary | None:
+    """What ``recipe`` is quoted as reaching: its current version's runs in results.jsonl, in
+    the default precision, on the slowest CPU type measured (:func:`results.quoted`), or None
+    when it has none.
 
     Example:
         >>> s = measured("mnist-995")
@@ -236,7 +235,7 @@ def measured(recipe: Recipe | str, runs: list[Run] | None = None) -> Summary | N
         ('AMD EPYC (Zen 4)', 5, '99.61%')
     """
     r = get_recipe(recipe) if isinstance(recipe, str) else recipe
-    return quoted(summarise(read_runs(RESULTS) if runs is None else runs, r.name, r.fingerprint()))
+    return quoted(summarise(read_runs(RESULTS), r.name, r.fingerprint()))
 
 
 def recipe_rows() -> list[dict[str, Any]]:
@@ -251,7 +250,8 @@ def recipe_rows() -> list[dict[str, Any]]:
     rows = []
     for r in list_recipes():
         t = {**TRAIN_DEFAULTS, **r.train}
-        m = measured(r, runs)
+        summaries = summarise(runs, r.name, r.fingerprint())
+        m = quoted(summaries)  # what measured(r) quotes, from the summaries shown below
         rows.append(
             {
                 "name": r.name,
@@ -277,7 +277,7 @@ def recipe_rows() -> list[dict[str, Any]]:
                         if r.target_seconds
                         else None,
                     }
-                    for x in summarise(runs, r.name, r.fingerprint())
+                    for x in summaries
                 ],
             }
         )
