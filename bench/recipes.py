@@ -18,10 +18,10 @@ A target holds on every seed, not the median: the table gives the lowest accurac
 slowest time against each recipe's targets (``Recipe.target``, ``Recipe.target_seconds``).
 
 Resumable: every finished run is a line of the state file (``--state``, by default
-bench/results/recipes-<CPU>.jsonl), and a run already there (same recipe, CPU, precision and
-seed, and the recipe as it is now: ``Recipe.fingerprint()``) is not run again, so a long check
-can be stopped and split over sessions; a recipe changed since is run again. ``--fresh``
-starts over. ``--record`` merges the state's current runs into
+bench/results/recipes-<CPU>.jsonl), and a run already there (same recipe, CPU, core count,
+precision and seed, and the recipe as it is now: ``Recipe.fingerprint()``) is not run again,
+so a long check can be stopped and split over sessions; a recipe changed since is run again.
+``--fresh`` starts over. ``--record`` merges the state's current runs into
 src/deepstart/recipes/results.jsonl, which ``deepstart recipes`` shows per CPU (leaving out
 runs of an older version of a recipe).
 
@@ -110,6 +110,7 @@ def main() -> None:
         RESULTS,
         Run,
         append_run,
+        cpu_cores,
         cpu_model,
         merge_into,
         on_target,
@@ -118,14 +119,14 @@ def main() -> None:
     )
 
     recipes = [get_recipe(n) for n in a.recipes] if a.recipes else list_recipes()
-    shared, cpu = Path(a.data), cpu_model()
+    shared, cpu, cores = Path(a.data), cpu_model(), cpu_cores()
     state = a.state or state_file("recipes", cpu)
     if a.fresh and state.exists():
         state.unlink()
     # A run counts as done while the recipe is the one it ran (its fingerprint).
     current = {r.name: r.fingerprint() for r in list_recipes()}
     done = {x.key for x in read_runs(state) if x.settings == current.get(x.recipe)}
-    print(f"{cpu}; torch {torch.__version__}, {os.cpu_count()} cores, "
+    print(f"{cpu}; torch {torch.__version__}, {cores} cores, "
           f"load {os.getloadavg()[0]:.2f}; state {state} ({len(done)} runs)")  # fmt: skip
     if any(r.dataset == "cifar10" for r in recipes):
         from deepstart.data.catalog import load_dataset
@@ -137,12 +138,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="deepstart-bench-") as tmp:
         for seed in range(a.seeds):
             for r in recipes:
-                if (r.name, cpu, a.precision, seed) in done:
+                if (r.name, cpu, cores, a.precision, seed) in done:
                     continue
                 res = run(["--recipe", r.name], r.dataset, seed, shared, Path(tmp), extra)
                 day = time.strftime("%Y-%m-%d")
                 one = Run(r.name, cpu, a.precision, seed, res["accuracy"], round(res["seconds"], 1),
-                          day, round(res["load"], 2), current[r.name])  # fmt: skip
+                          day, round(res["load"], 2), current[r.name], cores)  # fmt: skip
                 append_run(state, one)
                 print(
                     f"  {r.name} seed {seed}: {res['accuracy']:.2%} in {res['seconds']:.1f} s "
@@ -153,8 +154,9 @@ def main() -> None:
                     print("\n".join(res["epochs"]), flush=True)
     print(f"load at the end {os.getloadavg()[0]:.2f}\n")
     fresh = [x for x in read_runs(state) if x.settings == current.get(x.recipe)]
-    runs = [x for x in fresh if x.cpu == cpu and x.precision == a.precision and x.seed < a.seeds]
-    print(f"{cpu}, precision {a.precision}, seeds 0-{a.seeds - 1}\n")
+    here = (cpu, cores, a.precision)
+    runs = [x for x in fresh if (x.cpu, x.cores, x.precision) == here and x.seed < a.seeds]
+    print(f"{cores}-core {cpu}, precision {a.precision}, seeds 0-{a.seeds - 1}\n")
     print("| recipe | model, epochs | target | lowest test accuracy (seeds) | time: median, "
           "slowest (seeds) | met on every seed |")  # fmt: skip
     print("|---|---|---|---|---|---|")

@@ -15,6 +15,7 @@ from deepstart.recipes import results
 from deepstart.recipes.results import (
     Run,
     append_run,
+    cpu_cores,
     cpu_model,
     merge_into,
     quoted,
@@ -25,8 +26,10 @@ from deepstart.recipes.results import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(seed, accuracy, seconds, recipe="mnist-fast", cpu="Intel Xeon (AMX)", precision="auto"):
-    return Run(recipe, cpu, precision, seed, accuracy, seconds, "2026-12-05", 0.5)
+def _run(
+    seed, accuracy, seconds, recipe="mnist-fast", cpu="Intel Xeon (AMX)", precision="auto", cores=2
+):
+    return Run(recipe, cpu, precision, seed, accuracy, seconds, "2026-12-05", 0.5, cores=cores)
 
 
 def test_the_cpu_model_is_named_short(monkeypatch, tmp_path):
@@ -81,13 +84,17 @@ def test_summary_is_the_lowest_accuracy_and_the_slowest_time_per_cpu():
     runs = [_run(s, a, t) for s, a, t in [(0, 0.995, 40), (1, 0.993, 55), (2, 0.996, 41)]]
     runs += [_run(0, 0.990, 70, cpu="AMD EPYC Zen 4"), _run(0, 0.5, 1, recipe="shapes-fast")]
     runs += [_run(0, 0.994, 90, precision="fp32")]
+    # the same CPU with another core count is another machine; 0: the count was not recorded
+    runs += [_run(0, 0.994, 12, cores=8), _run(1, 0.992, 45, cores=0)]
     rows = summarise(runs, "mnist-fast")
-    assert [(r.cpu, r.precision, r.seeds) for r in rows] == [
-        ("AMD EPYC Zen 4", "auto", 1),
-        ("Intel Xeon (AMX)", "auto", 3),
-        ("Intel Xeon (AMX)", "fp32", 1),
+    assert [(r.machine, r.precision, r.seeds) for r in rows] == [
+        ("2-core AMD EPYC Zen 4", "auto", 1),
+        ("Intel Xeon (AMX)", "auto", 1),
+        ("2-core Intel Xeon (AMX)", "auto", 3),
+        ("2-core Intel Xeon (AMX)", "fp32", 1),
+        ("8-core Intel Xeon (AMX)", "auto", 1),
     ]
-    intel = rows[1]
+    intel = rows[2]
     assert (intel.lowest, intel.median_seconds, intel.slowest_seconds) == (0.993, 41, 55)
 
 
@@ -153,8 +160,8 @@ def test_recipes_command_shows_every_cpu_measured(tmp_path, monkeypatch, capsys)
         if "mnist-fast" in line and line.count("│") == 9
     }
     # mnist-fast: >= 99.4% in <= 60 s on every seed; spare: 1 - 44/60, 1 - 75/60
-    assert cells["Intel Xeon (AMX)"] == ["auto", "5", "99.45%", "42 s / 44 s", "27%", "yes"]
-    assert cells["AMD EPYC (Zen 4)"] == ["auto", "1", "99.21%", "75 s / 75 s", "-25%", "no"]
+    assert cells["2-core Intel Xeon (AMX)"] == ["auto", "5", "99.45%", "42 s / 44 s", "27%", "yes"]
+    assert cells["2-core AMD EPYC (Zen 4)"] == ["auto", "1", "99.21%", "75 s / 75 s", "-25%", "no"]
     # the recipes table quotes the slowest CPU's runs: a time a faster one made is no promise
     line = next(x for x in out.splitlines() if x.startswith("│ mnist-fast "))
     cells = [c.strip() for c in line.split("│")[1:-1]]
@@ -162,6 +169,12 @@ def test_recipes_command_shows_every_cpu_measured(tmp_path, monkeypatch, capsys)
     line = next(x for x in out.splitlines() if x.startswith("│ shapes-fast "))
     assert line.split("│")[-2].strip() == "2026-12-05, Intel Xeon (AMX)"  # no core: its name
     assert "[measured on 2-core AMD EPYC (Zen 4), 1 seed]" in " ".join(out.split())
+    # a run recorded without its core count names the CPU alone, and an 8-core one says so
+    merge_into(path, [_run(0, 1.0, 9.5, recipe="shapes-fast", cpu="Old", cores=0)])
+    merge_into(path, [_run(0, 0.9950, 80, cpu="Big", cores=8)])
+    assert main(["recipes"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "[measured on Old, 1 seed]" in out and "[measured on 8-core Big, 1 seed]" in out
 
 
 def _bench():
@@ -201,6 +214,7 @@ def test_the_seed_check_resumes_where_it_stopped(tmp_path, monkeypatch, capsys):
     assert "| shapes-fast |" in out and "lowest test accuracy" in out
     lines = [json.loads(x) for x in state.read_text().splitlines()]
     assert {x["precision"] for x in lines} == {"auto"}
+    assert {x["cores"] for x in lines} == {cpu_cores()}  # the machine's, recorded with each run
 
 
 def test_a_changed_recipe_is_run_again_and_its_old_runs_are_not_shown(tmp_path, monkeypatch):
@@ -217,7 +231,7 @@ def test_a_changed_recipe_is_run_again_and_its_old_runs_are_not_shown(tmp_path, 
     now = get_recipe("shapes-fast").fingerprint()
     state = tmp_path / "state.jsonl"
     # an older version of it, seed 0, on this machine (a run on another CPU is not done here)
-    old = _run(0, 0.9983, 6, recipe="shapes-fast", cpu=cpu_model())
+    old = _run(0, 0.9983, 6, recipe="shapes-fast", cpu=cpu_model(), cores=cpu_cores())
     append_run(state, dataclasses.replace(old, settings="0123456789ab"))
     append_run(state, dataclasses.replace(old, seed=1, accuracy=1.0, settings=now))
     monkeypatch.setattr("sys.argv", ["recipes.py", "shapes-fast", "--seeds", "2",

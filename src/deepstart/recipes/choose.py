@@ -183,5 +183,5 @@ def faster_recipe(data: str, current: str | None, seconds: float) -> str | None:
     return (
         # Two decimals: one would round 99.65% up to 99.7%, which no seed reached.
         f"recipe {best} reached {m.median:.2%} test accuracy (median of its seeds) in about "
-        f"{duration_text(m.median_seconds)} when measured on {m.cpu} (--recipe {best})"
+        f"{duration_text(m.median_seconds)} when measured on {m.machine} (--recipe {best})"
     )

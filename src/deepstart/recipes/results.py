@@ -5,8 +5,8 @@ AMD Zen 4, Zen 5 and Intel with AMX, so a recipe tuned to the edge of one misses
 another). So results are kept per run, not as one median: ``bench/recipes.py`` appends one
 JSON line per finished run (recipe, CPU model, precision, seed, accuracy, seconds, date) to
 its state file, and ``--record`` merges them into ``results.jsonl`` beside this module,
-which ships with the package and which ``deepstart recipes`` summarises: per recipe and
-CPU, the lowest accuracy over the seeds and the median and slowest time.
+which ships with the package and which ``deepstart recipes`` summarises: per recipe, CPU and core
+count, the lowest accuracy over the seeds and the median and slowest time.
 
 JSON lines rather than one document: a run killed half-way leaves every finished line
 readable, and a resumed check appends where it stopped.
@@ -36,7 +36,9 @@ RESULTS = Path(__file__).with_name("results.jsonl")
 @dataclass(frozen=True)
 class Run:
     """One ``deepstart train --recipe NAME --seed S`` from process start to its last test
-    accuracy. ``seconds`` is wall time; ``load`` the 1-minute load average at its start."""
+    accuracy. ``seconds`` is wall time; ``load`` the 1-minute load average at its start;
+    ``cores`` the CPU cores the run could use (0: not recorded), part of the machine as
+    much as the CPU type is: the same CPU with 8 cores is another machine's time."""
 
     recipe: str
     cpu: str
@@ -47,20 +49,22 @@ class Run:
     date: str
     load: float = 0.0
     settings: str = ""  # the recipe's fingerprint when it ran ("": recorded before those)
+    cores: int = 0
 
     @property
-    def key(self) -> tuple[str, str, str, int]:
-        return (self.recipe, self.cpu, self.precision, self.seed)
+    def key(self) -> tuple[str, str, int, str, int]:
+        return (self.recipe, self.cpu, self.cores, self.precision, self.seed)
 
 
 @dataclass(frozen=True)
 class Summary:
-    """A recipe on one CPU type in one precision: the seeds run, the lowest accuracy over
-    them (the number a target is held to), the median accuracy (of an even count, the lower
-    middle one: a seed reached it), the median and the slowest time, and the date of the
-    latest run."""
+    """A recipe on one CPU type with one core count (0: not recorded), in one precision:
+    the seeds run, the lowest accuracy over them (the number a target is held to), the
+    median accuracy (of an even count, the lower middle one: a seed reached it), the median
+    and the slowest time, and the date of the latest run."""
 
     cpu: str
+    cores: int
     precision: str
     seeds: int
     lowest: float
@@ -68,6 +72,21 @@ class Summary:
     median_seconds: float
     slowest_seconds: float
     date: str
+
+    @property
+    def machine(self) -> str:
+        """The CPU with its core count, "2-core AMD EPYC (Zen 4)" (the CPU alone when the
+        count was not recorded)."""
+        return f"{self.cores}-core {self.cpu}" if self.cores else self.cpu
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the OS has one (a container
+    or ``taskset`` limits it), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS and Windows have no affinity call
+        return os.cpu_count() or 1
 
 
 def cpu_model() -> str:
@@ -168,19 +187,20 @@ def on_target(summary: Summary, target: float | None, target_seconds: float | No
 
 
 def summarise(runs: Iterable[Run], recipe: str, settings: str | None = None) -> list[Summary]:
-    """One :class:`Summary` per (CPU, precision) that ``recipe`` was run on; with
+    """One :class:`Summary` per (CPU, cores, precision) that ``recipe`` was run on; with
     ``settings`` (the recipe's fingerprint), runs of another version of it are left out
     (those recorded before fingerprints, with none, are kept)."""
-    groups: dict[tuple[str, str], list[Run]] = {}
+    groups: dict[tuple[str, int, str], list[Run]] = {}
     for r in runs:
         if r.recipe == recipe and (settings is None or r.settings in ("", settings)):
-            groups.setdefault((r.cpu, r.precision), []).append(r)
+            groups.setdefault((r.cpu, r.cores, r.precision), []).append(r)
     out = []
-    for (cpu, precision), rs in sorted(groups.items()):
+    for (cpu, cores, precision), rs in sorted(groups.items()):
         secs = [r.seconds for r in rs]
         out.append(
             Summary(
                 cpu=cpu,
+                cores=cores,
                 precision=precision,
                 seeds=len(rs),
                 lowest=min(r.accuracy for r in rs),
@@ -201,8 +221,8 @@ def quoted(summaries: Iterable[Summary], precision: str = "auto") -> Summary | N
 
     Example:
         >>> s = quoted(summarise(read_runs(RESULTS), "mnist-fast"))
-        >>> s.cpu, f"{s.median:.2%}", s.median_seconds
-        ('AMD EPYC (Zen 4)', '99.46%', 52.2)
+        >>> s.machine, f"{s.median:.2%}", s.median_seconds
+        ('2-core AMD EPYC (Zen 4)', '99.46%', 52.2)
     """
     found = [s for s in summaries if s.precision == precision]
-    return max(found, key=lambda s: (s.median_seconds, s.cpu)) if found else None
+    return max(found, key=lambda s: (s.median_seconds, s.cpu, s.cores)) if found else None

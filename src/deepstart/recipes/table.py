@@ -264,7 +264,7 @@ def recipe_rows() -> list[dict[str, Any]]:
                 "accuracy": m.median if m else None,
                 "seconds": m.median_seconds if m else None,
                 "date": m.date if m else None,
-                "machine": f"2-core {m.cpu}, {m.seeds} seed{'s' * (m.seeds != 1)}" if m else None,
+                "machine": f"{m.machine}, {m.seeds} seed{'s' * (m.seeds != 1)}" if m else None,
                 "cpu": m.cpu if m else None,
                 "seeds": m.seeds if m else None,
                 "description": r.description,
