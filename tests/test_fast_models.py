@@ -141,6 +141,33 @@ def test_channels_last_gives_the_same_function():
         torch.testing.assert_close(nhwc(x), plain(x), rtol=1e-4, atol=1e-5)
 
 
+def test_space_to_depth_folds_pixels_into_channels():
+    torch.manual_seed(0)
+    model = create_model("fast_mnist", widths=[8, 16, 16, 32], space_to_depth=2).eval()
+    stem = model.body[0][0]
+    assert (stem.in_channels, stem.out_channels) == (4, 8)  # 1 channel x 2 x 2
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        f = model.features(x)
+        assert f.shape == (3, 32, 1, 1)  # 28 -> 14, then three pools: 7, 3, 1
+        # the stem sees each 2x2 patch as 4 channels: the same as convolving the folded input
+        folded = F.pixel_unshuffle(x, 2)
+        assert folded[0, :, 0, 0].tolist() == x[0, 0, :2, :2].flatten().tolist()
+        unfolded = create_model("fast_mnist", in_channels=4, input_size=(14, 14),
+                                widths=[8, 16, 16, 32]).eval()  # fmt: skip
+        unfolded.load_state_dict(model.state_dict())  # the same weights, the same keys
+        torch.testing.assert_close(unfolded(folded), model(x))
+    # no layer runs at 28x28: the mult-adds fall by more than the folded stem adds
+    macs = summarize(create_model("fast_mnist", widths=[8, 16, 16, 32]), (1, 28, 28)).macs
+    assert summarize(model, (1, 28, 28)).macs < macs / 3
+    with pytest.raises(ModelError, match="must divide the input size"):
+        create_model("fast_mnist", space_to_depth=3)  # 28 is not a multiple of 3
+    with pytest.raises(ModelError, match="at least 16x16"):
+        create_model("fast_mnist", space_to_depth=2, input_size=(14, 14))
+    with pytest.raises(ModelError, match="whole number"):
+        create_model("fast_mnist", space_to_depth=0)
+
+
 def test_logits_are_scaled():
     torch.manual_seed(0)
     one = create_model("fast_mnist", logit_scale=1.0).eval()

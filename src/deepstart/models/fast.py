@@ -153,6 +153,10 @@ class FastNet(Classifier):
             passes its input through; the other channels keep the random init).
         bn_scale: BatchNorm learns a scale (False: fixed at 1, only its shift learns).
         bn_momentum: BatchNorm's running-statistics momentum (PyTorch's convention, 0.1).
+        space_to_depth: fold each ``k x k`` patch of pixels into ``k * k`` channels before
+            the stem (``pixel_unshuffle``; 1: off). A 28x28 grey digit becomes 14x14x4: no
+            layer then runs at full resolution, where a fast net's element-wise layers
+            (BatchNorm, ReLU, max-pool and their gradients) cost as much as its convs.
     """
 
     def __init__(
@@ -169,11 +173,14 @@ class FastNet(Classifier):
         dirac: bool = False,
         bn_scale: bool = True,
         bn_momentum: float = 0.1,
+        space_to_depth: int = 1,
     ) -> None:
         super().__init__()
         widths = [int(w) for w in widths]
         if not 0 < bn_momentum <= 1:
             raise ModelError(f"bn_momentum must be in (0, 1], got {bn_momentum}")
+        self.space_to_depth = _fold(space_to_depth)
+        in_channels *= self.space_to_depth**2
         if len(widths) < 2 or min(widths) < 1 or extra < 0 or act not in ACTIVATIONS:
             raise ModelError(
                 f"a fast net needs a stem width and at least one block width (all positive), "
@@ -215,6 +222,8 @@ class FastNet(Classifier):
         self.channels_last = bool(channels_last)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.space_to_depth > 1:  # (N, C, H, W) -> (N, C k^2, H / k, W / k)
+            x = F.pixel_unshuffle(x, self.space_to_depth)
         if not self.channels_last:
             return self.body(x)
         # Before every stage, not just the input: a 1-channel image is as NCHW as it is NHWC,
@@ -235,12 +244,24 @@ class FastNet(Classifier):
         return [[stem, *blocks[:half]], blocks[half:], [self.classifier]]
 
 
-def _check_size(name: str, input_size: tuple[int, int], pools: int, whiten: bool) -> None:
-    """Each block halves the side (floor): the smallest side must survive every pool."""
+def _fold(space_to_depth: float) -> int:
+    if int(space_to_depth) != space_to_depth or space_to_depth < 1:
+        raise ModelError(f"space_to_depth must be a whole number >= 1, got {space_to_depth}")
+    return int(space_to_depth)
+
+
+def _check_size(
+    name: str, input_size: tuple[int, int], pools: int, whiten: bool, fold: int = 1
+) -> None:
+    """Each block halves the side (floor): the smallest side must survive every pool, after
+    ``space_to_depth`` (``fold``) has divided it, which it must do exactly."""
     h, w = (int(s) for s in input_size)
+    fold = _fold(fold)
+    if h % fold or w % fold:
+        raise ModelError(f"{name}: space_to_depth={fold} must divide the input size, {h}x{w}")
     need = 2**pools + (1 if whiten else 0)
-    if min(h, w) < need:
-        raise ModelError(f"{name} needs input at least {need}x{need}, got {h}x{w}")
+    if min(h, w) < need * fold:
+        raise ModelError(f"{name} needs input at least {need * fold}x{need * fold}, got {h}x{w}")
 
 
 # Registered defaults both fast nets share (the options are :class:`FastNet`'s); listed after
@@ -251,6 +272,7 @@ _SPEED = {
     "dirac": False,
     "bn_scale": True,
     "bn_momentum": 0.1,
+    "space_to_depth": 1,
 }
 
 
@@ -282,6 +304,7 @@ def fast_mnist(
     dirac: bool,
     bn_scale: bool,
     bn_momentum: float,
+    space_to_depth: int,
 ) -> FastNet:
     """conv16 stem | conv-pool-BN-ReLU x3 (32, 64, 128) | global max-pool - linear.
 
@@ -293,7 +316,7 @@ def fast_mnist(
         >>> create_model("fast_mnist").features(torch.zeros(2, 1, 28, 28)).shape
         torch.Size([2, 128, 3, 3])
     """
-    _check_size("fast_mnist", input_size, len(widths) - 1, whiten=False)
+    _check_size("fast_mnist", input_size, len(widths) - 1, whiten=False, fold=space_to_depth)
     return FastNet(
         in_channels,
         num_classes,
@@ -305,6 +328,7 @@ def fast_mnist(
         dirac=dirac,
         bn_scale=bn_scale,
         bn_momentum=bn_momentum,
+        space_to_depth=space_to_depth,
     )
 
 
@@ -333,6 +357,7 @@ def fast_cifar(
     dirac: bool,
     bn_scale: bool,
     bn_momentum: float,
+    space_to_depth: int,
 ) -> FastNet:
     """whiten2x2 | conv-pool-BN-GELU(-conv-BN-GELU) x3 (64, 128, 256) | max-pool - linear.
 
@@ -347,7 +372,7 @@ def fast_cifar(
         >>> create_model("fast_cifar").features(torch.zeros(2, 3, 32, 32)).shape
         torch.Size([2, 256, 3, 3])
     """
-    _check_size("fast_cifar", input_size, len(widths) - 1, whiten=whiten)
+    _check_size("fast_cifar", input_size, len(widths) - 1, whiten, fold=space_to_depth)
     return FastNet(
         in_channels,
         num_classes,
@@ -360,4 +385,5 @@ def fast_cifar(
         dirac=dirac,
         bn_scale=bn_scale,
         bn_momentum=bn_momentum,
+        space_to_depth=space_to_depth,
     )
