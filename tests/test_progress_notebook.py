@@ -217,7 +217,7 @@ def test_faster_recipe_names_one_only_when_much_faster():
     hint = faster_recipe("mnist", None, 2 * best.median_seconds + 1)
     assert hint is not None and "--recipe mnist-995" in hint
     assert f"{best.median:.2%} test accuracy (median of its seeds)" in hint
-    assert f"when measured on {best.cpu}" in hint  # the slowest CPU's figures, named
+    assert f"when measured on {best.machine}" in hint  # the slowest CPU's figures, named
     assert "mnist-fast" in faster_recipe("mnist", None, 2 * best.median_seconds - 1)
     assert faster_recipe("mnist", None, 2 * fast.median_seconds - 1) is None  # none under half
     assert faster_recipe("mnist", "mnist-995", 600) is None  # mnist-fast is less accurate
