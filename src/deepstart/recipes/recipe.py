@@ -83,7 +83,7 @@ class Recipe:
 
         Example:
             >>> get_recipe("mnist-fast").summary()
-            'fast_mnist, 3 epochs, adamw lr 0.004 one_cycle, batch 256, ...'
+            'fast_mnist, 3 epochs, adamw lr 0.006 one_cycle, batch 128, ...'
         """
         t = {**TRAIN_DEFAULTS, **self.train}
         if t.get("fine_tune"):
