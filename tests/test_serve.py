@@ -237,6 +237,20 @@ def test_an_onnx_model_is_served_without_heat_maps(run_dir, tmp_path):
     assert r.status_code == 400 and "cannot explain" in r.json()["detail"]
 
 
+def test_a_model_whose_last_map_is_one_pixel_is_not_offered_grad_cam():
+    from types import SimpleNamespace
+
+    from deepstart.data.dataset import Preprocess
+    from deepstart.models.registry import create_model
+    from deepstart.serve.engine import Engine
+
+    model = create_model("fast_mnist", widths=[8, 8, 8, 8], space_to_depth=2).eval()
+    for side, offered in ((28, ["saliency"]), (56, ["gradcam", "saliency"])):  # 1x1, 3x3 maps
+        prep = Preprocess(size=(side, side), channels=1, mean=(0.0,), std=(1.0,))
+        bundle = SimpleNamespace(classes=[str(d) for d in range(10)], preprocess=prep, model=model)
+        assert Engine(bundle).explain == offered
+
+
 # --- bad input --------------------------------------------------------------------------
 
 

@@ -273,6 +273,11 @@ def test_grad_cam_needs_a_conv_model():
         grad_cam(model, torch.zeros(1, 1, 28, 28))
     with pytest.raises(VisionError, match="target"):
         grad_cam(create_model("mnist_cnn"), torch.zeros(2, 1, 28, 28), target=[0, 1, 2])
+    # a last map of one pixel would give every pixel of the picture the same heat
+    tiny = create_model("fast_mnist", widths=[8, 8, 8, 8], space_to_depth=2)  # 14, 7, 3, 1
+    with pytest.raises(VisionError, match="more than one pixel; FastNet's is 1x1 at 28x28"):
+        grad_cam(tiny, torch.zeros(1, 1, 28, 28))
+    assert grad_cam(tiny, torch.zeros(1, 1, 56, 56)).shape == (1, 56, 56)  # 3x3 there
 
 
 # -- saliency and SmoothGrad ---------------------------------------------------------------

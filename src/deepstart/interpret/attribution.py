@@ -100,7 +100,8 @@ def grad_cam(
     zero).
 
     Args:
-        model: a conv model (its ``features`` must return a 4-D feature map).
+        model: a conv model (its ``features`` must return a 4-D feature map of more than one
+            pixel: a 1x1 map has nothing to say about where).
         x: normalised images ``(N, C, H, W)``.
         target: class per image (or one for all); default the predicted class.
 
@@ -119,6 +120,12 @@ def grad_cam(
             raise VisionError(
                 f"grad_cam needs a conv model whose features(x) is a (N, C, h, w) map; "
                 f"{type(model).__name__} gives {tuple(f.shape)} (use saliency for dense models)"
+            )
+        if f.shape[2] * f.shape[3] == 1:
+            raise VisionError(
+                f"grad_cam needs a feature map of more than one pixel; {type(model).__name__}'s "
+                f"is 1x1 at {xb.shape[2]}x{xb.shape[3]}, so it would paint the whole image one "
+                f"colour (saliency shows where the model looks)"
             )
         f = f.detach().requires_grad_()  # only d logit / d f is needed: the body is not re-run
         logits = model.head(f)

@@ -147,7 +147,7 @@ class Engine:
             x = torch.zeros(1, self.preprocess.channels, *self.preprocess.size)
             with torch.no_grad():
                 f = model.features(x.to(next(model.parameters()).device))
-            if f.ndim == 4:  # a spatial map: Grad-CAM can say where
+            if f.ndim == 4 and f.shape[2] * f.shape[3] > 1:  # a map: Grad-CAM can say where
                 methods.insert(0, "gradcam")
         return methods
 
