@@ -2,6 +2,6 @@
 
 import sys
 
-from deepstart.cli import main
+from deepstart.cli import entry
 
-sys.exit(main())
+sys.exit(entry())
