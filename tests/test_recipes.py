@@ -243,7 +243,8 @@ def _train(tmp_path, *args):
 def test_train_without_a_model_uses_the_datasets_recipe(tmp_path, capsys):
     cfg, run_dir = _train(tmp_path, "--epochs", "1")
     out = capsys.readouterr().out
-    assert out.startswith("recipe shapes-fast: fast_mnist, ")
+    # the recipe's own net, not --model fast_mnist's: its options are named
+    assert out.startswith("recipe shapes-fast: fast_mnist (widths 16-32-64-64), 5 epochs, ")
     assert "(overridden: batch_size, epochs)" in out
     assert cfg["train"]["recipe"] == "shapes-fast"
     assert cfg["model"]["name"] == "fast_mnist"

@@ -83,15 +83,18 @@ class Recipe:
 
         Example:
             >>> get_recipe("mnist-fast").summary()
-            'fast_mnist, 3 epochs, adamw lr 0.006 one_cycle, batch 128, ...'
+            'fast_mnist (space_to_depth 2, widths 24-48-96-192), 3 epochs, adamw lr 0.006 ...'
         """
         t = {**TRAIN_DEFAULTS, **self.train}
         if t.get("fine_tune"):
             epochs = f"{t['freeze_epochs']} epoch(s) frozen + {t['epochs']} unfrozen"
         else:
             epochs = f"{t['epochs']} epochs"
+        model = self.model + (f" ({self.pretrained} weights)" if self.pretrained else "")
+        if self.model_options:  # the net differs from --model NAME's: say how
+            model += f" ({', '.join(f'{k} {_value(v)}' for k, v in self.model_options.items())})"
         parts = [
-            self.model + (f" ({self.pretrained} weights)" if self.pretrained else ""),
+            model,
             epochs,
             f"{t['opt']}{' nesterov' if t['opt'] == 'sgd' and t['nesterov'] else ''} "
             f"lr {t['lr']:g} {t['schedule']}",
@@ -123,3 +126,10 @@ class Recipe:
             parts.append(f"valid {self.valid_pct:.0%} of train")
         parts.append(f"precision {t['precision']}")
         return ", ".join(parts)
+
+
+def _value(v: object) -> str:
+    """A model option as the recipe line shows it: widths 24-48-96-192, 1/9 as 0.111."""
+    if isinstance(v, list | tuple):
+        return "-".join(_value(x) for x in v)
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
