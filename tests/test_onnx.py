@@ -15,6 +15,7 @@ pytest.importorskip("onnxscript", reason="onnxscript is not installed (deepstart
 from deepstart.cli import main
 from deepstart.data.dataset import Preprocess
 from deepstart.models.registry import create_model, list_models
+from deepstart.recipes import get_recipe, list_recipes
 from deepstart.ship.bundle import Bundle, BundleError, load_bundle, save_model
 from deepstart.ship.onnx import (
     PARITY_RTOL,
@@ -37,12 +38,12 @@ MODELS = [
 ]
 
 
-def _bundle(tmp_path: Path, name: str) -> Bundle:
+def _bundle(tmp_path: Path, name: str, **options) -> Bundle:
     info = next(i for i in list_models() if i.name == name)
     size = (min(info.input_size[0], 32), min(info.input_size[1], 32))
     c = info.in_channels
     torch.manual_seed(0)
-    model = create_model(name, in_channels=c, num_classes=5, input_size=size)
+    model = create_model(name, in_channels=c, num_classes=5, input_size=size, **options)
     with torch.no_grad():  # a zero-initialised head (fast_cifar) would make every logit 0
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.01)
@@ -64,6 +65,19 @@ def test_onnx_matches_pytorch_for_every_model(tmp_path, name):
     x = torch.randint(0, 256, (3, c, h, w), dtype=torch.uint8, generator=torch.Generator())
     assert torch.allclose(onnx.probabilities(x), bundle.probabilities(x), rtol=0, atol=1e-5)
     assert onnx.probabilities(x[:1]).shape == (1, 5)
+
+
+@pytest.mark.parametrize(
+    "recipe", [r.name for r in list_recipes() if r.model_options and not r.pretrained]
+)
+def test_onnx_matches_pytorch_for_every_recipes_own_net(tmp_path, recipe):
+    """A recipe's net is not the registered default (mnist-fast folds its pixels into
+    channels, cifar10-90's BatchNorm has no scale): a run of it must export as well."""
+    r = get_recipe(recipe)
+    bundle = _bundle(tmp_path, r.model, **r.model_options)
+    res = export_onnx(bundle, tmp_path / f"{recipe}.onnx")
+    assert res.ok and res.max_abs_diff <= PARITY_RTOL * max(1.0, res.max_abs_logit)
+    assert res.max_abs_logit > 0
 
 
 def test_the_input_is_pixels_and_the_metadata_travels(tmp_path):
