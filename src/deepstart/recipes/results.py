@@ -14,7 +14,7 @@ readable, and a resumed check appends where it stopped.
 Example:
     >>> rows = summarise(read_runs(RESULTS), "mnist-fast")
     >>> rows[0].cpu, rows[0].seeds, f"{rows[0].lowest:.2%}"
-    ('AMD EPYC (Zen 4)', 5, '99.43%')
+    ('AMD EPYC (Zen 4)', 5, '99.46%')
 """
 
 from __future__ import annotations
@@ -220,9 +220,9 @@ def quoted(summaries: Iterable[Summary], precision: str = "auto") -> Summary | N
     slowest one breaks; its accuracy is that CPU's too. None when it has no such runs.
 
     Example:
-        >>> s = quoted(summarise(read_runs(RESULTS), "mnist-fast"))
+        >>> s = quoted(summarise(read_runs(RESULTS), "mnist-995"))
         >>> s.machine, f"{s.median:.2%}", s.median_seconds
-        ('2-core AMD EPYC (Zen 4)', '99.48%', 34.1)
+        ('2-core AMD EPYC (Zen 4)', '99.61%', 163.9)
     """
     found = [s for s in summaries if s.precision == precision]
     return max(found, key=lambda s: (s.median_seconds, s.cpu, s.cores)) if found else None

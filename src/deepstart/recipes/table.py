@@ -62,9 +62,13 @@ RECIPES: dict[str, Recipe] = {
             {"epochs": 3, "lr": 6e-3, "batch_size": 128, "label_smoothing": 0.1, "ema": 0.99},
             target=0.994,
             target_seconds=60,
+            # 1,200 digits to watch the fit, 58,800 to learn from (10% held out: 54,000):
+            # lowest of 5 seeds 99.46% against 99.43%, in bf16 and in fp32 alike (Zen 4).
+            valid_pct=0.02,
             # Unfolded (16-32-64-128 at 28x28): 99.47% in 34 s on the Intel Xeon (2026-12-06),
             # 49-60 s on Zen 4, short of the 20% to spare (48 s). Folded, on Zen 4:
-            # 99.43-99.55% in 34-39 s (bf16), 99.43-99.51% in 47-52 s (fp32, 74-82 s before).
+            # 99.43-99.55% in 34-39 s (bf16), 99.43-99.51% in 47-52 s (fp32, 74-82 s before);
+            # with valid_pct 0.02, 99.46-99.53% in 30-38 s and 99.46-99.51% in 40-46 s.
         ),
         Recipe(
             "mnist-995",
