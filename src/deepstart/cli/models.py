@@ -170,8 +170,7 @@ def _results_table(rows: list[dict[str, Any]]) -> Any:
     for r in rows:
         for x in r["results"]:
             time = f"{x['median_seconds']:.0f} s / {x['slowest_seconds']:.0f} s"
-            cpu = f"{x['cores']}-core {x['cpu']}" if x["cores"] else x["cpu"]
-            cells = (r["name"], cpu, x["precision"], str(x["seeds"]))
+            cells = (r["name"], x["machine"], x["precision"], str(x["seeds"]))
             met = {None: "-", True: "yes", False: "no"}[x["on_target"]]
             spare = f"{x['spare']:.0%}" if x["spare"] is not None else "-"
             table.add_row(*cells, f"{x['lowest']:.2%}", time, spare, met)

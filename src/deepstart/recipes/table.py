@@ -251,9 +251,10 @@ def recipe_rows() -> list[dict[str, Any]]:
     """The table ``deepstart recipes`` prints, as dicts (name, dataset, default, model,
     epochs, target, target_seconds; accuracy (the median), seconds (the median), date,
     machine, cpu, seeds: what :func:`measured` quotes, None when never measured;
-    description, summary, results: one dict per CPU and precision measured, a
-    :class:`results.Summary`, ``on_target`` and ``spare``: the share of the time target
-    the slowest seed left unused, negative when over it, None without a time target)."""
+    description, summary, results: one dict per CPU, core count and precision measured, a
+    :class:`results.Summary` with its ``machine``, ``on_target`` and ``spare``: the share of
+    the time target the slowest seed left unused, negative when over it, None without a time
+    target)."""
     defaults = {v: k for k, v in DEFAULTS.items()}
     runs = read_runs(RESULTS)
     rows = []
@@ -281,6 +282,7 @@ def recipe_rows() -> list[dict[str, Any]]:
                 "results": [
                     {
                         **asdict(x),
+                        "machine": x.machine,
                         "on_target": on_target(x, r.target, r.target_seconds),
                         "spare": 1 - x.slowest_seconds / r.target_seconds
                         if r.target_seconds
