@@ -148,4 +148,5 @@ def test_an_old_run_directorys_train_section_still_loads():
     saved = cfg.to_dict()["train"]
     assert {k: v for k, v in saved.items() if k in old} == old
     added = {k: v for k, v in saved.items() if k not in old}
-    assert added == {"accumulate": 1, "report_panels": "auto", "sanity": True}  # since
+    since = {"accumulate": 1, "report_panels": "auto", "sanity": True, "stem_epochs": None}
+    assert added == since

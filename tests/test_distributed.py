@@ -90,6 +90,26 @@ def test_ddp_epoch_equals_single_process_over_the_same_global_batches(tmp_path):
     assert rows[0]["accuracy"] == rows[1]["accuracy"]
 
 
+@pytest.mark.slow
+def test_a_stem_that_stops_learning_mid_fit_trains_on_in_ddp(tmp_path):
+    # DDP fixes the set of trainable parameters when it wraps the model, so when --stem-epochs
+    # freezes the stem the Learner wraps it again: else DDP waits for the stem's gradients.
+    args = [*TRAIN[: TRAIN.index("--model")], "--model", "fast_cifar", "--seed", "3"]
+    args += ["--model-opt", "widths=8,8,8,8", "--progress", "plain", "--no-report"]
+    args += ["--stem-epochs", "1", "--epochs", "2", "--batch-size", "16", "--devices", "2"]
+    r = subprocess.run(
+        [sys.executable, "-m", "deepstart", "train", *args, "--out", str(tmp_path)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("test accuracy") == 1
+    (run_dir,) = tmp_path.iterdir()
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+
+
 SCRIPT = textwrap.dedent(
     """
     import os, sys, time

@@ -263,3 +263,40 @@ def test_cli_pretrained_from_a_run_directory(tmp_path, capsys):
     assert json.loads((second / "model.json").read_text())["classes"] == ["star", "circle"]
     bad = [*base, "--out", str(tmp_path / "c"), "--pretrained", str(tmp_path / "nothing.pth")]
     assert main(bad) == 2
+
+
+def test_stem_freeze_stops_the_stem_after_its_epochs_and_the_backward_before_block_one(toy_data):
+    from deepstart.models.registry import create_model
+    from deepstart.train.events import Callback
+
+    torch.manual_seed(0)
+    model = create_model(
+        "fast_cifar", in_channels=1, num_classes=3, input_size=(16, 16), widths=[8, 8, 8, 8]
+    )
+    bias = model.stem_layers()[0].bias  # the whitening's, its only parameter
+    ends = []  # the stem's bias at the end of each epoch
+
+    class Watch(Callback):
+        def after_epoch(self):
+            ends.append(bias.detach().clone())
+
+    asked = []  # per training batch: does block 1's input want a gradient?
+    block_one = model.body[1][0]
+    block_one.register_forward_hook(
+        lambda m, i, o: asked.append(i[0].requires_grad) if m.training else None
+    )
+    learn = Learner(toy_data, model, batch_size=32, lr=5e-3, seed=0, log=lambda m: None)
+    learn.fit_one_cycle(3, callbacks=[finetune.StemFreeze(1), Watch()])
+    assert bias.abs().sum() > 0  # it learned in epoch 1 (it starts at zero)...
+    assert torch.equal(ends[1], ends[0]) and torch.equal(ends[2], ends[0])  # ...then no more
+    per_epoch = len(asked) // 3
+    assert asked == [True] * per_epoch + [False] * 2 * per_epoch
+    assert bias.requires_grad  # as the fit found it, for the next fit
+
+
+def test_stem_epochs_needs_a_model_with_a_stem(toy_data):
+    learn = Learner(toy_data, _net(), batch_size=32, lr=1e-3, seed=0, log=lambda m: None)
+    with pytest.raises(ConfigError, match="no stem"):
+        learn.fit(1, callbacks=[finetune.StemFreeze(1)])
+    with pytest.raises(ConfigError, match="stem_epochs"):
+        TrainConfig(stem_epochs=-1)

@@ -158,6 +158,13 @@ class ScheduleConfig:
         help="while the body is frozen and nothing is augmented: compute its features once and "
         "train the head on them; BatchNorm stays fixed",
     )
+    stem_epochs: int | None = option(
+        None,
+        help="the model's stem (fast_cifar: its whitening) learns in the first N epochs only; "
+        "then the backward pass stops at the first block, skipping its costliest convolution "
+        "(airbench's trick)",
+        metavar="N",
+    )
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -169,6 +176,8 @@ class ScheduleConfig:
             raise ConfigError(f"keep_frozen must be >= 0, got {self.keep_frozen}")
         if self.freeze_epochs < 0:
             raise ConfigError(f"freeze_epochs must be >= 0, got {self.freeze_epochs}")
+        if self.stem_epochs is not None and self.stem_epochs < 0:
+            raise ConfigError(f"stem_epochs must be >= 0, got {self.stem_epochs}")
         if self.fine_tune and self.freeze:
             raise ConfigError("choose one of fine_tune (head, then all) and freeze (head only)")
 

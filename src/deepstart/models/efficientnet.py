@@ -270,6 +270,10 @@ class EfficientNetLite(Classifier):
         x = self.blocks(self.stem(x))
         return self.head_act(self.head_bn(self.head_conv(x)))
 
+    def stem_layers(self) -> nn.Module:
+        """The stride-2 3x3 conv-BN-ReLU6 stem, before the first block."""
+        return self.stem
+
     def layer_groups(self) -> list[list[nn.Module]]:
         """Three groups, input to output (fastai's split): stem + first half of the blocks, the
         other blocks + head conv/BN, ``classifier``.

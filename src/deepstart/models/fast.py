@@ -232,6 +232,10 @@ class FastNet(Classifier):
             x = stage(x.contiguous(memory_format=torch.channels_last))
         return x
 
+    def stem_layers(self) -> nn.Module:
+        """The whitening (or conv-BN-act) stem, before the first block."""
+        return self.body[0]
+
     def layer_groups(self) -> list[list[nn.Module]]:
         """Stem + first half of the blocks, the other blocks, the head.
 

@@ -331,6 +331,12 @@ class Classifier(nn.Module):
         if hasattr(self, "arch"):
             self.arch = {**self.arch, "num_classes": int(num_classes)}
 
+    def stem_layers(self) -> nn.Module | None:
+        """The layers before the first block, which work at the input's full size; None when
+        the model has no such part. The ``stem_epochs`` option stops training them part way
+        (:class:`deepstart.train.finetune.StemFreeze`)."""
+        return None
+
     def layer_groups(self) -> list[list[nn.Module]]:
         """The model's modules in groups from input to head, for discriminative learning rates
         and gradual unfreezing (fastai's layer groups); every parameter is in exactly one group.

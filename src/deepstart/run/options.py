@@ -15,6 +15,7 @@ from typing import Any
 from deepstart.config import TrainConfig
 from deepstart.train.callbacks import Callback
 from deepstart.train.extras import EMA, EarlyStopping, GradientClip, Lookahead, MaxTime
+from deepstart.train.finetune import StemFreeze
 from deepstart.train.guard import DivergenceGuard
 from deepstart.train.learner import Learner
 
@@ -56,6 +57,8 @@ def option_callbacks(tc: TrainConfig, log: Callable[[str], None]) -> list[Callba
                 monitor=tc.monitor, patience=tc.early_stop, min_delta=tc.min_delta, log=log
             )
         )
+    if tc.stem_epochs is not None:
+        cbs.append(StemFreeze(tc.stem_epochs))
     if tc.max_time:
         cbs.append(MaxTime(tc.max_time, log=log))
     return cbs

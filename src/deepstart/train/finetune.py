@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from deepstart.errors import ConfigError
+from deepstart.train.events import Callback
 
 if TYPE_CHECKING:
     from deepstart.train.learner import Learner
@@ -85,6 +86,47 @@ def freeze(model: nn.Module, *, train_bn: bool = True) -> None:
 def unfreeze(model: nn.Module) -> None:
     """Make every parameter trainable again."""
     freeze_to(model, 0)
+
+
+class StemFreeze(Callback):
+    """The model's stem (``model.stem_layers()``: fast_cifar's whitening) learns in the first
+    ``epochs`` epochs of a fit only (airbench trains its whitening bias for 3 of ~10).
+
+    Once nothing before the first block learns, the backward pass stops at that block: its
+    input gradient, the costliest convolution of a small net's step (it runs at the full
+    resolution), is never computed. A BatchNorm in the stem then keeps its statistics, as in
+    any frozen layer. Decided from the epoch number alone, so a resumed run freezes the same.
+
+    Example:
+        >>> learn.fit_one_cycle(7, 4e-3, callbacks=[StemFreeze(2)])
+    """
+
+    order = -10  # before anything that reads which parameters train
+
+    def __init__(self, epochs: int) -> None:
+        if epochs < 0:
+            raise ConfigError(f"stem_epochs must be >= 0, got {epochs}")
+        self.epochs = int(epochs)
+        self._params: list[nn.Parameter] = []
+
+    def before_fit(self) -> None:
+        model = self.learn.model
+        stem = model.stem_layers() if hasattr(model, "stem_layers") else None
+        if stem is None:
+            raise ConfigError(f"stem_epochs: {type(model).__name__} has no stem to freeze")
+        self._params = [p for p in stem.parameters() if p.requires_grad]
+
+    def before_epoch(self) -> None:
+        learns = self.learn.epoch < self.epochs
+        if any(p.requires_grad != learns for p in self._params):
+            for p in self._params:
+                p.requires_grad_(learns)
+            self.learn.trainable_changed()
+
+    def after_fit(self) -> None:
+        for p in self._params:  # as the fit found them, for the next fit
+            p.requires_grad_(True)
+        self._params = []
 
 
 def lr_scales(n_groups: int, lr: float | slice) -> tuple[float, list[float]]:

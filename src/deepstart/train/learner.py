@@ -348,6 +348,13 @@ class Learner(FreezeMixin, EvaluateMixin, DisplayMixin):
             if self.device.type == "cpu":
                 host_memory.give_back_memory()
 
+    def trainable_changed(self) -> None:
+        """Say that a callback changed which parameters train in the middle of a fit: DDP fixes
+        that set when it wraps the model, so it wraps it again (all processes do this at the
+        same point; nothing to do in one process)."""
+        if self.dist is not None and self._ddp is not None:
+            self._ddp = self.dist.wrap(self.model)
+
     def fit_one_cycle(
         self,
         epochs: int,
