@@ -4,10 +4,10 @@ A training step on the CPU allocates and frees the same large blocks every step:
 their gradients and oneDNN's reorder buffers (cifar10-fast, batch 256: 256 x 32 channels x
 31x31 pixels in bf16 is 16 MB a map). glibc's malloc serves a block over its *mmap threshold*
 with a fresh ``mmap``, and gives the free top of its heap back to the OS once it exceeds its
-*trim threshold*; both adapt (up to 32 MB and 64 MB) but not fast enough for this pattern. So
-every step maps fresh pages again, and the kernel zeroes each on its first touch: 13,000 to
-17,000 page faults a step (55 MB), 10-25% of a cifar10-fast step on a 2-core CPU
-(docs/benchmarks.md, "The allocator").
+*trim threshold*; both adapt (up to 32 MB and 64 MB) but not to this pattern. So every step
+maps fresh pages again, and the kernel zeroes each on its first touch: 5,000 to 28,000 page
+faults a cifar10-fast step, more at cifar10-90's batch of 1024, whose epoch took 1.25x as long
+for it on a 2-core Zen 4 (docs/benchmarks.md, "The allocator").
 
 :func:`keep_freed_memory` raises both thresholds to 1 GiB (``mallopt``) once per process, so
 freed blocks stay in the heap and the next step reuses them; the peak memory is the same, the

@@ -308,7 +308,7 @@ class Learner(FreezeMixin, EvaluateMixin, DisplayMixin):
             raise ConfigError(f"epochs must be at least 1, got {epochs}")
         sched = optim.prepare_fit(self, lr, schedule)
         if self.device.type == "cpu":
-            host_memory.keep_freed_memory()  # no page faults a step (10-25% of it)
+            host_memory.keep_freed_memory()  # no fresh pages every step (a 0.8x epoch)
         if self.dist is not None:
             self._ddp = self.dist.wrap_for_fit(self)
         extra = [sched, *callbacks]
