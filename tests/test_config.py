@@ -148,5 +148,8 @@ def test_an_old_run_directorys_train_section_still_loads():
     saved = cfg.to_dict()["train"]
     assert {k: v for k, v in saved.items() if k in old} == old
     added = {k: v for k, v in saved.items() if k not in old}
-    since = {"accumulate": 1, "report_panels": "auto", "sanity": True, "stem_epochs": None}
+    since = {
+        "accumulate": 1, "report_panels": "auto", "sanity": True, "stem_epochs": None,
+        "small_epochs": None, "small_scale": 0.75,
+    }  # fmt: skip
     assert added == since

@@ -354,3 +354,21 @@ def test_a_recipes_valid_pct_applies_unless_typed(tmp_path, capsys, monkeypatch)
     assert cfg["data"]["valid_pct"] == 0.2
     cfg, _ = _train(tmp_path / "c", "--epochs", "1")  # shapes-fast sets none: the default
     assert cfg["data"]["valid_pct"] == 0.1
+
+
+def test_typed_epochs_keep_the_recipes_small_epochs_to_their_share(tmp_path, capsys):
+    from deepstart.recipes.choose import small_epochs_for
+
+    recipe = get_recipe("cifar10-fast")
+    small, epochs = recipe.train["small_epochs"], recipe.train["epochs"]
+    assert 0 < small < epochs
+    assert small_epochs_for(recipe, {}) == small
+    assert small_epochs_for(recipe, {"epochs": epochs * 2}) == small * 2
+    assert small_epochs_for(recipe, {"epochs": 2}) == 1  # the last epoch stays full size
+    assert small_epochs_for(recipe, {"epochs": 1}) == 0
+    assert small_epochs_for(recipe, {"epochs": 2, "small_epochs": 0}) == 0  # typed: it wins
+    assert small_epochs_for(get_recipe("shapes-fast"), {"epochs": 2}) is None
+    # a short trial of the recipe on the command line: one small epoch, one full, and it says so
+    cfg, _ = _train(tmp_path, "--recipe", "cifar10-fast", "--epochs", "2", "--no-tta")
+    assert cfg["train"]["small_epochs"] == 1 and cfg["train"]["epochs"] == 2
+    assert "small_epochs -> 1" in capsys.readouterr().out.split("overridden:")[1]

@@ -153,6 +153,10 @@ def cmd_train(a: argparse.Namespace) -> int:
         overridden += ["size"] if recipe.size is not None and a.size is not None else []
         overridden += ["resize"] if recipe.resize is not None and a.resize is not None else []
         overridden += ["model"] if model is not None and model != recipe.model else []
+        if "small_epochs" not in given and cfg.train.small_epochs != recipe.train.get(
+            "small_epochs"
+        ):  # --epochs typed: the small epochs kept their share (recipes.choose)
+            overridden.append(f"small_epochs -> {cfg.train.small_epochs}")
         note = f" (overridden: {', '.join(overridden)})" if overridden else ""
         print(f"recipe {recipe.name}: {recipe.summary()}{note}", flush=True)
         print(f"  chosen: {why}", flush=True)

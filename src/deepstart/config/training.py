@@ -165,6 +165,14 @@ class ScheduleConfig:
         "(airbench's trick)",
         metavar="N",
     )
+    small_epochs: int | None = option(
+        None,
+        help="progressive resizing (fastai's): the first N epochs train on images scaled to "
+        "small_scale of their side, at about small_scale squared of the cost; the last epochs, "
+        "validation and prediction see the full size. Nets with global pooling only",
+        metavar="N",
+    )
+    small_scale: float = option(0.75, help="the side of small_epochs' images, as a share")
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -178,6 +186,15 @@ class ScheduleConfig:
             raise ConfigError(f"freeze_epochs must be >= 0, got {self.freeze_epochs}")
         if self.stem_epochs is not None and self.stem_epochs < 0:
             raise ConfigError(f"stem_epochs must be >= 0, got {self.stem_epochs}")
+        if self.small_epochs is not None and self.small_epochs < 0:
+            raise ConfigError(f"small_epochs must be >= 0, got {self.small_epochs}")
+        if self.small_epochs and self.small_epochs >= self.epochs:
+            raise ConfigError(
+                f"small_epochs ({self.small_epochs}) must leave epochs at the full size "
+                f"(epochs {self.epochs}): the net must end at the size it will see"
+            )
+        if not 0 < self.small_scale < 1:
+            raise ConfigError(f"small_scale must be in (0, 1), got {self.small_scale}")
         if self.fine_tune and self.freeze:
             raise ConfigError("choose one of fine_tune (head, then all) and freeze (head only)")
 

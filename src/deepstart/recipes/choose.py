@@ -123,6 +123,7 @@ def run_config(
         else:
             name = model
         settings = {**recipe.train, **given, "recipe": recipe.name}
+        settings["small_epochs"] = small_epochs_for(recipe, given)
     if recipe is not None and recipe.pretrained and pretrained is None and name == recipe.model:
         pretrained = recipe.pretrained
     return RunConfig(
@@ -132,6 +133,25 @@ def run_config(
         ),
         train=TrainConfig(**settings),
     )
+
+
+def small_epochs_for(recipe: Recipe, given: Mapping[str, Any]) -> int | None:
+    """The ``small_epochs`` a run of ``recipe`` trains with: as typed, else the recipe's, kept
+    to the same share of the run when ``--epochs`` is typed (floored; at least the last
+    epoch stays full size). A short trial of a recipe then still ends at the full size.
+
+    Example:
+        >>> recipe = get_recipe("cifar10-fast")  # 8 epochs, the first 5 small
+        >>> small_epochs_for(recipe, {"epochs": 2}), small_epochs_for(recipe, {"epochs": 16})
+        (1, 10)
+    """
+    if "small_epochs" in given:
+        return given["small_epochs"]
+    small = recipe.train.get("small_epochs")
+    if not small or "epochs" not in given:
+        return small
+    epochs = int(given["epochs"])
+    return max(0, min(small * epochs // int(recipe.train["epochs"]), epochs - 1))
 
 
 def usual_lr(model: str | None, recipe: str | None) -> tuple[float, str]:

@@ -90,6 +90,8 @@ class Recipe:
             epochs = f"{t['freeze_epochs']} epoch(s) frozen + {t['epochs']} unfrozen"
         else:
             epochs = f"{t['epochs']} epochs"
+        if t.get("small_epochs"):  # progressive resizing
+            epochs += f" (the first {t['small_epochs']} at {t['small_scale']:g} of the side)"
         model = self.model + (f" ({self.pretrained} weights)" if self.pretrained else "")
         if self.model_options:  # the net differs from --model NAME's: say how
             model += f" ({', '.join(f'{k} {_value(v)}' for k, v in self.model_options.items())})"

@@ -18,6 +18,7 @@ from deepstart.train.extras import EMA, EarlyStopping, GradientClip, Lookahead, 
 from deepstart.train.finetune import StemFreeze
 from deepstart.train.guard import DivergenceGuard
 from deepstart.train.learner import Learner
+from deepstart.train.progressive import ProgressiveResize
 
 
 @cache
@@ -59,6 +60,8 @@ def option_callbacks(tc: TrainConfig, log: Callable[[str], None]) -> list[Callba
         )
     if tc.stem_epochs is not None:
         cbs.append(StemFreeze(tc.stem_epochs))
+    if tc.small_epochs:
+        cbs.append(ProgressiveResize(tc.small_epochs, tc.small_scale))
     if tc.max_time:
         cbs.append(MaxTime(tc.max_time, log=log))
     return cbs
