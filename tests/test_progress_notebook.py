@@ -149,6 +149,26 @@ def test_estimate_said_once_for_a_long_fit_only(toy_data):
     assert progress.estimate.seconds < 30 and "estimate" not in out.getvalue()
 
 
+def test_estimate_counts_the_later_epochs_at_their_own_cost(toy_data):
+    # Progressive resizing times its first batches at the small size; the full-size epochs
+    # after them cost more. Here epoch 1 costs half of epoch 2: each of its batches 1 s.
+    from deepstart.train.progressive import ProgressiveResize
+
+    class HalfFirst(Tick):
+        def epoch_cost(self, epoch):
+            return 0.5 if epoch == 0 else 1.0
+
+    clock, out = FakeClock(), io.StringIO()
+    progress = Progress("plain", out, clock=clock)
+    learn = learner(toy_data, progress, HalfFirst(clock, 1.0))
+    learn.fit(2)
+    n, n_valid = len(learn.train_dl), learn.valid_dl.num_items
+    expected = 4 + (n - 4) + 2 * n + 2 * n_valid / 8 / 3  # epoch 2's batches at 2 s
+    assert progress.estimate.seconds == pytest.approx(expected)
+    assert ProgressiveResize(5, 0.75).epoch_cost(4) == 0.5625
+    assert ProgressiveResize(5, 0.75).epoch_cost(5) == 1.0
+
+
 def test_estimate_shows_in_the_notebook_table(toy_data):
     clock, show = FakeClock(), FakeDisplay()
     learner(toy_data, Progress("notebook", clock=clock, display=show), Tick(clock, 1.0)).fit(2)

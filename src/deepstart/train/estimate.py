@@ -50,6 +50,32 @@ def duration_text(seconds: float) -> str:
     return f"{h} h {m} min" if m else f"{h} h"
 
 
+def _later_cost(learn: Learner) -> float:
+    """How much a batch still to come costs against one of the current epoch, on average.
+
+    1 unless a callback makes epochs cost differently: one with ``epoch_cost(epoch) ->
+    float`` (progressive resizing: ``scale ** 2`` for its small epochs, 1 after) is asked
+    for the current epoch and the ones left. The rest of this epoch counts as the current.
+    """
+    costs = [cb.epoch_cost for cb in learn.callbacks if hasattr(cb, "epoch_cost")]
+    if not costs or learn.n_iter < 1:
+        return 1.0
+
+    def cost(epoch: int) -> float:
+        c = 1.0
+        for f in costs:
+            c *= f(epoch)
+        return c
+
+    now = cost(learn.epoch)
+    rest = max(learn.n_iter - learn.iter - 1, 0)  # of this epoch
+    later = range(learn.epoch + 1, learn.n_epochs)
+    n = rest + len(later) * learn.n_iter
+    if n == 0 or now <= 0:
+        return 1.0
+    return (rest * now + learn.n_iter * sum(cost(e) for e in later)) / (n * now)
+
+
 class FitEstimate:
     """Times a fit's first training batches and estimates the whole fit, once.
 
@@ -107,6 +133,7 @@ class FitEstimate:
         cost per image)."""
         per_batch = self.timed_s / self.timed_n
         left = max(learn.total_iters - self.start_iter - self.batches, 0)
+        left *= _later_cost(learn)
         valid_s = self.valid_s
         if valid_s is None:
             per_item = self.timed_s / max(self.timed_items, 1)

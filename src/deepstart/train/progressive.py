@@ -14,7 +14,7 @@ alone, so a resumed or a guard-restarted epoch trains at the same size again.
 
 The last epochs at the full size matter. On cifar10-fast's seed 1, 5 small epochs of 8 at
 0.75 of the side reached 80.57%; 7 of 9 (two left at full size) 79.92%; 8 of 10 at 0.625
-of the side 76.96%.
+(two at full size again) 76.96%.
 
 Only nets that take any input size can do this (global pooling before the head); a net
 with a flattening linear layer (logreg, mlp, mnist_cnn) is refused before its first step.
@@ -63,6 +63,11 @@ class ProgressiveResize(Callback):
         check_small(epochs, scale)
         self.epochs, self.scale = int(epochs), float(scale)
         self._checked: tuple[int, ...] | None = None
+
+    def epoch_cost(self, epoch: int) -> float:
+        """An epoch's cost against a full-size one, for the fit's time estimate: the pixels'
+        share (0.75 of the side: 0.5625; measured on cifar10-fast: 0.56-0.69)."""
+        return self.scale**2 if epoch < self.epochs else 1.0
 
     def before_batch(self) -> None:
         learn = self.learn
