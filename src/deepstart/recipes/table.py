@@ -128,8 +128,9 @@ RECIPES: dict[str, Recipe] = {
             target_seconds=180,
             # 7 epochs since Zen 4 (10 took 209 s there, 125 s on Zen 5): 138-168 s there, the
             # VM's speed drifting by up to 20% within an hour. Then 8 epochs, the first 5 at
-            # 24x24 (progressive resizing, 0.56x the cost an epoch): the same accuracy seed for
-            # seed in 0.63-0.83x the time (interleaved on Zen 4, docs/benchmarks.md).
+            # 24x24 (progressive resizing, 0.56-0.69x the time an epoch): the same accuracy
+            # (lowest of 5 seeds 80.48% against 80.37%) in 0.63-0.95x the time of the run
+            # beside it on Zen 4 (docs/benchmarks.md, "Progressive resizing").
         ),
         Recipe(
             "cifar10-90",
