@@ -54,8 +54,9 @@ class ProgressiveResize(Callback):
         >>> learn.fit_one_cycle(7, 4e-3, callbacks=[ProgressiveResize(4, 0.75)])
     """
 
-    # After the callbacks that look at the batch as the data made it (the sanity checks,
-    # TensorBoard's pictures); the LR finder's sweep stays at the full size.
+    # It replaces learn.xb in before_batch, so every later event (the sanity checks, the
+    # guard's replayed batches) sees the small batch the model trains on. The LR finder's
+    # sweep stays at the full size.
     order = 5
     skip_lr_find = True
 
