@@ -51,7 +51,7 @@ class ProgressiveResize(Callback):
     """Train the first ``epochs`` epochs of a fit on batches scaled to ``scale`` of their side.
 
     Example:
-        >>> learn.fit_one_cycle(7, 4e-3, callbacks=[ProgressiveResize(4, 0.75)])
+        >>> learn.fit_one_cycle(8, 4e-3, callbacks=[ProgressiveResize(5, 0.75)])  # cifar10-fast
     """
 
     # It replaces learn.xb in before_batch, so every later event (the sanity checks, the
