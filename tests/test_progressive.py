@@ -40,6 +40,30 @@ def test_the_first_epochs_train_small_and_the_rest_sees_the_full_size(toy_data):
     assert evaluated[0] == small and set(evaluated[1:]) == {full}
 
 
+def test_with_fine_tune_only_the_unfrozen_phase_starts_small(toy_data):
+    from deepstart.run.options import option_callbacks
+
+    model = _fast_net()
+    learn = Learner(toy_data, model, batch_size=32, lr=5e-3, seed=0, log=lambda m: None)
+    seen = []  # (phase, epoch, (H, W)) of every training batch the model's forward gets
+
+    def record(m, args):
+        if m.training:
+            seen.append((learn.phase, learn.epoch, tuple(args[0].shape[-2:])))
+
+    model.register_forward_pre_hook(record)
+    # What a run with --fine-tune --epochs 2 --small-epochs 1 adds:
+    cfg = TrainConfig(fine_tune=True, epochs=2, small_epochs=1)
+    (resize,) = [cb for cb in option_callbacks(cfg, print) if isinstance(cb, ProgressiveResize)]
+    learn.add_callbacks([resize])
+    learn.fine_tune(2, base_lr=1e-2, freeze_epochs=1)
+    sizes = {(p, e): {s for q, f, s in seen if (q, f) == (p, e)} for p, e, _ in seen}
+    full, small = (16, 16), small_size(16, 16, 0.75)
+    # the head alone at the full size, as on cached features; then the first unfrozen epoch
+    assert sizes == {(0, 0): {full}, (1, 0): {small}, (1, 1): {full}}
+    assert resize.epoch_cost(0) == 0.75**2  # (phase 1 now) what the estimate weighs by
+
+
 def test_a_net_that_needs_its_size_is_refused_before_it_trains(toy_data):
     from deepstart.models.basic import Net
 

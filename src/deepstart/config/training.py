@@ -169,7 +169,8 @@ class ScheduleConfig:
         None,
         help="progressive resizing (fastai's): the first N epochs train on images scaled to "
         "small_scale of their side, at about small_scale squared of the cost; the last epochs, "
-        "validation and prediction see the full size. Nets with global pooling only",
+        "validation and prediction see the full size (with fine_tune: of the unfrozen epochs). "
+        "Nets with global pooling only",
         metavar="N",
     )
     small_scale: float = option(0.75, help="the side of small_epochs' images, as a share")

@@ -61,7 +61,9 @@ def option_callbacks(tc: TrainConfig, log: Callable[[str], None]) -> list[Callba
     if tc.stem_epochs is not None:
         cbs.append(StemFreeze(tc.stem_epochs))
     if tc.small_epochs:
-        cbs.append(ProgressiveResize(tc.small_epochs, tc.small_scale))
+        # with fine_tune, epochs (and so small_epochs) counts the unfrozen phase's epochs
+        phase = 1 if tc.fine_tune else None
+        cbs.append(ProgressiveResize(tc.small_epochs, tc.small_scale, phase=phase))
     if tc.max_time:
         cbs.append(MaxTime(tc.max_time, log=log))
     return cbs

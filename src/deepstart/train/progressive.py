@@ -18,6 +18,11 @@ The last epochs at the full size matter. On cifar10-fast's seed 1, 5 small epoch
 
 Only nets that take any input size can do this (global pooling before the head); a net
 with a flattening linear layer (logreg, mlp, mnist_cnn) is refused before its first step.
+
+In a plan of several fits (``fine_tune``: the head, then everything) only the fit ``phase``
+names resizes: there ``epochs`` counts the unfrozen epochs, so those are what ``small_epochs``
+takes its first N of. The frozen phase sees the full size, as it does anyway when its
+batches are cached features.
 """
 
 from __future__ import annotations
@@ -60,19 +65,23 @@ class ProgressiveResize(Callback):
     order = 5
     skip_lr_find = True
 
-    def __init__(self, epochs: int, scale: float = 0.75) -> None:
+    def __init__(self, epochs: int, scale: float = 0.75, *, phase: int | None = None) -> None:
         check_small(epochs, scale)
         self.epochs, self.scale = int(epochs), float(scale)
+        self.phase = phase  # None: every fit; 1: fine_tune's unfrozen phase only
         self._checked: tuple[int, ...] | None = None
+
+    def _small(self, epoch: int) -> bool:
+        return epoch < self.epochs and self.phase in (None, self.learn.phase)
 
     def epoch_cost(self, epoch: int) -> float:
         """An epoch's cost against a full-size one, for the fit's time estimate: the pixels'
         share (0.75 of the side: 0.5625; measured on cifar10-fast: 0.56-0.69)."""
-        return self.scale**2 if epoch < self.epochs else 1.0
+        return self.scale**2 if self._small(epoch) else 1.0
 
     def before_batch(self) -> None:
         learn = self.learn
-        if not learn.training or learn.head_only or learn.epoch >= self.epochs:
+        if not learn.training or learn.head_only or not self._small(learn.epoch):
             return  # (head_only: the batches are a frozen body's cached features)
         x = learn.xb  # (N, C, H, W), normalised, on the device
         if x.dim() != 4:
