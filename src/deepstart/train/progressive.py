@@ -72,7 +72,8 @@ class ProgressiveResize(Callback):
         self._checked: tuple[int, ...] | None = None
 
     def _small(self, epoch: int) -> bool:
-        return epoch < self.epochs and self.phase in (None, self.learn.phase)
+        # (no learner needed without a phase: the estimate's tests ask epoch_cost alone)
+        return epoch < self.epochs and (self.phase is None or self.phase == self.learn.phase)
 
     def epoch_cost(self, epoch: int) -> float:
         """An epoch's cost against a full-size one, for the fit's time estimate: the pixels'
