@@ -45,11 +45,11 @@ def test_with_fine_tune_only_the_unfrozen_phase_starts_small(toy_data):
 
     model = _fast_net()
     learn = Learner(toy_data, model, batch_size=32, lr=5e-3, seed=0, log=lambda m: None)
-    seen = []  # (phase, epoch, (H, W)) of every training batch the model's forward gets
+    sizes = {}  # (phase, epoch) -> the (H, W)s of the training batches the model's forward gets
 
     def record(m, args):
         if m.training:
-            seen.append((learn.phase, learn.epoch, tuple(args[0].shape[-2:])))
+            sizes.setdefault((learn.phase, learn.epoch), set()).add(tuple(args[0].shape[-2:]))
 
     model.register_forward_pre_hook(record)
     # What a run with --fine-tune --epochs 2 --small-epochs 1 adds:
@@ -57,7 +57,6 @@ def test_with_fine_tune_only_the_unfrozen_phase_starts_small(toy_data):
     (resize,) = [cb for cb in option_callbacks(cfg, print) if isinstance(cb, ProgressiveResize)]
     learn.add_callbacks([resize])
     learn.fine_tune(2, base_lr=1e-2, freeze_epochs=1)
-    sizes = {(p, e): {s for q, f, s in seen if (q, f) == (p, e)} for p, e, _ in seen}
     full, small = (16, 16), small_size(16, 16, 0.75)
     # the head alone at the full size, as on cached features; then the first unfrozen epoch
     assert sizes == {(0, 0): {full}, (1, 0): {small}, (1, 1): {full}}
